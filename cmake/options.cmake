@@ -1,0 +1,45 @@
+# Build options. Each reads an environment variable of the same name as its default, so
+# `MOLPHENIX_WITH_CUDA=OFF pip install .` works without -C flags.
+include(CheckLanguage)
+
+set(_mpx_cuda_default AUTO)
+if(DEFINED ENV{MOLPHENIX_WITH_CUDA})
+  set(_mpx_cuda_default $ENV{MOLPHENIX_WITH_CUDA})
+endif()
+set(MOLPHENIX_WITH_CUDA ${_mpx_cuda_default} CACHE STRING "Build the CUDA kernels: AUTO, ON or OFF")
+set_property(CACHE MOLPHENIX_WITH_CUDA PROPERTY STRINGS AUTO ON OFF)
+
+# Explicit architecture list; PTX for the newest so later GPUs can JIT.
+set(_mpx_archs_default "80-real;90-real;90-virtual")
+if(DEFINED ENV{MOLPHENIX_CUDA_ARCHS})
+  set(_mpx_archs_default $ENV{MOLPHENIX_CUDA_ARCHS})
+endif()
+set(MOLPHENIX_CUDA_ARCHS ${_mpx_archs_default} CACHE STRING "CUDA architectures (CMake syntax)")
+
+set(MOLPHENIX_CUDA_ENABLED OFF)
+string(TOUPPER "${MOLPHENIX_WITH_CUDA}" _mpx_cuda_opt)
+if(_mpx_cuda_opt STREQUAL "ON" OR _mpx_cuda_opt STREQUAL "AUTO")
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    set(CMAKE_CUDA_ARCHITECTURES ${MOLPHENIX_CUDA_ARCHS})
+    enable_language(CUDA)
+    set(CMAKE_CUDA_STANDARD 17)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+    find_package(CUDAToolkit REQUIRED)
+    set(MOLPHENIX_CUDA_ENABLED ON)
+  elseif(_mpx_cuda_opt STREQUAL "ON")
+    message(FATAL_ERROR "MOLPHENIX_WITH_CUDA=ON but no CUDA compiler was found (set CUDACXX or PATH)")
+  endif()
+elseif(NOT _mpx_cuda_opt STREQUAL "OFF")
+  message(FATAL_ERROR "MOLPHENIX_WITH_CUDA must be AUTO, ON or OFF, got '${MOLPHENIX_WITH_CUDA}'")
+endif()
+
+string(REPLACE ";" "," MOLPHENIX_CUDA_ARCHS_STR "${MOLPHENIX_CUDA_ARCHS}")
+if(MOLPHENIX_CUDA_ENABLED)
+  message(STATUS "molphenix: CUDA kernels ON, architectures: ${MOLPHENIX_CUDA_ARCHS}")
+else()
+  message(STATUS "molphenix: CUDA kernels OFF (MOLPHENIX_WITH_CUDA=${MOLPHENIX_WITH_CUDA})")
+  set(MOLPHENIX_CUDA_ARCHS_STR "")
+endif()
+
+set(MPX_WARNINGS -Wall -Wextra -Wno-unused-parameter)

@@ -1,0 +1,23 @@
+"""molphenix: fast contrastive phenomolecular retrieval.
+
+The compiled core (``molphenix._C``: C++/OpenMP and CUDA kernels) is loaded lazily, so
+``import molphenix`` works on machines without a GPU, a CUDA runtime or even the extension.
+
+Public entry points:
+    molphenix.ops        fused S2L / SigLIP losses, arctan-L2 similarity, retrieval ranks, top-k
+    molphenix.data       datasets, simulator, featurizers, splits, loaders
+    molphenix.build_info(), has_extension(), has_cuda(); ``python -m molphenix.info``
+"""
+
+from molphenix._ext import build_info, has_cuda, has_extension
+from molphenix._version import __version__
+
+__all__ = ["__version__", "build_info", "has_cuda", "has_extension", "ops", "data"]
+
+
+def __getattr__(name: str):  # lazy subpackages: keep `import molphenix` light
+    if name in ("ops", "data"):
+        import importlib
+
+        return importlib.import_module(f"molphenix.{name}")
+    raise AttributeError(f"module 'molphenix' has no attribute {name!r}")
