@@ -1,0 +1,3 @@
+from molphenix.cli.main import app
+
+app()

@@ -1,0 +1,1 @@
+"""The ``molphenix`` command line (``molphenix.cli.main:app``)."""
