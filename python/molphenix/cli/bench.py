@@ -14,6 +14,8 @@ from molphenix import ops
 from molphenix.ops import _reference as R
 
 SIZES = {
+    "tiny": dict(s2l_b=256, s2l_d=64, s2l_e=96, ret_q=512, ret_n=1024, ret_d=64, topk_q=128,
+                 topk_n=1024, sim_n=256, sim_e=96),
     True: dict(s2l_b=2048, s2l_d=256, s2l_e=384, ret_q=8192, ret_n=8192, ret_d=256, topk_q=1024,
                topk_n=8192, sim_n=2048, sim_e=384),
     False: dict(s2l_b=8192, s2l_d=256, s2l_e=384, ret_q=20000, ret_n=20000, ret_d=256, topk_q=4096,
@@ -22,19 +24,19 @@ SIZES = {
 
 
 def run(quick: bool = True, device: str = "cpu", threads: Optional[int] = None,
-        out: Optional[Path] = None, seed: int = 0) -> List[B.Measurement]:
+        out: Optional[Path] = None, seed: int = 0, tiny: bool = False) -> List[B.Measurement]:
     """Benchmark every op against the reference; prints a markdown table, returns measurements."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: 'cuda' requested but torch sees no CUDA device")
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(seed)
-    sz = SIZES[bool(quick)]
+    sz = SIZES["tiny"] if tiny else SIZES[bool(quick)]
     dtype = torch.float32
     compiled = device
     rows: List[B.Measurement] = []
-    mm = B.matmul_gflops(2048 if quick else 4096, device=device)
-    print(f"molphenix bench ({'quick' if quick else 'full'}) on {B.machine_tag(device)}, "
+    mm = B.matmul_gflops(512 if tiny else 2048 if quick else 4096, device=device)
+    print(f"molphenix bench ({'tiny' if tiny else 'quick' if quick else 'full'}) on {B.machine_tag(device)}, "
           f"{threads} threads; torch.mm: {mm:.1f} GFLOP/s", flush=True)
 
     def rand(*shape):

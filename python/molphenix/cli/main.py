@@ -17,12 +17,13 @@ def bench(
     device: str = typer.Option("cpu", help="cpu or cuda"),
     threads: Optional[int] = typer.Option(None, help="threads for every provider (default: torch's)"),
     out: Optional[Path] = typer.Option(None, help="append the results to this CSV"),
+    tiny: bool = typer.Option(False, "--tiny", hidden=True, help="seconds-long smoke sizes (tests)"),
 ) -> None:
     """Benchmark the compiled kernels against the pure-torch reference on generated data."""
     from molphenix.cli.bench import run
 
     try:
-        run(quick=quick, device=device, threads=threads, out=out)
+        run(quick=quick, device=device, threads=threads, out=out, tiny=tiny)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
