@@ -62,6 +62,15 @@ struct ScalarOps {
   static MPX_GEMM_INLINE V load_n(const T* p, int) { return *p; }
   static MPX_GEMM_INLINE void store_n(T* p, V v, int) { *p = v; }
   static MPX_GEMM_INLINE V fma(V a, V b, V c) { return std::fma(a, b, c); }
+  // epilogue helpers (retrieval): IEEE ops lane-wise, masks as bit sets (bit l = lane l)
+  static MPX_GEMM_INLINE V add(V a, V b) { return a + b; }
+  static MPX_GEMM_INLINE V sub(V a, V b) { return a - b; }
+  static MPX_GEMM_INLINE V mul(V a, V b) { return a * b; }
+  static MPX_GEMM_INLINE V max0(V a) { return a > T(0) ? a : T(0); }  // NaN -> 0, like maxps
+  static MPX_GEMM_INLINE V neg(V a) { return -a; }
+  static MPX_GEMM_INLINE uint32_t ge(V a, V b) { return a >= b ? 1u : 0u; }
+  static MPX_GEMM_INLINE uint32_t le(V a, V b) { return a <= b ? 1u : 0u; }
+  static MPX_GEMM_INLINE void store_all(T* p, V v) { *p = v; }
 };
 
 #if defined(__AVX512F__)
@@ -78,6 +87,15 @@ struct OpsF {
   static MPX_GEMM_INLINE V load_n(const T* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
   static MPX_GEMM_INLINE void store_n(T* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
   static MPX_GEMM_INLINE V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static MPX_GEMM_INLINE V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static MPX_GEMM_INLINE V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static MPX_GEMM_INLINE V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  // max(a, +0) returns the second operand when a is NaN or +-0: a > 0 ? a : +0.
+  static MPX_GEMM_INLINE V max0(V a) { return _mm512_max_ps(a, _mm512_setzero_ps()); }
+  static MPX_GEMM_INLINE V neg(V a) { return _mm512_sub_ps(_mm512_setzero_ps(), a); }
+  static MPX_GEMM_INLINE void store_all(T* p, V v) { _mm512_storeu_ps(p, v); }
+  static MPX_GEMM_INLINE uint32_t ge(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+  static MPX_GEMM_INLINE uint32_t le(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
 };
 struct OpsD {
   using T = double;
@@ -92,6 +110,15 @@ struct OpsD {
   static MPX_GEMM_INLINE V load_n(const T* p, int n) { return _mm512_maskz_loadu_pd(mask(n), p); }
   static MPX_GEMM_INLINE void store_n(T* p, V v, int n) { _mm512_mask_storeu_pd(p, mask(n), v); }
   static MPX_GEMM_INLINE V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static MPX_GEMM_INLINE V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static MPX_GEMM_INLINE V sub(V a, V b) { return _mm512_sub_pd(a, b); }
+  static MPX_GEMM_INLINE V mul(V a, V b) { return _mm512_mul_pd(a, b); }
+  // max(a, +0) returns the second operand when a is NaN or +-0: a > 0 ? a : +0.
+  static MPX_GEMM_INLINE V max0(V a) { return _mm512_max_pd(a, _mm512_setzero_pd()); }
+  static MPX_GEMM_INLINE V neg(V a) { return _mm512_sub_pd(_mm512_setzero_pd(), a); }
+  static MPX_GEMM_INLINE void store_all(T* p, V v) { _mm512_storeu_pd(p, v); }
+  static MPX_GEMM_INLINE uint32_t ge(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_GE_OQ); }
+  static MPX_GEMM_INLINE uint32_t le(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_LE_OQ); }
 };
 #elif defined(__AVX2__) && defined(__FMA__)
 struct OpsF {
@@ -109,6 +136,19 @@ struct OpsF {
   static MPX_GEMM_INLINE V load_n(const T* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
   static MPX_GEMM_INLINE void store_n(T* p, V v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
   static MPX_GEMM_INLINE V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static MPX_GEMM_INLINE V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static MPX_GEMM_INLINE V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static MPX_GEMM_INLINE V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  // max(a, +0) returns the second operand when a is NaN or +-0: a > 0 ? a : +0.
+  static MPX_GEMM_INLINE V max0(V a) { return _mm256_max_ps(a, _mm256_setzero_ps()); }
+  static MPX_GEMM_INLINE V neg(V a) { return _mm256_sub_ps(_mm256_setzero_ps(), a); }
+  static MPX_GEMM_INLINE void store_all(T* p, V v) { _mm256_storeu_ps(p, v); }
+  static MPX_GEMM_INLINE uint32_t ge(V a, V b) {
+    return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GE_OQ)));
+  }
+  static MPX_GEMM_INLINE uint32_t le(V a, V b) {
+    return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LE_OQ)));
+  }
 };
 struct OpsD {
   using T = double;
@@ -125,12 +165,26 @@ struct OpsD {
   static MPX_GEMM_INLINE V load_n(const T* p, int n) { return _mm256_maskload_pd(p, mask(n)); }
   static MPX_GEMM_INLINE void store_n(T* p, V v, int n) { _mm256_maskstore_pd(p, mask(n), v); }
   static MPX_GEMM_INLINE V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static MPX_GEMM_INLINE V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static MPX_GEMM_INLINE V sub(V a, V b) { return _mm256_sub_pd(a, b); }
+  static MPX_GEMM_INLINE V mul(V a, V b) { return _mm256_mul_pd(a, b); }
+  // max(a, +0) returns the second operand when a is NaN or +-0: a > 0 ? a : +0.
+  static MPX_GEMM_INLINE V max0(V a) { return _mm256_max_pd(a, _mm256_setzero_pd()); }
+  static MPX_GEMM_INLINE V neg(V a) { return _mm256_sub_pd(_mm256_setzero_pd(), a); }
+  static MPX_GEMM_INLINE void store_all(T* p, V v) { _mm256_storeu_pd(p, v); }
+  static MPX_GEMM_INLINE uint32_t ge(V a, V b) {
+    return static_cast<uint32_t>(_mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_GE_OQ)));
+  }
+  static MPX_GEMM_INLINE uint32_t le(V a, V b) {
+    return static_cast<uint32_t>(_mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_LE_OQ)));
+  }
 };
 #endif
 
 // ---- the driver + micro-kernel -----------------------------------------------------------------
 template <class O, int MR_, int NV_>
 struct GemmKernel {
+  using Ops = O;
   using T = typename O::T;
   using V = typename O::V;
   static constexpr int W = O::W;
@@ -241,9 +295,11 @@ struct GemmKernel {
       return;
     }
     thread_local std::vector<T> buf;
-    const int64_t need = panels(std::min(NC, N)) * std::min(KC, K) * NR;
+    const int64_t need = panels(std::min(NC, N)) * std::min(KC, K) * NR + 64 / sizeof(T);
     if (static_cast<int64_t>(buf.size()) < need) buf.resize(need);
+    // 64-byte aligned panels: one panel row is whole cache lines (no split vector loads).
     T* bp = buf.data();
+    while (reinterpret_cast<uintptr_t>(bp) % 64 != 0) ++bp;
     for (int64_t jc = 0; jc < N; jc += NC) {
       const int64_t nc = std::min(NC, N - jc);
       for (int64_t pc = 0; pc < K; pc += KC) {
