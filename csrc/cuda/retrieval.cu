@@ -1,0 +1,636 @@
+// Streamed retrieval on CUDA: rank of the true candidate and exact top-k.
+//
+// Keys. tile_nt gives <q_i, c_j> in Acc (float, double for float64). kDot: key = dot (larger is
+// better); kSqL2: key = max(|q|^2 + |c|^2 - 2 dot, 0) built with non-contractible _rn operations
+// from norms precomputed once (smaller is better). -0 is canonicalised to +0.
+//
+// retrieval_ranks. (1) target_key_kernel: for query i with target t, one block recomputes the
+// whole tile (row tile of i, column tile of t) with the very same tile_nt call as the counting
+// pass and reads the element at the same position, so the target's key is bitwise the key the
+// counting pass sees (no assumption about tensor-core rounding being position independent).
+// (2) ranks_kernel: grid (query tiles, column splits), each block streams its column tiles and
+// counts keys at least as good as the target's (ties count against the query), then one 64-bit
+// integer atomicAdd per row (exact, order independent).
+//
+// topk_retrieve. Exact radix select on the order-preserving unsigned image of the key (smaller is
+// better): 4 passes of 8 bits (8 for float64) over streamed tiles build per-query histograms of
+// the keys that share the prefix chosen so far (shared-memory histograms, flushed with integer
+// atomics); select_kernel picks the digit holding the k-th best. The prefix then IS the k-th best
+// key T and `need` says how many keys equal to T to keep. collect_kernel (one block per query
+// tile, columns in increasing order) writes the keys better than T and the first `need` keys
+// equal to T in increasing candidate index. A stable segmented radix sort (cub) orders each
+// query's k entries best first; stability keeps equal keys in index order.
+#include <cub/device/device_segmented_radix_sort.cuh>
+
+#include <algorithm>
+
+#include "molphenix/ops/retrieval.h"
+#include "tile.cuh"
+
+namespace molphenix {
+namespace cuda {
+namespace {
+
+using namespace detail;
+
+template <class Acc>
+__device__ __forceinline__ Acc make_key(Acc dot, Acc qn, Acc cn, bool sql2) {
+  if (!sql2) return add_rn(dot, Acc(0));
+  Acc k = sub_rn(add_rn(qn, cn), mul_rn(Acc(2), dot));
+  k = k > Acc(0) ? k : Acc(0);
+  return add_rn(k, Acc(0));
+}
+
+// Order-preserving unsigned image; `better first` = ascending.
+__device__ __forceinline__ uint32_t ord_bits(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ uint64_t ord_bits(double f) {
+  const uint64_t u = static_cast<uint64_t>(__double_as_longlong(f));
+  return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
+}
+__device__ __forceinline__ float unord(uint32_t o) {
+  return __uint_as_float((o & 0x80000000u) ? (o & 0x7fffffffu) : ~o);
+}
+__device__ __forceinline__ double unord(uint64_t o) {
+  return __longlong_as_double(static_cast<long long>(
+      (o & 0x8000000000000000ull) ? (o & 0x7fffffffffffffffull) : ~o));
+}
+
+template <class Acc>
+struct KeyOf;
+template <>
+struct KeyOf<float> {
+  using type = uint32_t;
+};
+template <>
+struct KeyOf<double> {
+  using type = uint64_t;
+};
+
+// Smaller is better.
+template <class Acc>
+__device__ __forceinline__ typename KeyOf<Acc>::type key_bits(Acc key, bool sql2) {
+  const auto o = ord_bits(key);
+  return sql2 ? o : static_cast<decltype(o)>(~o);
+}
+template <class K>
+__device__ __forceinline__ auto key_value(K kb, bool sql2) {
+  return unord(sql2 ? kb : static_cast<K>(~kb));
+}
+
+template <class T>
+constexpr size_t base_smem_bytes() {
+  using Acc = typename Traits<T>::Acc;
+  return align_up(nt_operand_bytes<T>(), 128) + align_up(size_t(kBM) * kLdC * sizeof(Acc), 128) +
+         2 * kBM * sizeof(int64_t) + 2 * kBM * sizeof(Acc);
+}
+
+struct SmemPtrs {
+  unsigned char* ops;
+  void* Zs;
+  int64_t* rmap;
+  int64_t* cmap;
+  void* qn_s;
+  unsigned char* extra;
+};
+template <class T>
+__device__ __forceinline__ SmemPtrs carve_smem(unsigned char* smem) {
+  using Acc = typename Traits<T>::Acc;
+  SmemPtrs s;
+  const size_t ops_b = align_up(nt_operand_bytes<T>(), 128);
+  const size_t tileC = align_up(size_t(kBM) * kLdC * sizeof(Acc), 128);
+  s.ops = smem;
+  s.Zs = smem + ops_b;
+  s.rmap = reinterpret_cast<int64_t*>(smem + ops_b + tileC);
+  s.cmap = s.rmap + kBM;
+  s.qn_s = s.cmap + kBN;
+  s.extra = smem + base_smem_bytes<T>();
+  return s;
+}
+
+// ---- retrieval_ranks --------------------------------------------------------------------------
+template <class T>
+struct RankArgs {
+  using Acc = typename Traits<T>::Acc;
+  const T* q;
+  const T* c;
+  int64_t Q, N, D;
+  const int64_t* targets;
+  double* target_scores;
+  const Acc* qn;  // [Q] (kSqL2)
+  const Acc* cn;  // [N] (kSqL2)
+  bool sql2;
+  int64_t* ranks;
+};
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) target_key_kernel(const RankArgs<T> a) {
+  using Acc = typename Traits<T>::Acc;
+  extern __shared__ __align__(128) unsigned char smem[];
+  SmemPtrs s = carve_smem<T>(smem);
+  Acc* Zs = static_cast<Acc*>(s.Zs);
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  const int64_t i = r0 + blockIdx.y;
+  if (i >= a.Q) return;
+  const int64_t t = a.targets[i];
+  if (t < 0 || t >= a.N) return;  // uniform over the block
+  const int64_t c0 = t / kBN * kBN;
+  fill_row_map(s.rmap, r0, a.Q);
+  if (threadIdx.x < kBN) s.cmap[threadIdx.x] = c0 + threadIdx.x < a.N ? c0 + threadIdx.x : -1;
+  __syncthreads();
+  tile_nt<T>(a.q, a.D, s.rmap, a.c, a.D, s.cmap, a.D, s.ops, Zs);
+  if (threadIdx.x == 0) {
+    const int r = static_cast<int>(i - r0), cc = static_cast<int>(t - c0);
+    const Acc qn = a.sql2 ? a.qn[i] : Acc(0);
+    const Acc cn = a.sql2 ? a.cn[t] : Acc(0);
+    a.target_scores[i] = static_cast<double>(make_key<Acc>(Zs[r * kLdC + cc], qn, cn, a.sql2));
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) ranks_kernel(const RankArgs<T> a) {
+  using Acc = typename Traits<T>::Acc;
+  extern __shared__ __align__(128) unsigned char smem[];
+  SmemPtrs s = carve_smem<T>(smem);
+  Acc* Zs = static_cast<Acc*>(s.Zs);
+  Acc* qn_s = static_cast<Acc*>(s.qn_s);
+  Acc* cn_s = qn_s + kBM;
+  const int tid = threadIdx.x;
+  const int er = tid >> 2, ec0 = (tid & 3) * 16;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  const int64_t i = r0 + er;
+  fill_row_map(s.rmap, r0, a.Q);
+  if (tid < kBM) qn_s[tid] = (a.sql2 && r0 + tid < a.Q) ? a.qn[r0 + tid] : Acc(0);
+  const int64_t tgt = i < a.Q ? a.targets[i] : -1;
+  const double tkey = i < a.Q ? a.target_scores[i] : 0.0;
+  const int64_t col_tiles = (a.N + kBN - 1) / kBN;
+  unsigned long long cnt = 0;
+  for (int64_t ct = blockIdx.y; ct < col_tiles; ct += gridDim.y) {
+    const int64_t c0 = ct * kBN;
+    __syncthreads();
+    fill_row_map(s.cmap, c0, a.N);
+    if (tid < kBN) cn_s[tid] = (a.sql2 && c0 + tid < a.N) ? a.cn[c0 + tid] : Acc(0);
+    __syncthreads();
+    tile_nt<T>(a.q, a.D, s.rmap, a.c, a.D, s.cmap, a.D, s.ops, Zs);
+    if (i < a.Q) {
+      const Acc qn = qn_s[er];
+#pragma unroll 4
+      for (int m = 0; m < 16; ++m) {
+        const int cc = ec0 + m;
+        const int64_t j = c0 + cc;
+        if (j >= a.N || j == tgt) continue;
+        const double k = static_cast<double>(make_key<Acc>(Zs[er * kLdC + cc], qn, cn_s[cc], a.sql2));
+        cnt += a.sql2 ? (k <= tkey) : (k >= tkey);
+      }
+    }
+  }
+  cnt += __shfl_xor_sync(0xffffffffu, cnt, 1);
+  cnt += __shfl_xor_sync(0xffffffffu, cnt, 2);
+  if ((tid & 3) == 0 && i < a.Q && cnt > 0)
+    atomicAdd(reinterpret_cast<unsigned long long*>(a.ranks + i), cnt);
+}
+
+int column_splits(int64_t row_tiles, int64_t col_tiles) {
+  const int64_t want = static_cast<int64_t>(sm_count()) * 8;
+  int64_t y = ceil_div(want, std::max<int64_t>(row_tiles, 1));
+  y = std::max<int64_t>(1, std::min<int64_t>({y, col_tiles, 65535}));
+  return static_cast<int>(y);
+}
+
+template <class T>
+void run_ranks(const void* queries, const void* candidates, int64_t Q, int64_t N, int64_t D,
+               const int64_t* targets, double* target_scores, Metric metric, int64_t* ranks,
+               void* workspace, size_t workspace_bytes, cudaStream_t st) {
+  using Acc = typename Traits<T>::Acc;
+  const bool sql2 = metric == Metric::kSqL2;
+  Carve cv(workspace);
+  Acc* qn = sql2 ? cv.take<Acc>(static_cast<size_t>(Q)) : nullptr;
+  Acc* cn = sql2 ? cv.take<Acc>(static_cast<size_t>(N)) : nullptr;
+  if (cv.off > workspace_bytes || (cv.off > 0 && workspace == nullptr))
+    throw ValueError("retrieval_ranks: workspace too small");
+  RankArgs<T> a;
+  a.q = static_cast<const T*>(queries);
+  a.c = static_cast<const T*>(candidates);
+  a.Q = Q;
+  a.N = N;
+  a.D = D;
+  a.targets = targets;
+  a.target_scores = target_scores;
+  a.qn = qn;
+  a.cn = cn;
+  a.sql2 = sql2;
+  a.ranks = ranks;
+  if (sql2) {
+    launch_row_sqnorm<T>(a.q, Q, D, qn, st);
+    launch_row_sqnorm<T>(a.c, N, D, cn, st);
+  }
+  check_cuda(cudaMemsetAsync(ranks, 0, sizeof(int64_t) * Q, st), "memset ranks");
+  const int64_t rt = ceil_div(Q, kBM), ct = ceil_div(N, kBN);
+  if (rt > 2147483647) throw ValueError("retrieval_ranks: too many queries");
+  const size_t smem = base_smem_bytes<T>();
+  {
+    auto k = target_key_kernel<T>;
+    set_smem(k, smem, "target_key_kernel smem");
+    k<<<dim3(static_cast<unsigned>(rt), kBM), kThreads, smem, st>>>(a);
+    check_launch("target_key_kernel");
+  }
+  {
+    auto k = ranks_kernel<T>;
+    set_smem(k, smem, "ranks_kernel smem");
+    const int ys = column_splits(rt, ct);
+    k<<<dim3(static_cast<unsigned>(rt), static_cast<unsigned>(ys)), kThreads, smem, st>>>(a);
+    check_launch("ranks_kernel");
+  }
+}
+
+// ---- topk_retrieve ----------------------------------------------------------------------------
+template <class T>
+struct TopkArgs {
+  using Acc = typename Traits<T>::Acc;
+  using K = typename KeyOf<Acc>::type;
+  const T* q;  // chunk's first query
+  const T* c;
+  int64_t Q, N, D, k;  // Q: queries in this chunk
+  const Acc* qn;       // chunk's first query norm
+  const Acc* cn;
+  bool sql2;
+  unsigned* hist;  // [Q, 256]
+  K* prefix;       // [Q]
+  int64_t* need;   // [Q] remaining rank inside the current prefix
+  K* keys;         // [Q, k] collected keys
+  int64_t* idx;    // [Q, k] collected indices
+};
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) topk_hist_kernel(const TopkArgs<T> a, int shift,
+                                                             int first_pass) {
+  using Acc = typename Traits<T>::Acc;
+  using K = typename KeyOf<Acc>::type;
+  extern __shared__ __align__(128) unsigned char smem[];
+  SmemPtrs s = carve_smem<T>(smem);
+  Acc* Zs = static_cast<Acc*>(s.Zs);
+  Acc* qn_s = static_cast<Acc*>(s.qn_s);
+  Acc* cn_s = qn_s + kBM;
+  unsigned* h = reinterpret_cast<unsigned*>(s.extra);  // [64][256]
+  const int tid = threadIdx.x;
+  const int er = tid >> 2, ec0 = (tid & 3) * 16;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  const int64_t i = r0 + er;
+  fill_row_map(s.rmap, r0, a.Q);
+  if (tid < kBM) qn_s[tid] = (a.sql2 && r0 + tid < a.Q) ? a.qn[r0 + tid] : Acc(0);
+  for (int x = tid; x < kBM * 256; x += kThreads) h[x] = 0u;
+  const K pre = (i < a.Q && !first_pass) ? a.prefix[i] : K(0);
+  const int hs = shift + 8;  // bits above the current digit must match the prefix
+  const int64_t col_tiles = (a.N + kBN - 1) / kBN;
+  for (int64_t ct = blockIdx.y; ct < col_tiles; ct += gridDim.y) {
+    const int64_t c0 = ct * kBN;
+    __syncthreads();
+    fill_row_map(s.cmap, c0, a.N);
+    if (tid < kBN) cn_s[tid] = (a.sql2 && c0 + tid < a.N) ? a.cn[c0 + tid] : Acc(0);
+    __syncthreads();
+    tile_nt<T>(a.q, a.D, s.rmap, a.c, a.D, s.cmap, a.D, s.ops, Zs);
+    if (i < a.Q) {
+      const Acc qn = qn_s[er];
+#pragma unroll 4
+      for (int m = 0; m < 16; ++m) {
+        const int cc = ec0 + m;
+        if (c0 + cc >= a.N) break;
+        const K kb = key_bits<Acc>(make_key<Acc>(Zs[er * kLdC + cc], qn, cn_s[cc], a.sql2), a.sql2);
+        if (!first_pass && (kb >> hs) != (pre >> hs)) continue;
+        atomicAdd(&h[er * 256 + static_cast<int>((kb >> shift) & K(255))], 1u);
+      }
+    }
+  }
+  __syncthreads();
+  for (int x = tid; x < kBM * 256; x += kThreads) {
+    const int r = x >> 8;
+    if (r0 + r < a.Q && h[x] != 0u) atomicAdd(&a.hist[(r0 + r) * 256 + (x & 255)], h[x]);
+  }
+}
+
+template <class K>
+__global__ void topk_init_kernel(int64_t Q, int64_t k, K* prefix, int64_t* need) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < Q) {
+    prefix[i] = K(0);
+    need[i] = k;
+  }
+}
+
+template <class K>
+__global__ void topk_select_kernel(int64_t Q, const unsigned* __restrict__ hist, int shift,
+                                   K* prefix, int64_t* need) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= Q) return;
+  int64_t rem = need[i];
+  int64_t cum = 0;
+  int d = 255;
+  for (int b = 0; b < 256; ++b) {
+    const int64_t hb = hist[i * 256 + b];
+    if (cum + hb >= rem) {
+      d = b;
+      break;
+    }
+    cum += hb;
+  }
+  need[i] = rem - cum;
+  prefix[i] |= static_cast<K>(d) << shift;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kThreads) topk_collect_kernel(const TopkArgs<T> a) {
+  using Acc = typename Traits<T>::Acc;
+  using K = typename KeyOf<Acc>::type;
+  extern __shared__ __align__(128) unsigned char smem[];
+  SmemPtrs s = carve_smem<T>(smem);
+  Acc* Zs = static_cast<Acc*>(s.Zs);
+  Acc* qn_s = static_cast<Acc*>(s.qn_s);
+  Acc* cn_s = qn_s + kBM;
+  const int tid = threadIdx.x;
+  const int er = tid >> 2, ec0 = (tid & 3) * 16, part = tid & 3;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  const int64_t i = r0 + er;
+  fill_row_map(s.rmap, r0, a.Q);
+  if (tid < kBM) qn_s[tid] = (a.sql2 && r0 + tid < a.Q) ? a.qn[r0 + tid] : Acc(0);
+  const K kth = i < a.Q ? a.prefix[i] : K(0);
+  const int64_t need = i < a.Q ? a.need[i] : 0;  // ties to keep (>= 1)
+  const int64_t quota = a.k - need;               // keys strictly better than kth
+  int64_t nb = 0, nt = 0;                         // written so far (same in the row's 4 lanes)
+  K* keys = a.keys + (i < a.Q ? i : 0) * a.k;
+  int64_t* idx = a.idx + (i < a.Q ? i : 0) * a.k;
+  const int64_t col_tiles = (a.N + kBN - 1) / kBN;
+  for (int64_t ct = 0; ct < col_tiles; ++ct) {
+    const int64_t c0 = ct * kBN;
+    __syncthreads();
+    fill_row_map(s.cmap, c0, a.N);
+    if (tid < kBN) cn_s[tid] = (a.sql2 && c0 + tid < a.N) ? a.cn[c0 + tid] : Acc(0);
+    __syncthreads();
+    tile_nt<T>(a.q, a.D, s.rmap, a.c, a.D, s.cmap, a.D, s.ops, Zs);
+    const Acc qn = qn_s[er];
+    int cb = 0, cq = 0;
+    K kbs[16];
+#pragma unroll
+    for (int m = 0; m < 16; ++m) {
+      const int cc = ec0 + m;
+      kbs[m] = key_bits<Acc>(make_key<Acc>(Zs[er * kLdC + cc], qn, cn_s[cc], a.sql2), a.sql2);
+      const bool valid = i < a.Q && c0 + cc < a.N;
+      cb += (valid && kbs[m] < kth);
+      cq += (valid && kbs[m] == kth);
+    }
+    // Exclusive prefix over the row's 4 lanes (adjacent lanes, column order).
+    int ib = cb, iq = cq;
+#pragma unroll
+    for (int o = 1; o < 4; o <<= 1) {
+      const int yb = __shfl_up_sync(0xffffffffu, ib, o, 4);
+      const int yq = __shfl_up_sync(0xffffffffu, iq, o, 4);
+      if (part >= o) {
+        ib += yb;
+        iq += yq;
+      }
+    }
+    const int tb = __shfl_sync(0xffffffffu, ib, 3, 4);
+    const int tq = __shfl_sync(0xffffffffu, iq, 3, 4);
+    int64_t pb = nb + (ib - cb), pq = nt + (iq - cq);
+    if (cb + cq > 0) {
+#pragma unroll
+      for (int m = 0; m < 16; ++m) {
+        const int cc = ec0 + m;
+        const bool valid = i < a.Q && c0 + cc < a.N;
+        if (!valid) continue;
+        if (kbs[m] < kth) {
+          if (pb < quota) {
+            keys[pb] = kbs[m];
+            idx[pb] = c0 + cc;
+          }
+          ++pb;
+        } else if (kbs[m] == kth) {
+          if (pq < need) {
+            keys[quota + pq] = kbs[m];
+            idx[quota + pq] = c0 + cc;
+          }
+          ++pq;
+        }
+      }
+    }
+    nb += tb;
+    nt += tq;
+  }
+}
+
+template <class K, class Out>
+__global__ void topk_decode_kernel(const K* __restrict__ keys, int64_t n, bool sql2,
+                                   Out* __restrict__ out) {
+  for (int64_t x = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; x < n;
+       x += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[x] = static_cast<Out>(key_value(keys[x], sql2));
+}
+
+__global__ void segment_offsets_kernel(int n, int k, int* off) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i <= n) off[i] = i * k;
+}
+
+// Queries per pipeline chunk: collected keys + indices + sorted keys of one chunk stay under
+// ~4 GiB and under cub's int item count.
+int64_t topk_chunk(int64_t Q, int64_t k, size_t key_bytes) {
+  const double per_query = static_cast<double>(k) * (2.0 * key_bytes + 8.0);
+  int64_t qc = static_cast<int64_t>((4.0 * (1ull << 30)) / per_query);
+  qc = std::min<int64_t>(qc, static_cast<int64_t>((1ll << 30) / k));
+  qc = std::max<int64_t>(qc / kBM * kBM, 1);
+  return std::min<int64_t>(qc, Q);
+}
+
+template <class K>
+size_t cub_sort_bytes(int64_t qc, int64_t k) {
+  size_t bytes = 0;
+  const int n = static_cast<int>(qc * k), segs = static_cast<int>(qc);
+  check_cuda(cub::DeviceSegmentedRadixSort::SortPairs(
+                 nullptr, bytes, static_cast<const K*>(nullptr), static_cast<K*>(nullptr),
+                 static_cast<const int64_t*>(nullptr), static_cast<int64_t*>(nullptr), n, segs,
+                 static_cast<const int*>(nullptr), static_cast<const int*>(nullptr), 0,
+                 static_cast<int>(sizeof(K) * 8), cudaStream_t(0)),
+             "cub::DeviceSegmentedRadixSort (temp size)");
+  return bytes;
+}
+
+template <class Acc>
+struct TopkPieces {
+  using K = typename KeyOf<Acc>::type;
+  Acc* qn = nullptr;
+  Acc* cn = nullptr;
+  unsigned* hist = nullptr;
+  K* prefix = nullptr;
+  int64_t* need = nullptr;
+  K* keys = nullptr;
+  int64_t* idx = nullptr;
+  K* sorted = nullptr;
+  int* offs = nullptr;
+  void* temp = nullptr;
+  size_t temp_bytes = 0;
+  int64_t qc = 0;
+  size_t total = 0;
+};
+
+template <class Acc>
+TopkPieces<Acc> topk_carve(void* base, int64_t Q, int64_t N, int64_t k, bool sql2) {
+  using K = typename KeyOf<Acc>::type;
+  TopkPieces<Acc> p;
+  Carve cv(base);
+  p.qc = topk_chunk(Q, k, sizeof(K));
+  if (sql2) {
+    p.qn = cv.take<Acc>(static_cast<size_t>(Q));
+    p.cn = cv.take<Acc>(static_cast<size_t>(N));
+  }
+  const size_t qc = static_cast<size_t>(p.qc);
+  p.hist = cv.take<unsigned>(qc * 256);
+  p.prefix = cv.take<K>(qc);
+  p.need = cv.take<int64_t>(qc);
+  p.keys = cv.take<K>(qc * static_cast<size_t>(k));
+  p.idx = cv.take<int64_t>(qc * static_cast<size_t>(k));
+  p.sorted = cv.take<K>(qc * static_cast<size_t>(k));
+  p.offs = cv.take<int>(qc + 1);
+  p.temp_bytes = cub_sort_bytes<K>(p.qc, k);
+  p.temp = cv.take<unsigned char>(p.temp_bytes);
+  p.total = align_up(cv.off, 256);
+  return p;
+}
+
+template <class T>
+void run_topk(const void* queries, const void* candidates, int64_t Q, int64_t N, int64_t D,
+              int64_t k, Metric metric, void* out_scores, int64_t* out_indices, void* workspace,
+              size_t workspace_bytes, cudaStream_t st) {
+  using Acc = typename Traits<T>::Acc;
+  using K = typename KeyOf<Acc>::type;
+  const bool sql2 = metric == Metric::kSqL2;
+  TopkPieces<Acc> pc = topk_carve<Acc>(workspace, Q, N, k, sql2);
+  if (pc.total > workspace_bytes || workspace == nullptr)
+    throw ValueError("topk_retrieve: workspace too small");
+  const T* q = static_cast<const T*>(queries);
+  const T* c = static_cast<const T*>(candidates);
+  if (sql2) {
+    launch_row_sqnorm<T>(q, Q, D, pc.qn, st);
+    launch_row_sqnorm<T>(c, N, D, pc.cn, st);
+  }
+  const size_t smem_hist = base_smem_bytes<T>() + size_t(kBM) * 256 * sizeof(unsigned);
+  const size_t smem_base = base_smem_bytes<T>();
+  auto kh = topk_hist_kernel<T>;
+  auto kc = topk_collect_kernel<T>;
+  set_smem(kh, smem_hist, "topk_hist_kernel smem");
+  set_smem(kc, smem_base, "topk_collect_kernel smem");
+  const int64_t ct = ceil_div(N, kBN);
+  const int passes = static_cast<int>(sizeof(K));
+  for (int64_t q0 = 0; q0 < Q; q0 += pc.qc) {
+    const int64_t qc = std::min<int64_t>(pc.qc, Q - q0);
+    const int64_t rt = ceil_div(qc, kBM);
+    TopkArgs<T> a;
+    a.q = q + q0 * D;
+    a.c = c;
+    a.Q = qc;
+    a.N = N;
+    a.D = D;
+    a.k = k;
+    a.qn = sql2 ? pc.qn + q0 : nullptr;
+    a.cn = pc.cn;
+    a.sql2 = sql2;
+    a.hist = pc.hist;
+    a.prefix = pc.prefix;
+    a.need = pc.need;
+    a.keys = pc.keys;
+    a.idx = pc.idx;
+    const unsigned qb = static_cast<unsigned>(ceil_div(qc, 256));
+    topk_init_kernel<K><<<qb, 256, 0, st>>>(qc, k, pc.prefix, pc.need);
+    check_launch("topk_init_kernel");
+    const int ys = column_splits(rt, ct);
+    for (int pass = 0; pass < passes; ++pass) {
+      const int shift = static_cast<int>(sizeof(K) * 8) - 8 * (pass + 1);
+      check_cuda(cudaMemsetAsync(pc.hist, 0, sizeof(unsigned) * 256 * qc, st), "memset hist");
+      kh<<<dim3(static_cast<unsigned>(rt), static_cast<unsigned>(ys)), kThreads, smem_hist, st>>>(
+          a, shift, pass == 0 ? 1 : 0);
+      check_launch("topk_hist_kernel");
+      topk_select_kernel<K><<<qb, 256, 0, st>>>(qc, pc.hist, shift, pc.prefix, pc.need);
+      check_launch("topk_select_kernel");
+    }
+    kc<<<static_cast<unsigned>(rt), kThreads, smem_base, st>>>(a);
+    check_launch("topk_collect_kernel");
+    segment_offsets_kernel<<<static_cast<unsigned>(ceil_div(qc + 1, 256)), 256, 0, st>>>(
+        static_cast<int>(qc), static_cast<int>(k), pc.offs);
+    check_launch("segment_offsets_kernel");
+    size_t temp_bytes = pc.temp_bytes;
+    check_cuda(cub::DeviceSegmentedRadixSort::SortPairs(
+                   pc.temp, temp_bytes, pc.keys, pc.sorted, pc.idx, out_indices + q0 * k,
+                   static_cast<int>(qc * k), static_cast<int>(qc), pc.offs, pc.offs + 1, 0,
+                   static_cast<int>(sizeof(K) * 8), st),
+               "cub::DeviceSegmentedRadixSort::SortPairs");
+    const int64_t n = qc * k;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 65536));
+    if (sizeof(Acc) == 8)
+      topk_decode_kernel<K, double><<<blocks, 256, 0, st>>>(
+          pc.sorted, n, sql2, static_cast<double*>(out_scores) + q0 * k);
+    else
+      topk_decode_kernel<K, float><<<blocks, 256, 0, st>>>(
+          pc.sorted, n, sql2, static_cast<float*>(out_scores) + q0 * k);
+    check_launch("topk_decode_kernel");
+  }
+}
+
+}  // namespace
+
+size_t retrieval_ranks_workspace_bytes(DType dtype, int64_t Q, int64_t N, int64_t D,
+                                       Metric metric) {
+  (void)D;
+  if (metric != Metric::kSqL2) return 0;
+  Carve cv(nullptr);
+  if (dtype == DType::kFloat64) {
+    cv.take<double>(static_cast<size_t>(Q));
+    cv.take<double>(static_cast<size_t>(N));
+  } else {
+    cv.take<float>(static_cast<size_t>(Q));
+    cv.take<float>(static_cast<size_t>(N));
+  }
+  return align_up(cv.off, 256);
+}
+
+void launch_retrieval_ranks(DType dtype, const void* queries, const void* candidates, int64_t Q,
+                            int64_t N, int64_t D, const int64_t* targets, double* target_scores,
+                            Metric metric, int64_t* ranks, void* workspace,
+                            size_t workspace_bytes, void* stream) {
+  if (Q <= 0) return;
+  MPX_CHECK_VALUE(N > 0, "retrieval_ranks: the candidate set is empty");
+  DeviceGuard guard(queries);
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    run_ranks<T>(queries, candidates, Q, N, D, targets, target_scores, metric, ranks, workspace,
+                 workspace_bytes, st);
+  });
+}
+
+size_t topk_retrieve_workspace_bytes(DType dtype, int64_t Q, int64_t N, int64_t D, int64_t k,
+                                     Metric metric) {
+  (void)D;
+  if (Q <= 0 || k <= 0) return 0;
+  const bool sql2 = metric == Metric::kSqL2;
+  if (dtype == DType::kFloat64) return topk_carve<double>(nullptr, Q, N, k, sql2).total;
+  return topk_carve<float>(nullptr, Q, N, k, sql2).total;
+}
+
+void launch_topk_retrieve(DType dtype, const void* queries, const void* candidates, int64_t Q,
+                          int64_t N, int64_t D, int64_t k, Metric metric, void* out_scores,
+                          int64_t* out_indices, void* workspace, size_t workspace_bytes,
+                          void* stream) {
+  if (Q <= 0) return;
+  MPX_CHECK_VALUE(N > 0, "topk_retrieve: the candidate set is empty");
+  MPX_CHECK_VALUE(k >= 1 && k <= N, "topk_retrieve: k must be in [1, N]");
+  DeviceGuard guard(queries);
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    run_topk<T>(queries, candidates, Q, N, D, k, metric, out_scores, out_indices, workspace,
+                workspace_bytes, st);
+  });
+}
+
+}  // namespace cuda
+}  // namespace molphenix
