@@ -1,0 +1,53 @@
+"""molphenix.data — everything between files on disk and tensors in a batch.
+
+Public API: :func:`load_dataset`, :func:`save_dataset`, :class:`Dataset`, :func:`simulate`,
+:func:`call_activity`, the :mod:`~molphenix.data.featurize` module, splits, the replicate
+sampler, preprocessing, and the RxRx3-core / JUMP loaders. Nothing here imports the compiled
+extension.
+"""
+
+from . import featurize
+from .activity import DEFAULT_CUTOFF, call_activity, evaluate_calls, roc_auc
+from .io import Dataset, from_tables, load_calls, load_dataset, save_calls, save_dataset
+from .loaders import load_jump, load_rxrx3_core
+from .preprocess import (
+    TVN,
+    average_replicates,
+    center_by_controls,
+    fit_tvn,
+    typical_variation_normalize,
+)
+from .sampling import ReplicateSampler
+from .schema import InvalidSmilesReport, SchemaError
+from .simulator import SimulatorConfig, simulate
+from .splits import SPLIT_NAMES, Splits, make_splits, scaffold_of
+
+__all__ = [
+    "Dataset",
+    "DEFAULT_CUTOFF",
+    "InvalidSmilesReport",
+    "ReplicateSampler",
+    "SPLIT_NAMES",
+    "SchemaError",
+    "SimulatorConfig",
+    "Splits",
+    "TVN",
+    "average_replicates",
+    "call_activity",
+    "center_by_controls",
+    "evaluate_calls",
+    "featurize",
+    "fit_tvn",
+    "from_tables",
+    "load_calls",
+    "load_dataset",
+    "load_jump",
+    "load_rxrx3_core",
+    "make_splits",
+    "roc_auc",
+    "save_calls",
+    "save_dataset",
+    "scaffold_of",
+    "simulate",
+    "typical_variation_normalize",
+]

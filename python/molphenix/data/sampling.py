@@ -1,0 +1,273 @@
+"""Training sampler over (molecule, concentration) samples with replicate averaging.
+
+Each epoch, :class:`ReplicateSampler` keeps every *active* sample (p < ``p_cutoff``) and each
+*inactive* sample (p >= ``p_cutoff``) with probability ``inactive_rate`` (undersampling), shuffles
+them, and for every drawn sample averages a random subset of its replicate wells (size uniform
+in [``min_average``, min(``max_average``, n_wells)]; the wells sit in different batches, so the
+average mixes batches). Embeddings are control-centred per batch (optionally TVN-whitened) once,
+up front.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from .activity import DEFAULT_CUTOFF
+from .preprocess import center_by_controls, fit_tvn
+
+__all__ = ["ReplicateSampler", "SampleBatch"]
+
+
+@dataclass
+class SampleBatch:
+    """One batch of drawn samples.
+
+    Attributes:
+        sample_index: int64 [B], index into ``ReplicateSampler.samples``.
+        molecule_id: list[str] [B].
+        concentration_um: float64 [B].
+        phenomic: float32 [B, E] (numpy, or a torch tensor with ``as_torch=True``).
+        p_value: float64 [B] (NaN where no call exists).
+        active: bool [B].
+        n_averaged: int64 [B], number of wells averaged per sample.
+    """
+
+    sample_index: np.ndarray
+    molecule_id: list[str]
+    concentration_um: np.ndarray
+    phenomic: Any
+    p_value: np.ndarray
+    active: np.ndarray
+    n_averaged: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sample_index)
+
+
+class ReplicateSampler:
+    """Draws (molecule, concentration) samples with inactive undersampling and random replicate
+    averaging.
+
+    Args:
+        dataset: A :class:`~molphenix.data.Dataset`.
+        calls: Activity calls (default: ``dataset.calls``). Without calls every sample counts as
+            active (no undersampling; a warning says so).
+        wells: Optional row indices or bool mask [n_wells] restricting the treated wells used
+            (e.g. ``splits.mask("train")``); controls are always used for normalisation.
+        p_cutoff: Samples with p >= cutoff are inactive.
+        inactive_rate: Probability that an inactive sample is drawn in an epoch (1 = no
+            undersampling, 0 = actives only).
+        min_average, max_average: Replicate-subset size range (``max_average=None``: all).
+        batch_size: Samples per batch.
+        normalize: ``"center"`` (per-batch control centring), ``"tvn"`` (centring + TVN
+            whitening fitted on the controls) or ``None`` (raw embeddings).
+        drop_last: Drop the final incomplete batch.
+        seed: Seed; epoch e uses the stream (seed, e), so epochs are reproducible.
+        as_torch: Return ``phenomic`` as a torch tensor.
+
+    Raises:
+        ValueError: bad arguments; no treated wells selected.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        calls: pa.Table | None = None,
+        *,
+        wells: np.ndarray | None = None,
+        p_cutoff: float = DEFAULT_CUTOFF,
+        inactive_rate: float = 0.1,
+        min_average: int = 1,
+        max_average: int | None = None,
+        batch_size: int = 256,
+        normalize: str | None = "center",
+        drop_last: bool = False,
+        seed: int = 0,
+        as_torch: bool = False,
+    ):
+        if not 0 <= inactive_rate <= 1:
+            raise ValueError(f"inactive_rate must lie in [0, 1], got {inactive_rate}")
+        if min_average < 1 or (max_average is not None and max_average < min_average):
+            raise ValueError("need 1 <= min_average <= max_average")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if normalize not in ("center", "tvn", None):
+            raise ValueError(f"normalize must be 'center', 'tvn' or None, got {normalize!r}")
+        self.p_cutoff, self.inactive_rate = float(p_cutoff), float(inactive_rate)
+        self.min_average, self.max_average = int(min_average), max_average
+        self.batch_size, self.drop_last, self.seed, self.as_torch = int(batch_size), drop_last, seed, as_torch
+        self.epoch = 0
+
+        w = dataset.wells
+        n = w.num_rows
+        is_control = w.column("is_control").to_numpy(zero_copy_only=False).astype(bool)
+        use = ~is_control
+        if wells is not None:
+            wells = np.asarray(wells)
+            sel = np.zeros(n, bool)
+            if wells.dtype == bool:
+                if wells.shape != (n,):
+                    raise ValueError(f"wells mask must have shape ({n},), got {wells.shape}")
+                sel = wells
+            else:
+                sel[wells] = True
+            use &= sel
+        rows = np.flatnonzero(use)
+        if rows.size == 0:
+            raise ValueError("wells: no treated wells selected")
+
+        x = dataset.phenomic_matrix()
+        batches = w.column("batch").to_numpy(zero_copy_only=False)
+        if normalize is None:
+            self._x = np.ascontiguousarray(x[rows], dtype=np.float32)
+        else:
+            centred = center_by_controls(x, batches, is_control)
+            if normalize == "tvn":
+                tvn = fit_tvn(centred[is_control])
+                self._x = tvn.transform(centred[rows])
+            else:
+                self._x = np.ascontiguousarray(centred[rows])
+            del centred
+
+        mol = w.column("molecule_id").take(pa.array(rows)).to_pylist()
+        conc = w.column("concentration_um").take(pa.array(rows)).to_numpy(zero_copy_only=False)
+        keys = sorted(set(zip(mol, conc.tolist())))
+        index = {k: i for i, k in enumerate(keys)}
+        code = np.fromiter((index[k] for k in zip(mol, conc.tolist())), dtype=np.int64, count=len(rows))
+        order = np.argsort(code, kind="stable")
+        self._well_order = order  # positions into self._x grouped by sample
+        self._counts = np.bincount(code, minlength=len(keys))
+        self._starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]])
+        self.samples = pa.table(
+            {
+                "molecule_id": pa.array([k[0] for k in keys], pa.string()),
+                "concentration_um": pa.array([k[1] for k in keys], pa.float64()),
+                "n_wells": pa.array(self._counts.astype(np.int32)),
+            }
+        )
+        calls = calls if calls is not None else getattr(dataset, "calls", None)
+        p = np.full(len(keys), np.nan)
+        if calls is None:
+            warnings.warn("ReplicateSampler: no activity calls; every sample counts as active", stacklevel=2)
+            self._active = np.ones(len(keys), bool)
+        else:
+            cm = calls.column("molecule_id").to_pylist()
+            cc = calls.column("concentration_um").to_numpy(zero_copy_only=False).tolist()
+            cp = calls.column("p_value").to_numpy(zero_copy_only=False)
+            lookup = {k: float(v) for k, v in zip(zip(cm, cc), cp)}
+            p = np.array([lookup.get(k, np.nan) for k in keys])
+            missing = int(np.isnan(p).sum())
+            if missing:
+                warnings.warn(
+                    f"ReplicateSampler: {missing} samples have no activity call; treated as inactive",
+                    stacklevel=2,
+                )
+            self._active = p < self.p_cutoff
+        self.p_value = p
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_samples(self) -> int:
+        """Number of distinct (molecule, concentration) samples."""
+        return self.samples.num_rows
+
+    @property
+    def active(self) -> np.ndarray:
+        """bool [num_samples]: p < p_cutoff (all True without calls)."""
+        return self._active
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of the returned embeddings (E, or the TVN dimension)."""
+        return int(self._x.shape[1])
+
+    def expected_epoch_size(self) -> float:
+        """Expected samples per epoch: actives + inactive_rate * inactives."""
+        a = int(self._active.sum())
+        return a + self.inactive_rate * (self.num_samples - a)
+
+    def __len__(self) -> int:
+        """Expected number of batches per epoch (rounded)."""
+        size = self.expected_epoch_size()
+        return int(size // self.batch_size) if self.drop_last else int(math.ceil(size / self.batch_size))
+
+    # ------------------------------------------------------------------ drawing
+    def epoch_samples(self, epoch: int) -> np.ndarray:
+        """The sample indices drawn in an epoch (after undersampling, shuffled).
+
+        Args:
+            epoch: Epoch number.
+
+        Returns:
+            int64 [n_drawn].
+        """
+        rng = np.random.default_rng([self.seed, int(epoch), 1])
+        keep = self._active | (rng.random(self.num_samples) < self.inactive_rate)
+        idx = np.flatnonzero(keep)
+        return idx[rng.permutation(len(idx))]
+
+    def average(self, sample_index: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Average a random subset of replicate wells for each sample.
+
+        Args:
+            sample_index: int64 [B].
+            rng: Generator.
+
+        Returns:
+            (embeddings float32 [B, E], subset sizes int64 [B]).
+        """
+        out = np.empty((len(sample_index), self._x.shape[1]), dtype=np.float32)
+        sizes = np.empty(len(sample_index), dtype=np.int64)
+        for i, s in enumerate(sample_index):
+            c = int(self._counts[s])
+            hi = c if self.max_average is None else min(c, self.max_average)
+            lo = min(self.min_average, hi)
+            k = int(rng.integers(lo, hi + 1))
+            pick = self._well_order[self._starts[s] + rng.choice(c, size=k, replace=False)]
+            out[i] = self._x[pick].mean(0)
+            sizes[i] = k
+        return out, sizes
+
+    def iter_epoch(self, epoch: int) -> Iterator[SampleBatch]:
+        """Iterate over the batches of one epoch.
+
+        Args:
+            epoch: Epoch number (seeds the draw).
+
+        Yields:
+            :class:`SampleBatch`.
+        """
+        idx = self.epoch_samples(epoch)
+        rng = np.random.default_rng([self.seed, int(epoch), 2])
+        mids = self.samples.column("molecule_id").to_pylist()
+        concs = self.samples.column("concentration_um").to_numpy()
+        for start in range(0, len(idx), self.batch_size):
+            b = idx[start : start + self.batch_size]
+            if self.drop_last and len(b) < self.batch_size:
+                break
+            emb, sizes = self.average(b, rng)
+            if self.as_torch:
+                import torch
+
+                emb = torch.from_numpy(emb)
+            yield SampleBatch(
+                sample_index=b,
+                molecule_id=[mids[i] for i in b],
+                concentration_um=concs[b],
+                phenomic=emb,
+                p_value=self.p_value[b],
+                active=self._active[b],
+                n_averaged=sizes,
+            )
+
+    def __iter__(self) -> Iterator[SampleBatch]:
+        """Iterate over the next epoch (the internal epoch counter advances)."""
+        e = self.epoch
+        self.epoch += 1
+        return self.iter_epoch(e)

@@ -1,0 +1,66 @@
+"""Control centring, TVN whitening, replicate averaging."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from molphenix.data import average_replicates, center_by_controls, fit_tvn, typical_variation_normalize
+
+
+def _toy(seed=0, n=600, e=6):
+    rng = np.random.default_rng(seed)
+    batch = rng.integers(0, 3, n)
+    ctrl = rng.random(n) < 0.3
+    shift = rng.normal(0, 5, (3, e))
+    mix = rng.normal(size=(e, e))
+    x = rng.normal(size=(n, e)) @ mix + shift[batch]
+    return x.astype(np.float32), np.array([f"b{b}" for b in batch]), ctrl
+
+
+def test_center_by_controls_zeroes_control_means():
+    x, b, c = _toy()
+    out = center_by_controls(x, b, c)
+    for name in np.unique(b):
+        m = (b == name) & c
+        np.testing.assert_allclose(out[m].mean(0), 0, atol=1e-4)
+    sd = center_by_controls(x, b, c, standardize=True)
+    for name in np.unique(b):
+        m = (b == name) & c
+        np.testing.assert_allclose(sd[m].std(0, ddof=1), 1, atol=1e-3)
+
+
+def test_leave_one_out_matches_definition():
+    x, b, c = _toy(1, n=80)
+    out = center_by_controls(x, b, c, leave_one_out=True, dtype=np.float64)
+    i = np.flatnonzero(c)[0]
+    others = c & (b == b[i])
+    others[i] = False
+    np.testing.assert_allclose(out[i], x[i] - x[others].mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_without_controls_is_named():
+    x, b, c = _toy()
+    c[b == "b2"] = False
+    with pytest.raises(ValueError, match="b2"):
+        center_by_controls(x, b, c)
+
+
+def test_tvn_whitens_controls():
+    x, b, c = _toy(2, n=3000)
+    out, tvn = typical_variation_normalize(x, b, c, eps=0.0)
+    cov = np.cov(out[c], rowvar=False)
+    np.testing.assert_allclose(cov, np.eye(cov.shape[0]), atol=1e-3)
+    assert tvn.dim == x.shape[1]
+    raw, none = typical_variation_normalize(x, b, c, whiten=False)
+    assert none is None and raw.shape == x.shape
+    with pytest.raises(ValueError):
+        fit_tvn(np.zeros((1, 3)))
+
+
+def test_average_replicates():
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    keys, means, counts = average_replicates(x, ["a", "b", "a", "c", "b", "a"])
+    assert list(keys) == ["a", "b", "c"] and list(counts) == [3, 2, 1]
+    np.testing.assert_allclose(means[0], x[[0, 2, 5]].mean(0))
+    np.testing.assert_allclose(means[2], x[3])

@@ -1,0 +1,162 @@
+"""The simulator: determinism, realism statistics, layout."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from molphenix.data import SimulatorConfig, load_dataset, simulate
+
+FILES = ("wells.parquet", "molecules.parquet", "truth.parquet", "calls.parquet")
+
+
+def _digest(path) -> dict[str, str]:
+    return {f: hashlib.sha256((path / f).read_bytes()).hexdigest() for f in FILES if (path / f).exists()}
+
+
+def test_same_seed_is_byte_identical_other_seed_differs(tmp_path):
+    a = simulate(tmp_path / "a", n_molecules=60, seed=11, embedding_dim=32, return_dataset=False)
+    b = simulate(tmp_path / "b", n_molecules=60, seed=11, embedding_dim=32, return_dataset=False)
+    c = simulate(tmp_path / "c", n_molecules=60, seed=12, embedding_dim=32, return_dataset=False)
+    da, db, dc = _digest(a), _digest(b), _digest(c)
+    assert set(da) == set(FILES)
+    assert da == db
+    assert da["wells.parquet"] != dc["wells.parquet"]
+    ma = json.loads((a / "meta.json").read_text())
+    assert ma["seed"] == 11 and ma["config"] == SimulatorConfig(n_molecules=60, embedding_dim=32).to_dict()
+
+
+def test_meta_records_every_parameter(sim):
+    cfg = sim.meta["config"]
+    assert set(cfg) == set(SimulatorConfig().to_dict())
+    assert sim.meta["simulator_version"]
+    m = sim.meta["measured"]
+    # effects comparable to (not far above) well noise; batch effects comparable to effects
+    assert 0.5 < m["effect_to_noise_ratio"] < 4
+    assert 0.3 < m["batch_to_effect_ratio"] < 3
+
+
+def test_active_fraction_at_top_dose(sim):
+    t = sim.truth
+    top = max(SimulatorConfig().concentrations_um)
+    act = t.filter(pc.equal(t.column("concentration_um"), top)).column("active").to_numpy(zero_copy_only=False)
+    assert 0.10 <= act.mean() <= 0.35
+    # the dose-response is monotone: fewer actives at the lowest dose
+    low = t.filter(pc.equal(t.column("concentration_um"), min(SimulatorConfig().concentrations_um)))
+    assert low.column("active").to_numpy(zero_copy_only=False).mean() < act.mean()
+
+
+def test_controls_in_every_batch_and_fraction(sim):
+    batch = np.asarray(sim.wells.column("batch").to_pylist())
+    ctrl = sim.control_mask()
+    for b in np.unique(batch):
+        m = batch == b
+        assert ctrl[m].sum() >= SimulatorConfig().min_controls_per_batch
+    assert 0.05 < ctrl.mean() < 0.2
+    # controls have no molecule and no concentration
+    assert sim.wells.filter(sim.wells.column("is_control")).column("molecule_id").null_count == int(ctrl.sum())
+
+
+def test_replicates_spread_over_distinct_batches(sim):
+    w = sim.wells.filter(pc.invert(sim.wells.column("is_control")))
+    g = w.group_by(["molecule_id", "concentration_um"]).aggregate([("batch", "count"), ("batch", "count_distinct")])
+    n = g.column("batch_count").to_numpy()
+    nd = g.column("batch_count_distinct").to_numpy()
+    cfg = SimulatorConfig()
+    assert n.min() >= cfg.min_replicates and n.max() <= cfg.max_replicates
+    assert (n == nd).all()  # every replicate in its own batch
+    assert len(np.unique(n)) > 1
+
+
+def test_second_library_has_its_own_batches_and_molecules(sim):
+    w = sim.wells
+    ds = np.asarray(w.column("dataset").to_pylist())
+    batch = np.asarray(w.column("batch").to_pylist())
+    mol = np.asarray(w.column("molecule_id").to_pylist(), dtype=object)
+    assert set(ds) == {"lib_a", "lib_b"}
+    assert not set(batch[ds == "lib_a"]) & set(batch[ds == "lib_b"])
+    ma = {m for m in mol[ds == "lib_a"] if m is not None}
+    mb = {m for m in mol[ds == "lib_b"] if m is not None}
+    assert ma and mb and not ma & mb
+    assert abs(len(mb) / (len(ma) + len(mb)) - SimulatorConfig().second_library_fraction) < 0.02
+
+
+def test_real_molecules_with_diverse_scaffolds(sim):
+    from molphenix.data import scaffold_of
+
+    smiles = sim.molecules.column("smiles").to_pylist()
+    assert len(set(smiles)) == len(smiles)
+    scaf = {scaffold_of(s) for s in smiles}
+    assert len(scaf) > 0.4 * len(smiles)
+
+
+def test_similar_molecules_act_alike(sim):
+    """The hidden map is smooth in structure: a molecule's activity score correlates with its
+    nearest structural neighbour's (random pairs: no correlation), yet neighbours sometimes
+    differ in activity (cliffs)."""
+    from molphenix.data.featurize import MorganCounts
+
+    t = sim.truth
+    top = t.filter(pc.equal(t.column("concentration_um"), 10.0))
+    score = dict(zip(top.column("molecule_id").to_pylist(), top.column("activity_score").to_pylist()))
+    act = dict(zip(top.column("molecule_id").to_pylist(), top.column("active").to_pylist()))
+    ids = sim.molecules.column("molecule_id").to_pylist()
+    fp = MorganCounts(n_bits=2048)(sim.molecules.column("smiles").to_pylist()) > 0
+    inter = fp.astype(np.float32) @ fp.T.astype(np.float32)
+    cnt = fp.sum(1)
+    tan = inter / (cnt[:, None] + cnt[None, :] - inter)
+    np.fill_diagonal(tan, -1)
+    nn = tan.argmax(1)
+    s = np.array([score[i] for i in ids])
+    a = np.array([act[i] for i in ids])
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(s))
+    assert np.corrcoef(s, s[nn])[0, 1] > 0.25
+    assert abs(np.corrcoef(s, s[perm])[0, 1]) < 0.15
+    assert (a == a[nn]).mean() > (a == a[perm]).mean()
+    assert (a != a[nn]).any()  # cliffs: some nearest neighbours differ in activity
+
+
+def test_single_library_and_validation(tmp_path):
+    ds = simulate(tmp_path / "one", n_molecules=30, seed=1, second_library_fraction=0.0, embedding_dim=8, call_activity=False)
+    assert ds.datasets == ["lib_a"]
+    with pytest.raises(ValueError):
+        SimulatorConfig(n_molecules=1)
+    with pytest.raises(ValueError, match="molecules.*requested"):
+        simulate(tmp_path / "big", n_molecules=20000, seed=0)
+    with pytest.raises(FileExistsError):
+        simulate(tmp_path / "one", n_molecules=30, seed=1)
+
+
+def test_python_m_entry_point(tmp_path):
+    import subprocess
+    import sys
+    import os
+
+    env = dict(os.environ)
+    out = tmp_path / "cli"
+    r = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", "molphenix.data.simulate", "--out", str(out),
+         "--molecules", "20", "--seed", "5", "--embedding-dim", "8", "--no-calls"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "wells" in r.stdout
+    assert load_dataset(out).embedding_dim == 8
+
+
+def test_typer_command(tmp_path):
+    typer = pytest.importorskip("typer")
+    from typer.testing import CliRunner
+
+    from molphenix.data.cli import simulate_command
+
+    app = typer.Typer()
+    app.command()(simulate_command)
+    r = CliRunner().invoke(app, ["--out", str(tmp_path / "t"), "--molecules", "20", "--seed", "2", "--embedding-dim", "8", "--no-calls"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "t" / "wells.parquet").exists()
