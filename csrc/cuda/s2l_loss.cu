@@ -16,6 +16,7 @@
 // triple per row tile. Peak at B = 2^20, D = 256: 2 GiB (float32 accumulators).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "molphenix/ops/s2l_loss.h"
 #include "tile.cuh"
@@ -91,7 +92,8 @@ struct S2LArgs {
 template <class T>
 constexpr size_t s2l_smem_bytes() {
   using Acc = typename Traits<T>::Acc;
-  size_t ops = cmax(cmax(nt_operand_bytes<T>(), nt_operand_bytes<Acc>()), update_operand_bytes<T>());
+  size_t ops = cmax(cmax(cmax(nt_operand_bytes<T>(), nt_operand_bytes<Acc>()), update_operand_bytes<T>()),
+                    tf32_operand_bytes());
   ops = align_up(ops, 128);
   const size_t tileC = align_up(size_t(kBM) * kLdC * sizeof(Acc), 128);
   const size_t gh = Traits<T>::kMMA ? align_up(size_t(kBM) * kLdG * sizeof(T), 128) : 0;
@@ -99,11 +101,12 @@ constexpr size_t s2l_smem_bytes() {
 }
 
 // kRowOwner: block = row tile (dP, loss); else block = column tile (dQ).
-template <class T, bool kRowOwner, bool kAtomicQ>
+template <class T, bool kRowOwner, bool kAtomicQ, bool kTf32U>
 __global__ void __launch_bounds__(kThreads) s2l_kernel(const S2LArgs<T> a) {
   using Acc = typename Traits<T>::Acc;
   extern __shared__ __align__(128) unsigned char smem[];
-  size_t ops_b = cmax(cmax(nt_operand_bytes<T>(), nt_operand_bytes<Acc>()), update_operand_bytes<T>());
+  size_t ops_b = cmax(cmax(cmax(nt_operand_bytes<T>(), nt_operand_bytes<Acc>()), update_operand_bytes<T>()),
+                       tf32_operand_bytes());
   ops_b = align_up(ops_b, 128);
   const size_t tileC = align_up(size_t(kBM) * kLdC * sizeof(Acc), 128);
   const size_t gh = Traits<T>::kMMA ? align_up(size_t(kBM) * kLdG * sizeof(T), 128) : 0;
@@ -140,7 +143,12 @@ __global__ void __launch_bounds__(kThreads) s2l_kernel(const S2LArgs<T> a) {
       fill_row_map(rmap, o0, a.B1);
     __syncthreads();
     tile_nt<T>(a.p, a.D, rmap, a.q, a.D, cmap, a.D, ops, Zs);
-    if (a.e.has_u) tile_nt<Acc>(a.u, a.E, rmap, a.uc, a.E, cmap, a.E, ops, Us);
+    if (a.e.has_u) {
+      if constexpr (kTf32U && sizeof(Acc) == 4)
+        tile_nt_3xtf32(a.u, a.E, rmap, a.uc, a.E, cmap, a.E, ops, Us);
+      else
+        tile_nt<Acc>(a.u, a.E, rmap, a.uc, a.E, cmap, a.E, ops, Us);
+    }
     {
       const int64_t i = r0 + er;
       const Acc un = (a.e.has_u && i < a.B1) ? a.un[i] : Acc(0);
@@ -327,21 +335,28 @@ void run_s2l(const void* p, const void* q, const void* u, const void* uc, int64_
   }
   const size_t smem = s2l_smem_bytes<T>();
   const bool atomic_q = prm.compute_grad && !prm.deterministic;
-  if (atomic_q) {
-    auto k = s2l_kernel<T, true, true>;
-    set_smem(k, smem, "s2l_kernel smem");
-    k<<<static_cast<unsigned>(rt), kThreads, smem, st>>>(a);
+  // bf16/f16: u . v^T on tensor cores with the 3xTF32 split unless MOLPHENIX_S2L_U_SIMT=1.
+  const char* env = std::getenv("MOLPHENIX_S2L_U_SIMT");
+  const bool tf32u = Traits<T>::kMMA && prm.has_u && !(env != nullptr && env[0] == '1');
+  auto launch = [&](auto kernel, int64_t grid, const char* what) {
+    set_smem(kernel, smem, "s2l_kernel smem");
+    kernel<<<static_cast<unsigned>(grid), kThreads, smem, st>>>(a);
+    check_launch(what);
+  };
+  if (tf32u) {
+    if (atomic_q)
+      launch(s2l_kernel<T, true, true, true>, rt, "s2l_kernel (rows)");
+    else
+      launch(s2l_kernel<T, true, false, true>, rt, "s2l_kernel (rows)");
+    if (prm.compute_grad && prm.deterministic)
+      launch(s2l_kernel<T, false, false, true>, ct, "s2l_kernel (columns)");
   } else {
-    auto k = s2l_kernel<T, true, false>;
-    set_smem(k, smem, "s2l_kernel smem");
-    k<<<static_cast<unsigned>(rt), kThreads, smem, st>>>(a);
-  }
-  check_launch("s2l_kernel (rows)");
-  if (prm.compute_grad && prm.deterministic) {
-    auto k = s2l_kernel<T, false, false>;
-    set_smem(k, smem, "s2l_kernel smem");
-    k<<<static_cast<unsigned>(ct), kThreads, smem, st>>>(a);
-    check_launch("s2l_kernel (columns)");
+    if (atomic_q)
+      launch(s2l_kernel<T, true, true, false>, rt, "s2l_kernel (rows)");
+    else
+      launch(s2l_kernel<T, true, false, false>, rt, "s2l_kernel (rows)");
+    if (prm.compute_grad && prm.deterministic)
+      launch(s2l_kernel<T, false, false, false>, ct, "s2l_kernel (columns)");
   }
   s2l_stats_kernel<<<1, 256, 0, st>>>(pc.partials, rt, 1.0 / prm.normalizer, stats);
   check_launch("s2l_stats_kernel");

@@ -232,6 +232,93 @@ __device__ __forceinline__ void tile_nt(const T* __restrict__ A, int64_t lda, co
   }
 }
 
+// ---- tile_nt_3xtf32 ---------------------------------------------------------------------------
+// Same contract as tile_nt<float> (float inputs, float C), on tensor cores: every operand x is
+// split into tf32 hi = tf32(x) and lo = tf32(x - hi), and C += a_lo.b_hi + a_hi.b_lo + a_hi.b_hi
+// (the lo.lo term, ~2^-22 relative, is dropped): float32-level accuracy at tensor-core speed
+// (the "3xTF32" scheme of CUTLASS). Used for the u . v^T product of s2l_loss with bf16/f16 p, q
+// (MOLPHENIX_S2L_U_SIMT=1 forces the SIMT float32 path instead). `ops` needs
+// tf32_operand_bytes(). Must be called by all threads; ends with __syncthreads().
+constexpr int kLdF = kKC + 4;  // row stride of float operand chunks (multiple of 4)
+constexpr size_t tf32_operand_bytes() { return size_t(2) * kBM * kLdF * sizeof(float); }
+
+__device__ __forceinline__ void tile_nt_3xtf32(const float* __restrict__ A, int64_t lda,
+                                               const int64_t* amap, const float* __restrict__ B,
+                                               int64_t ldb, const int64_t* bmap, int64_t K,
+                                               unsigned char* ops, float* C) {
+  using namespace nvcuda;
+  const int tid = threadIdx.x;
+  float* As = reinterpret_cast<float*>(ops);
+  float* Bs = As + kBM * kLdF;
+  const int warp = tid >> 5;
+  const int wr = (warp >> 1) * 16;
+  const int wc = (warp & 1) * 32;
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+  const bool vec = (K % 4 == 0) && (lda % 4 == 0) && (ldb % 4 == 0) &&
+                   (reinterpret_cast<uintptr_t>(A) % 16 == 0) &&
+                   (reinterpret_cast<uintptr_t>(B) % 16 == 0);
+  for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+    __syncthreads();
+    if (vec) {
+#pragma unroll
+      for (int i = 0; i < (kBM * kKC) / (4 * kThreads); ++i) {
+        const int v = tid + i * kThreads;
+        const int r = v / (kKC / 4), kv = (v % (kKC / 4)) * 4;
+        const int64_t k = k0 + kv;
+        float4 va = make_float4(0.f, 0.f, 0.f, 0.f), vb = va;
+        const int64_t ga = amap[r], gb = bmap[r];
+        if (ga >= 0 && k < K) va = *reinterpret_cast<const float4*>(A + ga * lda + k);
+        if (gb >= 0 && k < K) vb = *reinterpret_cast<const float4*>(B + gb * ldb + k);
+        *reinterpret_cast<float4*>(As + r * kLdF + kv) = va;
+        *reinterpret_cast<float4*>(Bs + r * kLdF + kv) = vb;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < (kBM * kKC) / kThreads; ++i) {
+        const int idx = tid + i * kThreads;
+        const int r = idx / kKC, kk = idx % kKC;
+        const int64_t k = k0 + kk;
+        const int64_t ga = amap[r], gb = bmap[r];
+        As[r * kLdF + kk] = (ga >= 0 && k < K) ? A[ga * lda + k] : 0.0f;
+        Bs[r * kLdF + kk] = (gb >= 0 && k < K) ? B[gb * ldb + k] : 0.0f;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kKC; kk += 8) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> ahi, alo;
+      wmma::load_matrix_sync(ahi, As + wr * kLdF + kk, kLdF);
+#pragma unroll
+      for (int t = 0; t < ahi.num_elements; ++t) {
+        const float x = ahi.x[t];
+        const float h = wmma::__float_to_tf32(x);
+        ahi.x[t] = h;
+        alo.x[t] = wmma::__float_to_tf32(x - h);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> bhi, blo;
+        wmma::load_matrix_sync(bhi, Bs + (wc + 16 * j) * kLdF + kk, kLdF);
+#pragma unroll
+        for (int t = 0; t < bhi.num_elements; ++t) {
+          const float x = bhi.x[t];
+          const float h = wmma::__float_to_tf32(x);
+          bhi.x[t] = h;
+          blo.x[t] = wmma::__float_to_tf32(x - h);
+        }
+        wmma::mma_sync(acc[j], alo, bhi, acc[j]);
+        wmma::mma_sync(acc[j], ahi, blo, acc[j]);
+        wmma::mma_sync(acc[j], ahi, bhi, acc[j]);
+      }
+    }
+  }
+  wmma::store_matrix_sync(C + wr * kLdC + wc, acc[0], kLdC, wmma::mem_row_major);
+  wmma::store_matrix_sync(C + wr * kLdC + wc + 16, acc[1], kLdC, wmma::mem_row_major);
+  __syncthreads();
+}
+
 // ---- tile_update ------------------------------------------------------------------------------
 // For d in [d_begin, d_end) (a multiple of kDC apart on the MMA path):
 //   kTrans == false: acc[r][d - acc_d0] += sum_c G[r][c] * S[smap[c]][d]   (row owner:  dP += G.Q)

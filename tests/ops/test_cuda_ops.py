@@ -574,3 +574,21 @@ def test_cuda_build_info():
     info = molphenix.build_info()
     assert info["cuda"] is True
     assert "90" in str(info["cuda_archs"]) or "80" in str(info["cuda_archs"])
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=_id)
+def test_small_s2l_u_paths_agree(dtype, monkeypatch):
+    """bf16/f16: u . v^T via 3xTF32 tensor cores (default) and via SIMT float32
+    (MOLPHENIX_S2L_U_SIMT=1) both match the reference; soft labels near the window edge."""
+    b, d, e = 150, 40, 300
+    p, q, _, _ = _s2l_inputs(b, b, d, 0, dtype, seed=41)
+    g = torch.Generator().manual_seed(42)
+    centre = torch.randn(1, e, generator=g, dtype=torch.float64)
+    u = (centre + 0.011 * torch.randn(b, e, generator=g, dtype=torch.float64)).float().to(DEV)
+    kw = _ref_kwargs()
+    fast = _s2l_raw(p, q, 10.0, -10.0, u, u)
+    monkeypatch.setenv("MOLPHENIX_S2L_U_SIMT", "1")
+    simt = _s2l_raw(p, q, 10.0, -10.0, u, u)
+    monkeypatch.delenv("MOLPHENIX_S2L_U_SIMT")
+    _compare_s2l(dtype, fast, p, q, 10.0, -10.0, u, u, kw, "s2l u via 3xTF32")
+    _compare_s2l(dtype, simt, p, q, 10.0, -10.0, u, u, kw, "s2l u via SIMT")
