@@ -106,9 +106,10 @@ namespace {  // NOLINT: per-TU instantiations (see simd_math.h)
 // blocks. Gradient tiles accumulate into row block i (dP += G Q_j) and column block j
 // (dQ += G^T P_i), so two tiles may run at the same time only if they share neither. Diagonal
 // wavefront: with nb = max(nr, nc), step s holds the tiles (i, (i + s) mod nb); within a step every
-// row block and every column block has at most one tile, so each has exactly one writer and no
-// atomics or per-thread copies are needed; a barrier separates the steps. The order in which a
-// block receives its contributions (the step order) depends only on the shapes, never on the
+// row block and every column block has at most one tile, so tiles of one step never conflict, and
+// each accumulator has exactly one writer at a time without atomics or per-thread copies (the
+// steps are ordered by task dependences, see run_tile_schedule). The order in which a block
+// receives its contributions (the step order) depends only on the shapes, never on the
 // number of threads, so results are bitwise independent of num_threads.
 //
 // Rectangles (say 1 row block x 64 column blocks) would leave one tile per step. There the long
@@ -154,21 +155,42 @@ inline TileSchedule make_tile_schedule(int64_t B1, int64_t B2, int64_t tile, int
   return s;
 }
 
-// Runs fn(tile_pos, thread_index) over the schedule: steps in order, the tiles of a step in
-// parallel (num_threads OpenMP threads), a barrier between steps.
+// Runs fn(tile_pos, thread_index) over the schedule on num_threads OpenMP threads.
+// Dataflow rather than a barrier per step: every tile becomes an OpenMP task with an inout
+// dependence on a token of its row-side accumulator and one of its column-side accumulator,
+// created in step order. OpenMP runs conflicting tasks in creation order, so every accumulator
+// still receives its contributions in the fixed step order (deterministic), while a thread never
+// idles at a barrier: it takes any tile whose two predecessors are done (robust to load
+// imbalance and to a loaded machine descheduling one thread).
 template <class F>
 void run_tile_schedule(const TileSchedule& s, int num_threads, F&& fn) {
+  // Token per accumulator: the grouped short side has one per (group, block).
+  const int64_t nrt = s.group_cols ? s.groups * s.nr : s.nr;
+  const int64_t nct = s.group_cols ? s.nc : s.groups * s.nc;
+  std::vector<char> rtok(static_cast<size_t>(nrt) + 1), ctok(static_cast<size_t>(nct) + 1);
+  char* rt = rtok.data();
+  char* ct = ctok.data();
+  if (num_threads <= 1) {
+    for (const auto& step : s.steps)
+      for (const TilePos& tp : step) fn(tp, 0);
+    return;
+  }
 #pragma omp parallel num_threads(num_threads)
+#pragma omp single
   {
-    int tid = 0;
+    for (const auto& step : s.steps)
+      for (const TilePos& tp : step) {
+        const int64_t ri = s.group_cols ? tp.group * s.nr + tp.i : tp.i;
+        const int64_t ci = s.group_cols ? tp.j : tp.group * s.nc + tp.j;
+#pragma omp task firstprivate(tp) depend(inout : rt[ri]) depend(inout : ct[ci])
+        {
+          int tid = 0;
 #ifdef _OPENMP
-    tid = omp_get_thread_num();
+          tid = omp_get_thread_num();
 #endif
-    for (const auto& step : s.steps) {
-      const int64_t n = static_cast<int64_t>(step.size());
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < n; ++t) fn(step[t], tid);
-    }
+          fn(tp, tid);
+        }
+      }
   }
 }
 
