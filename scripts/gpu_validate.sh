@@ -57,7 +57,7 @@ if has build; then
   t0=$(date +%s)
   MOLPHENIX_WITH_CUDA=ON MOLPHENIX_CUDA_ARCHS="$arch" PYTHON=$py JOBS=$CMAKE_BUILD_PARALLEL_LEVEL \
     MOLPHENIX_BUILD_DIR="$root/build/gpu-validate" \
-    timeout ${T_BUILD:-200} scripts/dev_build.sh > "$out/build.log" 2>&1
+    timeout ${T_BUILD:-180} scripts/dev_build.sh > "$out/build.log" 2>&1
   rc=$?
   say "build: rc=$rc in $(( $(date +%s) - t0 )) s"
   if [ $rc -ne 0 ]; then tail -40 "$out/build.log" | tee -a "$log"; fi
@@ -101,7 +101,7 @@ fi
 if has bench; then
   say "bench: benches/bench_gpu.py"
   t0=$(date +%s)
-  timeout ${T_BENCH:-120} $py benches/bench_gpu.py --out "$out/gpu_bench.csv" ${BENCH_ARGS:-} > "$out/bench.log" 2>&1
+  timeout ${T_BENCH:-140} $py benches/bench_gpu.py --out "$out/gpu_bench.csv" ${BENCH_ARGS:-} > "$out/bench.log" 2>&1
   rc=$?
   say "bench: rc=$rc in $(( $(date +%s) - t0 )) s"
   cat "$out/bench.log" >> "$log"
