@@ -238,9 +238,11 @@ struct Impl {
     T v;
     int64_t j;
   };
-  static bool better(const Item& a, const Item& b) {
-    return a.v > b.v || (a.v == b.v && a.j < b.j);
-  }
+  struct Better {  // a functor (not a function pointer) so that std::sort / nth_element inline it
+    MPX_GEMM_INLINE bool operator()(const Item& a, const Item& b) const {
+      return a.v > b.v || (a.v == b.v && a.j < b.j);
+    }
+  };
 
   // Per-query bounded buffer: admits v >= thr; at capacity keeps the best k (nth_element) and
   // raises thr to the k-th best value. Ties at thr are admitted and resolved by index at
@@ -252,9 +254,31 @@ struct Impl {
   };
   static void compact(Sel& s, int64_t k) {
     if (s.n <= k) return;
-    std::nth_element(s.buf, s.buf + (k - 1), s.buf + s.n, better);
+    std::nth_element(s.buf, s.buf + (k - 1), s.buf + s.n, Better());
     s.n = k;
     s.thr = s.buf[k - 1].v;  // the k-th best: every kept item is >= it
+  }
+
+  // Slow path of the selection epilogue (kept out of line so that no call sits inside the
+  // register-tile loop, which would force the accumulators to the stack): admits the lanes of
+  // vals[i][*] that pass the row's threshold.
+  static __attribute__((noinline)) void admit(const T (*vals)[NR], const uint32_t (*m)[NV],
+                                              int mr, int64_t j0, Sel* sel, int64_t k,
+                                              int64_t cap) {
+    for (int i = 0; i < mr; ++i) {
+      Sel& s = sel[i];
+      for (int v = 0; v < NV; ++v) {
+        uint32_t bits = m[i][v];
+        while (bits) {
+          const int l = __builtin_ctz(bits);
+          bits &= bits - 1;
+          const T x = vals[i][v * W + l];
+          if (!(x >= s.thr)) continue;  // thr may have risen since the mask was taken
+          if (s.n == cap) compact(s, k);
+          s.buf[s.n++] = Item{x, j0 + v * W + l};
+        }
+      }
+    }
   }
 
   template <bool kSq>
@@ -269,28 +293,22 @@ struct Impl {
         for (int v = 0; v < NV; ++v) cn[v] = O::loadu(P.norms.get() + p * NR + v * W);
       uint32_t vb[NV];
       for (int v = 0; v < NV; ++v) vb[v] = valid_bits(P, p, v);
+      alignas(64) T vals[MR][NR];
+      uint32_t m[MR][NV];
+      uint32_t any = 0;
       for (int i = 0; i < MR; ++i) {
         if (i >= mr) break;
-        Sel& s = sel[ir + i];
-        const V t = O::set1(s.thr);
+        const V t = O::set1(sel[ir + i].thr);
         const V q = kSq ? O::set1(qn[ir + i]) : O::zero();
         for (int v = 0; v < NV; ++v) {
           V kv = key<kSq>(c[i][v], q, kSq ? cn[v] : c[i][v]);
           if (kSq) kv = O::neg(kv);
-          uint32_t m = O::ge(kv, t) & vb[v];
-          if (m == 0) continue;
-          alignas(64) T lane[W];
-          O::store_all(lane, kv);
-          const int64_t j0 = p * NR + static_cast<int64_t>(v) * W;
-          while (m) {
-            const int l = __builtin_ctz(m);
-            m &= m - 1;
-            if (!(lane[l] >= s.thr)) continue;  // thr may have risen within this vector
-            if (s.n == cap) compact(s, k);
-            s.buf[s.n++] = Item{lane[l], j0 + l};
-          }
+          m[i][v] = O::ge(kv, t) & vb[v];
+          any |= m[i][v];
+          O::store_all(&vals[i][v * W], kv);
         }
       }
+      if (any) admit(vals, m, mr, p * NR, sel + ir, k, cap);
     }
   };
 
@@ -308,8 +326,8 @@ struct Impl {
 
   static void emit(Item* items, int64_t n, int64_t k, bool kSq, T* out_s, int64_t* out_i) {
     // n >= k here (k <= N and every candidate was seen by someone).
-    std::nth_element(items, items + (k - 1), items + n, better);
-    std::sort(items, items + k, better);
+    std::nth_element(items, items + (k - 1), items + n, Better());
+    std::sort(items, items + k, Better());
     for (int64_t r = 0; r < k; ++r) {
       out_s[r] = kSq ? -items[r].v : items[r].v;
       out_i[r] = items[r].j;
@@ -326,7 +344,8 @@ struct Impl {
 #pragma omp parallel for num_threads(nt) schedule(static)
       for (int64_t i = 0; i < Q; ++i) qn[i] = dot_fma_chain(Qm + i * D, Qm + i * D, D);
     }
-    const int64_t cap = std::max<int64_t>(2 * k, k + 256);
+    // Buffer of 4k: each compaction (linear nth_element over the buffer) frees 3k slots.
+    const int64_t cap = std::max<int64_t>(4 * k, k + 256);
     const int64_t nqb = (Q + kBlockRows - 1) / kBlockRows;
     if (nqb >= 2 * nt || nt == 1 || P.np < 2 * nt) {
       // Many queries: threads take whole query blocks and stream all candidates.
