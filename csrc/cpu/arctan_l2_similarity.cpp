@@ -117,6 +117,8 @@ void fwd_impl(const T* a, const T* b, int64_t N, int64_t M, int64_t E, double c,
   }
 }
 
+// Rectangles: at most 16 groups (enough parallel tiles for 16 threads) and 32 MiB of partials.
+constexpr size_t kMaxGroups = 16;
 constexpr size_t kMaxPartialBytes = size_t(32) << 20;
 
 template <typename T>
@@ -139,7 +141,7 @@ void bwd_impl(const T* go, const T* a, const T* b, int64_t N, int64_t M, int64_t
   const int64_t short_rows = nc >= nr ? N : M;
   const size_t per_group = static_cast<size_t>(short_rows) * (static_cast<size_t>(E) * sizeof(T) + 8);
   const int64_t max_groups =
-      1 + static_cast<int64_t>(std::min<size_t>(1024, kMaxPartialBytes / std::max<size_t>(per_group, 1)));
+      1 + static_cast<int64_t>(std::min<size_t>(kMaxGroups - 1, kMaxPartialBytes / std::max<size_t>(per_group, 1)));
   const TileSchedule sched = make_tile_schedule(N, M, tile, max_groups);
   const int64_t G = sched.groups;
 

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -68,9 +69,17 @@ int64_t s2l_tile_edge(int64_t B1, int64_t B2) {
   const double pairs = static_cast<double>(B1) * static_cast<double>(B2);
   int64_t tile = pairs >= 2048.0 * 2048.0 ? 256 : pairs >= 256.0 * 256.0 ? 128 : 64;
   if (sizeof(T) == 8) tile = std::min<int64_t>(tile, 128);
+  // Tuning knob (benchmarks only): MOLPHENIX_S2L_TILE=64|128|256|512. Results stay independent
+  // of the thread count for any tile edge.
+  if (const char* env = std::getenv("MOLPHENIX_S2L_TILE")) {
+    const long v = std::strtol(env, nullptr, 10);
+    if (v == 64 || v == 128 || v == 256 || v == 512) tile = v;
+  }
   return tile;
 }
 
+// Rectangles: at most 16 groups (enough parallel tiles for 16 threads) and 32 MiB of partials.
+constexpr size_t kMaxGroups = 16;
 constexpr size_t kMaxPartialBytes = size_t(32) << 20;
 
 template <typename T>
@@ -86,7 +95,7 @@ void s2l_impl(const T* p, const T* q, const T* u, const T* uc, int64_t B1, int64
   const int64_t short_rows = nc >= nr ? B1 : B2;
   const size_t per_group = static_cast<size_t>(short_rows) * static_cast<size_t>(D) * sizeof(T);
   const int64_t max_groups =
-      1 + static_cast<int64_t>(per_group == 0 ? 1024 : std::min<size_t>(1024, kMaxPartialBytes / per_group));
+      1 + static_cast<int64_t>(per_group == 0 ? kMaxGroups - 1 : std::min<size_t>(kMaxGroups - 1, kMaxPartialBytes / per_group));
   const TileSchedule sched = make_tile_schedule(B1, B2, tile, max_groups);
 
   detail::S2LEpilogueConsts<T> k;
