@@ -57,7 +57,7 @@ def call_activity(
     eps: float = 0.05,
     n_components: int | None = None,
     seed: int = 0,
-    chunk: int = 65536,
+    chunk: int = 8192,
 ) -> pa.Table:
     """Compute activity p-values for every treated (molecule, concentration).
 

@@ -6,14 +6,13 @@ The core team's CLI (``molphenix.cli.main``) registers :func:`simulate_command` 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from .simulator import SimulatorConfig, simulate
+from .simulator import SimulatorConfig, simulate, summary
 
 __all__ = ["simulate_command", "call_activity_command"]
 
@@ -47,14 +46,7 @@ def simulate_command(
         overwrite=overwrite,
         progress=progress,
     )
-    meta = json.loads((Path(root) / "meta.json").read_text())
-    c, m = meta["counts"], meta["measured"]
-    typer.echo(
-        f"wrote {root}: {c['wells']} wells ({c['control_wells']} controls), {c['molecules']} molecules, "
-        f"{c['batches']} batches in {time.perf_counter() - t0:.1f} s; effect/noise "
-        f"{m['effect_to_noise_ratio']:.2f}, batch/effect {m['batch_to_effect_ratio']:.2f}, "
-        f"active at top dose {m['active_fraction_top_dose']:.1%}"
-    )
+    typer.echo(summary(root, time.perf_counter() - t0))
 
 
 def call_activity_command(

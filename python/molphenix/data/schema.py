@@ -256,16 +256,19 @@ def _embedding_column(
         col = col.cast(target)
     # NaN / Inf check, chunk by chunk on the flat values buffer (no copy for fixed_size_list)
     offset = 0
+    step = max(1, (1 << 22) // width)  # rows per check: bounds the temporary mask to ~4 MB
     for chunk in col.chunks:
         vals = chunk.flatten().to_numpy(zero_copy_only=False)
-        bad = ~np.isfinite(vals)
-        if bad.any():
-            flat = int(np.flatnonzero(bad)[0])
+        for r0 in range(0, len(chunk), step):
+            part = vals[r0 * width : (r0 + step) * width]
+            if np.isfinite(part).all():
+                continue
+            flat = int(np.flatnonzero(~np.isfinite(part))[0])
             raise SchemaError(
                 table_name,
                 name,
-                offset + flat // width,
-                f"non-finite embedding value {vals[flat]} at position {flat % width}",
+                offset + r0 + flat // width,
+                f"non-finite embedding value {part[flat]} at position {flat % width}",
             )
         offset += len(chunk)
     return col

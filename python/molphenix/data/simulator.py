@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 
 from .schema import wells_schema
 
-__all__ = ["SimulatorConfig", "simulate", "SIMULATOR_VERSION", "load_library_smiles", "main"]
+__all__ = ["SimulatorConfig", "simulate", "SIMULATOR_VERSION", "load_library_smiles", "main", "summary"]
 
 SIMULATOR_VERSION = "1.0"
 LIBRARY_A = "lib_a"
@@ -224,27 +224,32 @@ def load_library_smiles(library: str) -> tuple[tuple[str, str], ...]:
 
 
 def _clean(smiles: str) -> tuple[str, Any] | None:
-    """Largest fragment, canonical SMILES; None if unusable."""
+    """Largest fragment (most heavy atoms, first on ties), canonical SMILES; None if unusable
+    (unparseable, < 6 or > 60 heavy atoms, or elements outside C N O S P F Cl Br I B Si Se)."""
     from rdkit import Chem
 
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         return None
     frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=True)
-    mol = max(frags, key=lambda m: (m.GetNumHeavyAtoms(), Chem.MolToSmiles(m)))
+    if len(frags) > 1:
+        mol = max(frags, key=lambda m: m.GetNumHeavyAtoms())
     n = mol.GetNumHeavyAtoms()
-    if n < 6 or n > 60:
-        return None
-    if any(a.GetSymbol() not in _ORGANIC for a in mol.GetAtoms()):
+    if n < 6 or n > 60 or mol.HasSubstructMatch(_inorganic()):
         return None
     can = Chem.MolToSmiles(mol)
+    # re-parse so the molecule is exactly what a reader of the stored SMILES gets
     mol = Chem.MolFromSmiles(can)
     if mol is None:
         return None
     return can, mol
 
 
-_ORGANIC = frozenset("C N O S P F Cl Br I B Si Se H".split())
+@functools.lru_cache(maxsize=1)
+def _inorganic() -> Any:
+    from rdkit import Chem
+
+    return Chem.MolFromSmarts("[!#1;!#5;!#6;!#7;!#8;!#9;!#14;!#15;!#16;!#17;!#34;!#35;!#53]")
 
 
 def _draw_molecules(
@@ -321,7 +326,10 @@ def _reference_fingerprint_mean() -> np.ndarray:
                     got += 1
     finally:
         RDLogger.EnableLog("rdApp.*")
-    return _fingerprints(mols).mean(0)
+    total = np.zeros(_HiddenMap.FP_SIZE)
+    for start in range(0, len(mols), 256):  # chunked: bounded temporaries
+        total += _fingerprints(mols[start : start + 256]).sum(0)
+    return total / len(mols)
 
 
 class _HiddenMap:
@@ -352,7 +360,7 @@ class _HiddenMap:
         mu = _reference_fingerprint_mean()
         z = np.empty((len(mols), self.A.shape[1]))
         cliffs = np.zeros((len(mols), len(pats)))
-        chunk = 1024
+        chunk = 256
         for start in range(0, len(mols), chunk):
             part = mols[start : start + chunk]
             # centring on a fixed reference mean removes the component every fingerprint
@@ -386,17 +394,29 @@ class _Encoder:
     def __init__(self, cfg: SimulatorConfig):
         rng = np.random.default_rng([cfg.encoder_seed, 7])
         d, h, e = cfg.latent_dim, cfg.encoder_hidden, cfg.embedding_dim
-        self.W1 = rng.standard_normal((d, h)) * (cfg.encoder_gain / math.sqrt(d))
-        self.b1 = rng.standard_normal(h) * 0.5
-        self.W2 = rng.standard_normal((h, e)) / math.sqrt(h)
-        self.b2 = rng.standard_normal(e) * 0.1
+        # float32 weights: the encoder is the hot loop (n_wells x (d·h + h·E) MACs)
+        self.W1 = (rng.standard_normal((d, h)) * (cfg.encoder_gain / math.sqrt(d))).astype(np.float32)
+        self.b1 = (rng.standard_normal(h) * 0.5).astype(np.float32)
+        self.W2 = (rng.standard_normal((h, e)) / math.sqrt(h)).astype(np.float32)
+        self.b2 = (rng.standard_normal(e) * 0.1).astype(np.float32)
         self.y0 = _unit(rng.standard_normal(d)) * cfg.baseline_norm
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
-        a = y @ self.W1 + self.b1
-        # tanh-approximation of GELU (deterministic, vectorised)
-        g = 0.5 * a * (1.0 + np.tanh(0.7978845608028654 * (a + 0.044715 * a**3)))
-        return g @ self.W2 + self.b2
+        a = np.asarray(y, dtype=np.float32) @ self.W1
+        a += self.b1
+        # tanh-approximation of GELU, in place: g = 0.5·a·(1 + tanh(√(2/π)·(a + 0.044715·a³)))
+        t = a * a
+        t *= 0.044715
+        t += 1.0
+        t *= a
+        t *= np.float32(0.7978845608028654)
+        np.tanh(t, out=t)
+        t += 1.0
+        t *= a
+        t *= 0.5
+        out = t @ self.W2
+        out += self.b2
+        return out
 
 
 def _noise_basis(cfg: SimulatorConfig, seed: int) -> np.ndarray:
@@ -527,6 +547,8 @@ def simulate(
     hidden = _HiddenMap(cfg, seed)
     all_mols = [m for lib in libs_raw for m in lib[3]]
     z, cliffs = hidden.structure(all_mols)
+    del all_mols
+    libs_raw = [(name, ids, smi, None) for name, ids, smi, _m in libs_raw]  # free the RDKit mols
     score = hidden.activity_score(z, cliffs)
     thresh = np.quantile(score, 1 - cfg.active_fraction)
     is_active_mol = score >= thresh
@@ -615,8 +637,12 @@ def simulate(
                 eff = np.where(treated[:, None], effects[mol_idx, conc_idx], 0.0)
                 eps = rng_b.standard_normal((n_w, d)) @ noise_L
                 y = encoder.y0 + lib_shift + beta + plate_shift[plate_idx] + eff + eps
-                x = gain * encoder(y) + offset_e
-                x = x + rng_b.standard_normal((n_w, e_dim)) * (cfg.measurement_noise * noise_dim_sd)
+                x = encoder(y)
+                x *= np.float32(gain)
+                x += offset_e.astype(np.float32)
+                noise = rng_b.standard_normal((n_w, e_dim), dtype=np.float32)
+                noise *= np.float32(cfg.measurement_noise * noise_dim_sd)
+                x += noise
                 batch_effect_norms.append(
                     float(np.linalg.norm(gain * encoder((encoder.y0 + lib_shift + beta)[None])[0] + offset_e - f0))
                 )
@@ -626,7 +652,7 @@ def simulate(
                 well_ids = [f"{pl}-{a}" for pl, a in zip(plate_col, addr)]
                 mol_col = [mol_ids_all[m] if t else None for m, t in zip(mol_idx, treated)]
                 conc_col = np.where(treated, concs[conc_idx], np.nan)
-                flat = pa.array(x.astype(np.float32).reshape(-1))
+                flat = pa.array(x.reshape(-1))
                 tbl = pa.table(
                     {
                         "well_id": pa.array(well_ids, pa.string()),
@@ -740,6 +766,15 @@ def simulate(
         save_calls(calls, root)
         md = calls.schema.metadata or {}
         meta["activity_calling"] = json.loads(md.get(b"molphenix", b"{}"))
+        from .activity import evaluate_calls
+
+        ev = evaluate_calls(calls, ds.truth)
+        meta["activity_calling"]["evaluation"] = {
+            "roc_auc": ev["roc_auc"],
+            "tpr": ev["tpr"],
+            "fpr": ev["fpr"],
+            "auc_by_concentration": {str(k): v for k, v in ev["auc_by_concentration"].items()},
+        }
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, root / "meta.json")
         ds.meta = meta
@@ -787,16 +822,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return_dataset=False,
         overwrite=a.overwrite,
     )
-    meta = json.loads((Path(root) / "meta.json").read_text())
-    c = meta["counts"]
-    print(
-        f"wrote {root}: {c['wells']} wells ({c['control_wells']} controls), {c['molecules']} molecules, "
-        f"{c['batches']} batches in {time.perf_counter() - t0:.1f} s; "
-        f"effect/noise {meta['measured']['effect_to_noise_ratio']:.2f}, "
-        f"batch/effect {meta['measured']['batch_to_effect_ratio']:.2f}, "
-        f"active at top dose {meta['measured']['active_fraction_top_dose']:.1%}"
-    )
+    print(summary(root, time.perf_counter() - t0))
     return 0
+
+
+def summary(root: str | os.PathLike, elapsed: float | None = None) -> str:
+    """One-line summary of a simulated dataset directory (counts, ratios, activity AUC).
+
+    Args:
+        root: Dataset directory written by :func:`simulate`.
+        elapsed: Seconds taken, if known.
+
+    Returns:
+        The summary line.
+    """
+    meta = json.loads((Path(root) / "meta.json").read_text())
+    c, m = meta["counts"], meta["measured"]
+    line = (
+        f"wrote {root}: {c['wells']} wells ({c['control_wells']} controls), {c['molecules']} molecules, "
+        f"{c['batches']} batches"
+        + (f" in {elapsed:.1f} s" if elapsed is not None else "")
+        + f"; effect/noise {m['effect_to_noise_ratio']:.2f}, batch/effect {m['batch_to_effect_ratio']:.2f}, "
+        f"active at top dose {m['active_fraction_top_dose']:.1%}"
+    )
+    ev = meta.get("activity_calling", {}).get("evaluation")
+    if ev:
+        line += f"; activity p-value ROC AUC vs truth {ev['roc_auc']:.3f}"
+    return line
 
 
 if __name__ == "__main__":
