@@ -51,15 +51,11 @@ _register_data_commands()
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the CLI in-process (tests call ``main([...])``); returns the exit code."""
-    import click
-
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code or 0)
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+        app(args=argv, prog_name="molphenix")
+    except SystemExit as exc:  # typer/click end every run with SystemExit in standalone mode
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
     return 0
 
 
