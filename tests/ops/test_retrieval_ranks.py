@@ -232,3 +232,25 @@ def test_opcheck(device, metric_code):
     t = torch.tensor([0, 7, -1, 3, -1], device=device)
     s = torch.tensor([0.0, 0.0, 0.5, 0.0, -0.5], dtype=torch.float64, device=device)
     torch.library.opcheck(torch.ops.molphenix.retrieval_ranks.default, (q, c, t, s, metric_code, 1))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_duplicate_rows_tie_for_any_query(backend, metric, dtype):
+    """Candidates are 7 distinct rows repeated in a shuffled order; queries are unrelated. Every
+    copy of the target row ties with it (the same arithmetic gives the same score), so the rank
+    is #(rows scoring strictly better) x their multiplicity + (copies of the target row - 1)."""
+    dev = device_of(backend)
+    base = randn((7, 6), seed=21, dtype=dtype)
+    which = torch.randint(0, 7, (400,), generator=torch.Generator().manual_seed(4))
+    cands = base[which].clone()
+    queries = randn((25, 6), seed=22, dtype=dtype)
+    targets = torch.randint(0, 400, (25,), generator=torch.Generator().manual_seed(5))
+    base_keys = retrieval_keys64(queries, base, metric)            # [Q, 7], distinct per row
+    keys = base_keys[:, which]                                      # bitwise-equal for copies
+    tk = keys.gather(1, targets.unsqueeze(1))
+    expected = (keys >= tk).sum(1) - 1
+    got = retrieval_ranks(queries.to(dev), cands.to(dev), targets.to(dev), metric=metric,
+                          backend=backend)
+    assert_close(got, expected, msg="duplicates of the target count against the query")
