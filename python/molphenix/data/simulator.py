@@ -98,6 +98,11 @@ class SimulatorConfig:
         hill_median, hill_spread: Hill slope log-normal parameters.
         dose_shift: ω = dose_shift·r² (phenotype direction turning with dose).
         molecule_direction_weight: η, weight of the structure-specific direction.
+        effect_noise_alignment: α in [0, 1]. Effect directions are drawn as unit(g·T) with
+            T = √α·L + √(1-α)·I/√d (L: the well-noise factor, Σ = LᵀL, tr Σ = 1): α = 1 draws
+            them from the well-noise distribution (effects lie along typical-variation axes,
+            so effect/noise ratios mean the same in Euclidean and TVN-whitened space); α = 0
+            draws them isotropically.
         active_effect_threshold: Truth ``active`` iff A_m·r(c) >= this (noise units).
         noise_decay: Well-noise spectrum s_i ∝ exp(-i / noise_decay).
         batch_scale: Latent batch-shift norm (noise units).
@@ -138,6 +143,7 @@ class SimulatorConfig:
     hill_spread: float = 0.25
     dose_shift: float = 0.7
     molecule_direction_weight: float = 0.5
+    effect_noise_alignment: float = 1.0
     active_effect_threshold: float = 0.5
     noise_decay: float = 8.0
     batch_scale: float = 1.5
@@ -348,9 +354,13 @@ class _HiddenMap:
         self.cliff_w = rng.standard_normal(len(CLIFF_SMARTS)) * cfg.cliff_scale
         self.prototypes = _unit(rng.standard_normal((k, ds)))
         self.potency_u = _unit(rng.standard_normal(ds))
-        self.mech_v1 = _unit(rng.standard_normal((k, dl)))
-        self.mech_v2 = _unit(rng.standard_normal((k, dl)))
-        self.mol_dir = rng.standard_normal((ds, dl)) / math.sqrt(ds)
+        a = cfg.effect_noise_alignment
+        if not 0 <= a <= 1:
+            raise ValueError(f"effect_noise_alignment must lie in [0, 1], got {a}")
+        t = math.sqrt(a) * _noise_basis(cfg, seed) + math.sqrt(1 - a) * np.eye(dl) / math.sqrt(dl)
+        self.mech_v1 = _unit(rng.standard_normal((k, dl)) @ t)
+        self.mech_v2 = _unit(rng.standard_normal((k, dl)) @ t)
+        self.mol_dir = rng.standard_normal((ds, dl)) / math.sqrt(ds) @ t
 
     def structure(self, mols: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """z [N, d_s] and cliff indicators [N, n_cliff]."""
