@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "gemm.h"
@@ -100,20 +101,24 @@ void fwd_impl(const T* a, const T* b, int64_t N, int64_t M, int64_t E, double c,
   const auto k = sim_consts<T>(c, has_threshold, threshold);
   const SimFwd<T> epi = pick_fwd<T>();
   std::vector<T> na(N), nb(M);
-  row_sq_norms(a, N, E, na.data(), nt);
-  row_sq_norms(b, M, E, nb.data(), nt);
   // Row panels of 64 rows x column tiles: the output is written once, in cache-sized pieces.
   const int64_t tr = 64, tc = sim_tile_edge<T>(N, M);
   const int64_t nr = (N + tr - 1) / tr, nc = (M + tc - 1) / tc;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (int64_t t = 0; t < nr * nc; ++t) {
-    const int64_t r0 = (t / nc) * tr, c0 = (t % nc) * tc;
-    const int64_t rows = std::min(tr, N - r0), cols = std::min(tc, M - c0);
-    T* X = out + r0 * M + c0;
-    gemm_nt<T>(rows, cols, E, a + r0 * E, E, b + c0 * E, E, X, M, false);
-    detail::SimTile<T> tile{rows, cols, X, M, na.data() + r0, nb.data() + c0,
-                            nullptr, 0, nullptr, nullptr};
-    epi(k, tile);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    row_sq_norms(a, N, E, na.data());
+    row_sq_norms(b, M, E, nb.data());
+#pragma omp barrier
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < nr * nc; ++t) {
+      const int64_t r0 = (t / nc) * tr, c0 = (t % nc) * tc;
+      const int64_t rows = std::min(tr, N - r0), cols = std::min(tc, M - c0);
+      T* X = out + r0 * M + c0;
+      gemm_nt<T>(rows, cols, E, a + r0 * E, E, b + c0 * E, E, X, M, false);
+      detail::SimTile<T> tile{rows, cols, X, M, na.data() + r0, nb.data() + c0,
+                              nullptr, 0, nullptr, nullptr};
+      epi(k, tile);
+    }
   }
 }
 
@@ -127,15 +132,11 @@ void bwd_impl(const T* go, const T* a, const T* b, int64_t N, int64_t M, int64_t
   const int nt = std::max(1, num_threads);
   const auto k = sim_consts<T>(c, has_threshold, threshold);
   const SimBwd<T> epi = pick_bwd<T>();
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t i = 0; i < N; ++i) std::fill(ga + i * E, ga + (i + 1) * E, T(0));
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t j = 0; j < M; ++j) std::fill(gb + j * E, gb + (j + 1) * E, T(0));
-  if (N == 0 || M == 0) return;
-  std::vector<T> na(N), nb(M);
-  row_sq_norms(a, N, E, na.data(), nt);
-  row_sq_norms(b, M, E, nb.data(), nt);
-
+  if (N == 0 || M == 0) {
+    std::fill(ga, ga + N * E, T(0));
+    std::fill(gb, gb + M * E, T(0));
+    return;
+  }
   const int64_t tile = sim_tile_edge<T>(N, M);
   const int64_t nr = (N + tile - 1) / tile, nc = (M + tile - 1) / tile;
   const int64_t short_rows = nc >= nr ? N : M;
@@ -145,17 +146,19 @@ void bwd_impl(const T* go, const T* a, const T* b, int64_t N, int64_t M, int64_t
   const TileSchedule sched = make_tile_schedule(N, M, tile, max_groups);
   const int64_t G = sched.groups;
 
+  std::vector<T> na(N), nb(M);
   // Row / column sums of g: the short side gets one copy per group (group 0 first).
   std::vector<double> rs(static_cast<size_t>(sched.group_cols ? G : 1) * N, 0.0);
   std::vector<double> cs(static_cast<size_t>(sched.group_cols ? 1 : G) * M, 0.0);
-  std::vector<T> partial(static_cast<size_t>(G - 1) * short_rows * E, T(0));
+  std::unique_ptr<T[]> partial(G > 1 ? new T[static_cast<size_t>(G - 1) * short_rows * E] : nullptr);
   const size_t tt = static_cast<size_t>(tile) * tile;
-  std::vector<T> xbuf(tt * nt);
+  std::unique_ptr<T[]> xbuf(new T[tt * nt]);
+  TileRunner runner(sched);
 
-  run_tile_schedule(sched, nt, [&](const TilePos& tp, int tid) {
+  auto do_tile = [&](const TilePos& tp, int tid) {
     const int64_t r0 = tp.i * tile, c0 = tp.j * tile;
     const int64_t rows = std::min(tile, N - r0), cols = std::min(tile, M - c0);
-    T* X = xbuf.data() + tt * tid;
+    T* X = xbuf.get() + tt * tid;
     gemm_nt<T>(rows, cols, E, a + r0 * E, E, b + c0 * E, E, X, tile, false);
     const size_t gr = sched.group_cols ? static_cast<size_t>(tp.group) : 0;
     const size_t gc = sched.group_cols ? 0 : static_cast<size_t>(tp.group);
@@ -165,23 +168,23 @@ void bwd_impl(const T* go, const T* a, const T* b, int64_t N, int64_t M, int64_t
     T* da = ga + r0 * E;
     T* db = gb + c0 * E;
     if (tp.group > 0) {
-      T* base = partial.data() + static_cast<size_t>(tp.group - 1) * short_rows * E;
+      T* base = partial.get() + static_cast<size_t>(tp.group - 1) * short_rows * E;
       if (sched.group_cols) da = base + r0 * E;
       else db = base + c0 * E;
     }
     gemm_nn<T>(rows, E, cols, X, tile, b + c0 * E, E, da, E, true);
     gemm_tn<T>(cols, E, rows, X, tile, a + r0 * E, E, db, E, true);
-  });
+  };
 
   // grad = acc (+ group partials, in group order) - x * sum (sum over groups in group order).
   auto finish = [&](T* g, const T* x, int64_t n, const double* sums, int64_t ngroups,
                     bool has_partials) {
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp for schedule(static) nowait
     for (int64_t r = 0; r < n; ++r) {
       T* dst = g + r * E;
       if (has_partials)
         for (int64_t gi = 1; gi < ngroups; ++gi) {
-          const T* src = partial.data() + (static_cast<size_t>(gi - 1) * n + r) * E;
+          const T* src = partial.get() + (static_cast<size_t>(gi - 1) * n + r) * E;
           for (int64_t e = 0; e < E; ++e) dst[e] += src[e];
         }
       double s = 0.0;
@@ -191,8 +194,28 @@ void bwd_impl(const T* go, const T* a, const T* b, int64_t N, int64_t M, int64_t
       for (int64_t e = 0; e < E; ++e) dst[e] -= xr[e] * st;
     }
   };
-  finish(ga, a, N, rs.data(), sched.group_cols ? G : 1, sched.group_cols && G > 1);
-  finish(gb, b, M, cs.data(), sched.group_cols ? 1 : G, !sched.group_cols && G > 1);
+
+  // One parallel region (every extra fork / barrier costs a scheduler slice on a loaded machine).
+  // The accumulators are zeroed first: all-zero tiles skip their GEMMs.
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    row_sq_norms(a, N, E, na.data());
+    row_sq_norms(b, M, E, nb.data());
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < N; ++i) std::fill(ga + i * E, ga + (i + 1) * E, T(0));
+#pragma omp for schedule(static) nowait
+    for (int64_t j = 0; j < M; ++j) std::fill(gb + j * E, gb + (j + 1) * E, T(0));
+    if (G > 1) {
+      const int64_t np = (G - 1) * short_rows;
+#pragma omp for schedule(static) nowait
+      for (int64_t r = 0; r < np; ++r) std::fill(partial.get() + r * E, partial.get() + (r + 1) * E, T(0));
+    }
+#pragma omp barrier
+    runner.work(do_tile, omp_tid());
+#pragma omp barrier
+    finish(ga, a, N, rs.data(), sched.group_cols ? G : 1, sched.group_cols && G > 1);
+    finish(gb, b, M, cs.data(), sched.group_cols ? 1 : G, !sched.group_cols && G > 1);
+  }
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "gemm.h"
@@ -113,64 +114,67 @@ void s2l_impl(const T* p, const T* q, const T* u, const T* uc, int64_t B1, int64
   k.diag_offset = prm.diag_offset;
   const S2LEpilogue<T> epilogue = pick_s2l_epilogue<T>();
 
-  std::vector<T> nu, nv;
-  if (has_u) {
-    nu.resize(B1);
-    nv.resize(B2);
-    row_sq_norms(u, B1, E, nu.data(), nt);
-    row_sq_norms(uc, B2, E, nv.data(), nt);
-  }
-
-  // Gradient accumulators: the outputs themselves (+ partials of the short side for groups >= 1).
+  // Gradient accumulators: the outputs themselves, plus partials of the short side for groups
+  // >= 1. No zero fill: each accumulator's first contribution overwrites (TilePos::first_*).
   const int64_t G = sched.groups;
-  std::vector<T> partial;
-  if (grad) {
-    if (G > 1) partial.assign(static_cast<size_t>(G - 1) * short_rows * D, T(0));
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t i = 0; i < B1; ++i) std::fill(gp + i * D, gp + (i + 1) * D, T(0));
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t j = 0; j < B2; ++j) std::fill(gq + j * D, gq + (j + 1) * D, T(0));
+  std::unique_ptr<T[]> partial;
+  if (grad && G > 1) partial.reset(new T[static_cast<size_t>(G - 1) * short_rows * D]);
+  std::unique_ptr<T[]> nu, nv;
+  if (has_u) {
+    nu.reset(new T[B1]);
+    nv.reset(new T[B2]);
   }
-
   std::vector<double> tile_sums(static_cast<size_t>(sched.nr * sched.nc) * 3, 0.0);
   const size_t tt = static_cast<size_t>(tile) * tile;
-  std::vector<T> xbuf(tt * nt), ybuf(has_u ? tt * nt : 0);
+  std::unique_ptr<T[]> xbuf(new T[tt * nt]), ybuf(has_u ? new T[tt * nt] : nullptr);
+  TileRunner runner(sched);
 
-  run_tile_schedule(sched, nt, [&](const TilePos& tp, int tid) {
+  auto do_tile = [&](const TilePos& tp, int tid) {
     const int64_t r0 = tp.i * tile, c0 = tp.j * tile;
     const int64_t rows = std::min(tile, B1 - r0), cols = std::min(tile, B2 - c0);
-    T* X = xbuf.data() + tt * tid;
+    T* X = xbuf.get() + tt * tid;
     gemm_nt<T>(rows, cols, D, p + r0 * D, D, q + c0 * D, D, X, tile, false);
     T* Y = nullptr;
     if (has_u) {
-      Y = ybuf.data() + tt * tid;
+      Y = ybuf.get() + tt * tid;
       gemm_nt<T>(rows, cols, E, u + r0 * E, E, uc + c0 * E, E, Y, tile, false);
     }
     detail::S2LTile<T> t{rows, cols, r0, c0, X, tile, Y, tile,
-                         has_u ? nu.data() + r0 : nullptr, has_u ? nv.data() + c0 : nullptr, grad};
+                         has_u ? nu.get() + r0 : nullptr, has_u ? nv.get() + c0 : nullptr, grad};
     epilogue(k, t, tile_sums.data() + 3 * (tp.i * sched.nc + tp.j));
     if (!grad) return;
     // Group g >= 1 accumulates the short side into its partial buffer.
     T* dp = gp + r0 * D;
     T* dq = gq + c0 * D;
     if (tp.group > 0) {
-      T* base = partial.data() + static_cast<size_t>(tp.group - 1) * short_rows * D;
+      T* base = partial.get() + static_cast<size_t>(tp.group - 1) * short_rows * D;
       if (sched.group_cols) dp = base + r0 * D;
       else dq = base + c0 * D;
     }
-    gemm_nn<T>(rows, D, cols, X, tile, q + c0 * D, D, dp, D, true);
-    gemm_tn<T>(cols, D, rows, X, tile, p + r0 * D, D, dq, D, true);
-  });
+    gemm_nn<T>(rows, D, cols, X, tile, q + c0 * D, D, dp, D, !tp.first_row);
+    gemm_tn<T>(cols, D, rows, X, tile, p + r0 * D, D, dq, D, !tp.first_col);
+  };
 
-  if (grad && G > 1) {
-    T* out = sched.group_cols ? gp : gq;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t r = 0; r < short_rows; ++r)
-      for (int64_t g = 1; g < G; ++g) {
-        const T* src = partial.data() + (static_cast<size_t>(g - 1) * short_rows + r) * D;
-        T* dst = out + r * D;
-        for (int64_t d = 0; d < D; ++d) dst[d] += src[d];
-      }
+  // One parallel region (every extra fork / barrier costs a scheduler slice on a loaded machine).
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    if (has_u) {
+      row_sq_norms(u, B1, E, nu.get());
+      row_sq_norms(uc, B2, E, nv.get());
+#pragma omp barrier
+    }
+    runner.work(do_tile, omp_tid());
+    if (grad && G > 1) {
+#pragma omp barrier
+      T* out = sched.group_cols ? gp : gq;
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < short_rows; ++r)
+        for (int64_t g = 1; g < G; ++g) {
+          const T* src = partial.get() + (static_cast<size_t>(g - 1) * short_rows + r) * D;
+          T* dst = out + r * D;
+          for (int64_t d = 0; d < D; ++d) dst[d] += src[d];
+        }
+    }
   }
 
   double sl = 0.0, sgx = 0.0, sg = 0.0;

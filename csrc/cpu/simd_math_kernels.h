@@ -5,8 +5,11 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "simd_math.h"
@@ -100,31 +103,38 @@ bool sim_bwd_epilogue_avx512(const SimConsts<double>&, const SimTile<double>&);
 
 namespace {  // NOLINT: per-TU instantiations (see simd_math.h)
 
-// ---- exclusive-writer tile schedule ---------------------------------------------------------
+// ---- deterministic tile schedule: a row pipeline ---------------------------------------------
 //
 // The B1 x B2 pair matrix is cut into square tiles (edge `tile`): nr row blocks x nc column
-// blocks. Gradient tiles accumulate into row block i (dP += G Q_j) and column block j
-// (dQ += G^T P_i), so two tiles may run at the same time only if they share neither. Diagonal
-// wavefront: with nb = max(nr, nc), step s holds the tiles (i, (i + s) mod nb); within a step every
-// row block and every column block has at most one tile, so tiles of one step never conflict, and
-// each accumulator has exactly one writer at a time without atomics or per-thread copies (the
-// steps are ordered by task dependences, see run_tile_schedule). The order in which a block
-// receives its contributions (the step order) depends only on the shapes, never on the
-// number of threads, so results are bitwise independent of num_threads.
+// blocks. Gradient tiles accumulate into their row block's accumulator (dP_i += G Q_j) and their
+// column block's (dQ_j += G^T P_i). Every accumulator receives its contributions in natural
+// order: a row block in increasing column order, a column block in increasing row order. That
+// order is a function of the shapes only, so results are bitwise independent of num_threads, and
+// no atomics on data or per-thread copies are needed.
 //
-// Rectangles (say 1 row block x 64 column blocks) would leave one tile per step. There the long
-// side is split into `groups` contiguous ranges; each range runs its own wavefront against all
-// short-side blocks and accumulates the short side's gradient into a private partial buffer
-// (group 0 into the output itself); the partials are added afterwards in group order. The group
-// count is a function of the shapes (and a memory cap), not of the threads.
+// Execution: a "unit" is one row block's sweep over its columns, run by one thread start to end
+// (the row side -- P_i, U_i, dP_i -- stays in L2 for the whole sweep). Units are handed out in
+// row order through an atomic counter. Before tile (i, j) a thread waits until column j has
+// received the contributions of all rows before i (a per-column progress counter, acquire /
+// release); the thread on row i - 1 is then at most about one tile ahead, so with T threads T
+// consecutive rows sweep in a pipeline, each a tile behind the previous one (the column side is
+// reused from the shared cache). The first unit never waits, and a unit only waits on units
+// handed out before it, so there is no deadlock for any thread count.
+//
+// Rectangles (say 1 row block x 64 column blocks) would leave a single unit. There the long side
+// is split into `groups` contiguous ranges, each an independent sub-problem whose short-side
+// accumulators are private partial buffers (group 0 writes the output itself), added in group
+// order at the end. The group count is a function of the shapes (and a memory cap), never of the
+// threads.
 struct TilePos {
   int64_t i, j, group;
+  bool first_row, first_col;
 };
 struct TileSchedule {
   int64_t tile = 0, nr = 0, nc = 0;
   int64_t groups = 1;
-  bool group_cols = true;  // the column blocks are grouped (partials for the row side)
-  std::vector<std::vector<TilePos>> steps;
+  bool group_cols = true;      // the column blocks are grouped (partials for the row side)
+  std::vector<int64_t> start;  // long-side block range of each group: [start[g], start[g + 1])
 };
 
 inline TileSchedule make_tile_schedule(int64_t B1, int64_t B2, int64_t tile, int64_t max_groups) {
@@ -135,69 +145,84 @@ inline TileSchedule make_tile_schedule(int64_t B1, int64_t B2, int64_t tile, int
   s.group_cols = s.nc >= s.nr;
   const int64_t ns = std::min(s.nr, s.nc), nl = std::max(s.nr, s.nc);
   s.groups = std::max<int64_t>(1, std::min<int64_t>((nl + ns - 1) / ns, max_groups));
-  int64_t max_steps = 0;
-  std::vector<int64_t> start(s.groups + 1);
-  for (int64_t g = 0; g <= s.groups; ++g) start[g] = g * nl / s.groups;
-  for (int64_t g = 0; g < s.groups; ++g)
-    max_steps = std::max(max_steps, std::max(ns, start[g + 1] - start[g]));
-  s.steps.resize(max_steps);
-  for (int64_t g = 0; g < s.groups; ++g) {
-    const int64_t nlg = start[g + 1] - start[g];
-    const int64_t nb = std::max(ns, nlg);
-    for (int64_t st = 0; st < nb; ++st)
-      for (int64_t a = 0; a < ns; ++a) {
-        const int64_t b = (a + st) % nb;
-        if (b >= nlg) continue;
-        const int64_t lo = start[g] + b;
-        s.steps[st].push_back(s.group_cols ? TilePos{a, lo, g} : TilePos{lo, a, g});
-      }
-  }
+  s.start.resize(s.groups + 1);
+  for (int64_t g = 0; g <= s.groups; ++g) s.start[g] = g * nl / s.groups;
   return s;
 }
 
-// Runs fn(tile_pos, thread_index) over the schedule on num_threads OpenMP threads.
-// Dataflow rather than a barrier per step: every tile becomes an OpenMP task with an inout
-// dependence on a token of its row-side accumulator and one of its column-side accumulator,
-// created in step order. OpenMP runs conflicting tasks in creation order, so every accumulator
-// still receives its contributions in the fixed step order (deterministic), while a thread never
-// idles at a barrier: it takes any tile whose two predecessors are done (robust to load
-// imbalance and to a loaded machine descheduling one thread).
-template <class F>
-void run_tile_schedule(const TileSchedule& s, int num_threads, F&& fn) {
-  // Token per accumulator: the grouped short side has one per (group, block).
-  const int64_t nrt = s.group_cols ? s.groups * s.nr : s.nr;
-  const int64_t nct = s.group_cols ? s.nc : s.groups * s.nc;
-  std::vector<char> rtok(static_cast<size_t>(nrt) + 1), ctok(static_cast<size_t>(nct) + 1);
-  char* rt = rtok.data();
-  char* ct = ctok.data();
-  if (num_threads <= 1) {
-    for (const auto& step : s.steps)
-      for (const TilePos& tp : step) fn(tp, 0);
-    return;
-  }
-#pragma omp parallel num_threads(num_threads)
-#pragma omp single
-  {
-    for (const auto& step : s.steps)
-      for (const TilePos& tp : step) {
-        const int64_t ri = s.group_cols ? tp.group * s.nr + tp.i : tp.i;
-        const int64_t ci = s.group_cols ? tp.j : tp.group * s.nc + tp.j;
-#pragma omp task firstprivate(tp) depend(inout : rt[ri]) depend(inout : ct[ci])
-        {
-          int tid = 0;
-#ifdef _OPENMP
-          tid = omp_get_thread_num();
-#endif
-          fn(tp, tid);
+// Runs the schedule. Construct it outside the parallel region, then every thread of the region
+// calls work(fn, thread_index); fn(tile_pos, thread_index) gets each tile once. work() does not
+// end with a barrier. TilePos::first_row / first_col say whether the tile is the first
+// contribution to its row-side / column-side accumulator (so callers need not zero them).
+class TileRunner {
+ public:
+  explicit TileRunner(const TileSchedule& s) {
+    int64_t max_rows = 0;
+    for (int64_t g = 0; g < s.groups; ++g)
+      max_rows = std::max(max_rows, s.group_cols ? s.nr : s.start[g + 1] - s.start[g]);
+    // Interleave the groups (they are independent): unit k of every group before unit k + 1.
+    for (int64_t k = 0; k < max_rows; ++k)
+      for (int64_t g = 0; g < s.groups; ++g) {
+        if (s.group_cols) {
+          units_.push_back({g, k, s.start[g], s.start[g + 1], k, 0});
+        } else if (s.start[g] + k < s.start[g + 1]) {
+          units_.push_back({g, s.start[g] + k, 0, s.nc, k, g * s.nc});
         }
       }
+    ntok_ = s.group_cols ? s.nc : s.groups * s.nc;
+    done_.reset(new std::atomic<int64_t>[ntok_]);
+    for (int64_t t = 0; t < ntok_; ++t) done_[t].store(0, std::memory_order_relaxed);
+    next_.store(0, std::memory_order_relaxed);
   }
+
+  template <class F>
+  void work(F&& fn, int tid) {
+    const int64_t nunits = static_cast<int64_t>(units_.size());
+    for (;;) {
+      const int64_t k = next_.fetch_add(1, std::memory_order_relaxed);
+      if (k >= nunits) return;
+      const Unit& u = units_[k];
+      for (int64_t j = u.j0; j < u.j1; ++j) {
+        std::atomic<int64_t>& d = done_[u.tok + j];
+        for (int spins = 0; d.load(std::memory_order_acquire) != u.pos; ++spins) {
+          if (spins < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+          } else {
+            std::this_thread::yield();  // a loaded machine may have descheduled the producer
+          }
+        }
+        fn(TilePos{u.row, j, u.group, j == u.j0, u.pos == 0}, tid);
+        d.store(u.pos + 1, std::memory_order_release);
+      }
+    }
+  }
+
+ private:
+  struct Unit {
+    int64_t group, row, j0, j1, pos, tok;  // row block, its columns [j0, j1), rank in the columns
+  };
+  std::vector<Unit> units_;
+  int64_t ntok_ = 0;
+  std::unique_ptr<std::atomic<int64_t>[]> done_;
+  std::atomic<int64_t> next_{0};
+};
+
+inline int omp_tid() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
 }
 
-// Squared row norms, accumulated in float64 and rounded once to T.
+// Squared row norms, accumulated in float64 and rounded once to T. An orphaned `omp for` with
+// nowait: inside a parallel region the rows are shared out (the caller puts the barrier);
+// outside one it runs serially.
 template <typename T>
-void row_sq_norms(const T* a, int64_t n, int64_t dim, T* out, int num_threads) {
-#pragma omp parallel for num_threads(num_threads) schedule(static)
+void row_sq_norms(const T* a, int64_t n, int64_t dim, T* out) {
+#pragma omp for schedule(static) nowait
   for (int64_t i = 0; i < n; ++i) {
     const T* r = a + i * dim;
     double acc = 0.0;
