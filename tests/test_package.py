@@ -91,3 +91,68 @@ def test_python_m_molphenix_info_without_extension():
                          timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "reference" in out.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# the test-suite guard in tests/conftest.py: on a GPU machine requires_cuda tests never skip
+# ---------------------------------------------------------------------------------------------
+
+_FAKE_GPU_PLUGIN = '''
+import torch, molphenix
+torch.cuda.is_available = lambda: {fake_gpu}
+if {has_cuda}:
+    molphenix.has_extension = lambda: True
+    molphenix.has_cuda = lambda: True
+'''
+
+
+def _run_guard(tmp_path, test_body, *, fake_gpu, has_cuda):
+    import shutil
+
+    tdir = tmp_path / "tests"
+    tdir.mkdir()
+    shutil.copy(os.path.join(REPO, "tests", "conftest.py"), tdir / "conftest.py")
+    shutil.copy(os.path.join(REPO, "tests", "_utils.py"), tdir / "_utils.py")
+    (tdir / "test_guard.py").write_text("import pytest\n\n" + test_body)
+    (tmp_path / "fakegpu.py").write_text(_FAKE_GPU_PLUGIN.format(fake_gpu=fake_gpu,
+                                                                 has_cuda=has_cuda))
+    env = _env()
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+            "-p", "fakegpu", "-rA", str(tdir)]
+    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+
+_CUDA_TEST = '''
+@pytest.mark.requires_cuda
+def test_needs_gpu():
+    pass
+
+
+def test_plain():
+    pass
+'''
+
+
+def test_guard_skips_cuda_tests_without_gpu(tmp_path):
+    out = _run_guard(tmp_path, _CUDA_TEST, fake_gpu=False, has_cuda=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed, 1 skipped" in out.stdout
+
+
+def test_guard_fails_cuda_tests_when_build_lacks_cuda(tmp_path):
+    out = _run_guard(tmp_path, _CUDA_TEST, fake_gpu=True, has_cuda=False)
+    assert out.returncode != 0, out.stdout
+    assert "no CUDA kernels" in out.stdout or "not importable" in out.stdout, out.stdout
+    assert "skipped" not in out.stdout.splitlines()[-1], out.stdout
+
+
+def test_guard_fails_session_when_a_cuda_test_skips_on_gpu(tmp_path):
+    body = '''
+@pytest.mark.requires_cuda
+def test_needs_gpu():
+    pytest.skip("pretend something was missing")
+'''
+    out = _run_guard(tmp_path, body, fake_gpu=True, has_cuda=True)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "requires_cuda tests skipped on a GPU machine" in out.stdout, out.stdout

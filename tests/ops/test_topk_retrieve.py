@@ -67,8 +67,7 @@ def check_topk(scores, idx, queries, cands, k, metric, dtype):
     return amb
 
 
-@pytest.mark.parametrize("device,dtype", kernel_grid_params() + [
-    pytest.param("reference", torch.float32, id="reference-float32")])
+@pytest.mark.parametrize("device,dtype", kernel_grid_params())
 @pytest.mark.parametrize("q,n,d,k", SHAPES)
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("contiguous", [True, False], ids=["contig", "strided"])
