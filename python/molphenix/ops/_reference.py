@@ -130,13 +130,21 @@ def siglip_loss(
 
 
 def _keys(queries: torch.Tensor, candidates: torch.Tensor, metric: str) -> torch.Tensor:
-    """Comparison keys, larger is better: cosine/dot similarity or minus the squared distance."""
-    if queries.dtype in (torch.bfloat16, torch.float16):
+    """Comparison keys, larger is better: cosine/dot similarity or minus the squared distance.
+
+    Cosine normalises rows in float32 (float64 for float64) and rounds them back to the input
+    dtype before the product, exactly as the compiled path feeds its kernels; products are then
+    accumulated in float32 or wider.
+    """
+    low = queries.dtype in (torch.bfloat16, torch.float16)
+    if metric == "cosine":
+        work = torch.float64 if queries.dtype == torch.float64 else torch.float32
+        queries = torch.nn.functional.normalize(queries.to(work), dim=1).to(queries.dtype)
+        candidates = torch.nn.functional.normalize(candidates.to(work), dim=1).to(candidates.dtype)
+    if low:
         queries, candidates = queries.float(), candidates.float()
     if metric == "cosine":
-        qn = torch.nn.functional.normalize(queries, dim=1)
-        cn = torch.nn.functional.normalize(candidates, dim=1)
-        return qn @ cn.T
+        return queries @ candidates.T
     if metric == "dot":
         return queries @ candidates.T
     if metric == "arctan_l2":
