@@ -416,3 +416,20 @@ def test_numeric_string_fraction_rejected(backend="reference"):
         topk_retrieve(q, c, fraction="0.5", backend=backend)
     with pytest.raises(TypeError, match="c"):
         arctan_l2_similarity(q, c, c="0.3", backend=backend)
+
+
+@pytest.mark.parametrize("op", ["s2l_loss", "arctan_l2_similarity", "retrieval_ranks",
+                                "topk_retrieve"])
+def test_mixed_devices_without_gpu(op):
+    """Mixed devices are testable on a CPU-only machine with the 'meta' device: the mix must be
+    a ValueError naming the argument, not a RuntimeError from a NaN check reading meta data."""
+    cpu = _rand((3, 2), torch.float32, 0)
+    meta = torch.empty((3, 2), device="meta")
+    t = torch.tensor([0, 1, 2])
+    call, name = {
+        "s2l_loss": (lambda: s2l_loss(cpu, meta, 10.0, -10.0), "q"),
+        "arctan_l2_similarity": (lambda: arctan_l2_similarity(cpu, meta), "b"),
+        "retrieval_ranks": (lambda: retrieval_ranks(cpu, meta, t), "candidates"),
+        "topk_retrieve": (lambda: topk_retrieve(cpu, meta, 2), "candidates"),
+    }[op]
+    expect_error(call, name)
