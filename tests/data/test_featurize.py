@@ -115,3 +115,20 @@ def test_graphs_and_batching():
         F.collate_graphs([])
     with pytest.raises(ValueError):
         F.collate_graphs(g(["CCO", "C1CC"], on_invalid="zero"))
+
+
+def test_graph_cache(tmp_path):
+    a = F.featurize_graphs(SMILES, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("graph-*.parquet"))) == 1
+
+    class Poisoned(F.GraphFeaturizer):
+        def __call__(self, smiles, *, on_invalid="raise"):
+            raise AssertionError("recomputed")
+
+    b = F.featurize_graphs(SMILES, cache_dir=tmp_path, featurizer=Poisoned())
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.x, y.x)
+        np.testing.assert_array_equal(x.edge_index, y.edge_index)
+        np.testing.assert_array_equal(x.edge_attr, y.edge_attr)
+    c = F.featurize_graphs(["CCO", "bad("], cache_dir=tmp_path, on_invalid="zero")
+    assert c[1] is None and c[0].num_atoms == 3

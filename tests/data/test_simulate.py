@@ -160,3 +160,20 @@ def test_typer_command(tmp_path):
     r = CliRunner().invoke(app, ["--out", str(tmp_path / "t"), "--molecules", "20", "--seed", "2", "--embedding-dim", "8", "--no-calls"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "t" / "wells.parquet").exists()
+
+
+def test_call_activity_command(tmp_path):
+    typer = pytest.importorskip("typer")
+    from typer.testing import CliRunner
+
+    from molphenix.data.cli import call_activity_command
+
+    out = tmp_path / "d"
+    simulate(out, n_molecules=40, seed=4, embedding_dim=16, call_activity=False, return_dataset=False)
+    assert not (out / "calls.parquet").exists()
+    app = typer.Typer()
+    app.command()(call_activity_command)
+    r = CliRunner().invoke(app, [str(out), "--n-null", "200"])
+    assert r.exit_code == 0, r.output
+    assert "ROC AUC vs truth" in r.output
+    assert load_dataset(out).calls is not None

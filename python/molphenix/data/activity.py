@@ -157,16 +157,26 @@ def call_activity(
         rows_d = np.flatnonzero(ds_codes[treated] == d)
         if rows_d.size == 0:
             continue
-        acc = np.zeros((n_s, e))
+        # per-sample sums of centred wells, indexed locally to this dataset's samples;
+        # float32 accumulators (sums of a handful of wells) keep this at n_samples_d x E x 4 B
+        nd_all = np.bincount(sample_of[rows_d], minlength=n_s)
+        touched = np.flatnonzero(nd_all)
+        local = np.full(n_s, -1, dtype=np.int64)
+        local[touched] = np.arange(len(touched))
+        nd = nd_all[touched]
+        acc = np.zeros((len(touched), e), dtype=np.float32)
         for s in range(0, len(rows_d), chunk):
             sel = rows_d[s : s + chunk]
             w = treated[sel]
-            _group_add(acc, sample_of[sel], x[w].astype(np.float64) - mu[batch_codes[w]])
-        nd = np.bincount(sample_of[rows_d], minlength=n_s)
-        touched = np.flatnonzero(nd)
-        wsum = ((acc[touched] - nd[touched, None] * tvn.mean) @ tvn.components) * tvn.scale
-        stat_d = (wsum**2).sum(1) / nd[touched]
-        stat[touched] += stat_d * nd[touched] / n_wells[touched]
+            _group_add(acc, local[sample_of[sel]], (x[w] - mu[batch_codes[w]].astype(np.float32)))
+        # whiten the sums in blocks (float64 arithmetic, bounded temporaries)
+        stat_d = np.empty(len(touched))
+        for s in range(0, len(touched), chunk):
+            blk = acc[s : s + chunk].astype(np.float64) - nd[s : s + chunk, None] * tvn.mean
+            wsum = (blk @ tvn.components) * tvn.scale
+            stat_d[s : s + chunk] = (wsum**2).sum(1) / nd[s : s + chunk]
+        del acc
+        stat[touched] += stat_d * nd / n_wells[touched]
 
         # null: whitened null-half controls of this dataset, sets from distinct batches
         null_w = tvn.transform(centred_controls(nw_d), dtype=np.float64)
@@ -177,7 +187,7 @@ def call_activity(
         b_count = np.bincount(nb, minlength=n_b)
         usable = np.flatnonzero(b_count > 0)
         p_d = np.empty(len(touched))
-        for n in np.unique(nd[touched]):
+        for n in np.unique(nd):
             n = int(n)
             replace = n > len(usable)
             if replace:
@@ -185,9 +195,12 @@ def call_activity(
             else:
                 bsel = usable[np.argsort(rng.random((n_null, len(usable))), axis=1)[:, :n]]
             pick = b_start[bsel] + np.floor(rng.random((n_null, n)) * b_count[bsel]).astype(np.int64)
-            null_stat = (null_w[pick].sum(1) ** 2).sum(1) / n
+            null_stat = np.empty(n_null)
+            step = max(1, (1 << 21) // (n * null_w.shape[1]))  # bounded gather: ~16 MB
+            for s in range(0, n_null, step):
+                null_stat[s : s + step] = (null_w[pick[s : s + step]].sum(1) ** 2).sum(1) / n
             null_stat.sort()
-            sel = np.flatnonzero(nd[touched] == n)
+            sel = np.flatnonzero(nd == n)
             ge = n_null - np.searchsorted(null_stat, stat_d[sel], side="left")
             p_d[sel] = (1.0 + ge) / (1.0 + n_null)
             null_summary[f"{dname}/n={n}"] = {

@@ -8,7 +8,7 @@ A dataset directory holds::
     calls.parquet       optional: activity calls (molecule_id, concentration_um, p_value, active)
     meta.json           free-form metadata (the simulator records every parameter here)
 
-Reads are memory-mapped and streamed: the ``phenomic`` column is decoded one record batch at a
+Reads are streamed: the ``phenomic`` column is decoded one row group (or record batch) at a
 time straight into a single preallocated float32 buffer, which then backs both the Arrow column
 and :meth:`Dataset.phenomic_matrix` (no second copy of the embeddings).
 """
@@ -181,22 +181,24 @@ class Dataset:
 def read_wells(path: str | os.PathLike, *, batch_size: int = 16384) -> pa.Table:
     """Read a wells Parquet file, streaming ``phenomic`` into one contiguous buffer.
 
-    The non-embedding columns are read normally (memory-mapped). The embedding column is read
-    record batch by record batch and copied into a single preallocated float32 array which
-    then backs a one-chunk ``fixed_size_list<float32>[E]`` column, so peak memory is one copy
-    of the embeddings plus one record batch.
+    The non-embedding columns are read normally. The embedding column is decoded row group by
+    row group (large row groups in ``batch_size`` slices) and copied into a single
+    preallocated float32 array which then backs a one-chunk ``fixed_size_list<float32>[E]``
+    column, so peak memory is one copy of the embeddings plus one decoded slice. The file is
+    read with buffered I/O rather than memory-mapped: mapped pages would count towards the
+    process's resident memory on top of the decoded copy.
 
     Args:
         path: Path to ``wells.parquet``.
-        batch_size: Rows decoded per step.
+        batch_size: Rows decoded per step inside large row groups.
 
     Returns:
         Wells table (not yet validated).
 
     Raises:
-        SchemaError: the file has no ``phenomic`` column or it is not a list of numbers.
+        SchemaError: the file has no ``phenomic`` column or it holds a null embedding.
     """
-    pf = pq.ParquetFile(path, memory_map=True)
+    pf = pq.ParquetFile(path, memory_map=False, pre_buffer=False)
     names = pf.schema_arrow.names
     if "phenomic" not in names:
         raise SchemaError("wells", "phenomic", None, "missing required column")
@@ -208,8 +210,16 @@ def read_wells(path: str | os.PathLike, *, batch_size: int = 16384) -> pa.Table:
         e = t.list_size
         out = np.empty((n, e), dtype=np.float32)
         row = 0
-        for rb in pf.iter_batches(batch_size=batch_size, columns=["phenomic"]):
-            col = rb.column(0)
+
+        def pieces():
+            for i in range(pf.metadata.num_row_groups):
+                if pf.metadata.row_group(i).num_rows <= 4 * batch_size:
+                    yield from pf.read_row_group(i, columns=["phenomic"]).column(0).chunks
+                else:
+                    for rb in pf.iter_batches(batch_size=batch_size, row_groups=[i], columns=["phenomic"]):
+                        yield rb.column(0)
+
+        for col in pieces():
             if col.null_count:
                 nulls = col.is_null().to_numpy(zero_copy_only=False)
                 raise SchemaError(
@@ -232,7 +242,7 @@ def read_wells(path: str | os.PathLike, *, batch_size: int = 16384) -> pa.Table:
 def _read_optional(path: Path) -> pa.Table | None:
     if not path.exists():
         return None
-    return pq.read_table(path, memory_map=True)
+    return pq.read_table(path)
 
 
 def load_dataset(
@@ -274,7 +284,7 @@ def load_dataset(
     if embedding_dim is None and isinstance(meta.get("embedding_dim"), int):
         embedding_dim = meta["embedding_dim"]
     wells = read_wells(root / WELLS_FILE)
-    molecules = pq.read_table(root / MOLECULES_FILE, memory_map=True)
+    molecules = pq.read_table(root / MOLECULES_FILE)
     truth = _read_optional(root / TRUTH_FILE)
     calls = _read_optional(root / CALLS_FILE)
     return from_tables(
@@ -360,7 +370,7 @@ def write_table(table: pa.Table, path: str | os.PathLike, *, compression: str = 
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression=compression, row_group_size=65536)
+    pq.write_table(table, tmp, compression=compression, row_group_size=16384)
     os.replace(tmp, path)
 
 

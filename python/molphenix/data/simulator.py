@@ -259,8 +259,13 @@ def _inorganic() -> Any:
 
 
 def _draw_molecules(
-    library: str, n: int, rng: np.random.Generator, exclude: set[str]
-) -> tuple[list[str], list[str], list[Any]]:
+    library: str, n: int, rng: np.random.Generator, exclude: set[str], hidden: "_HiddenMap"
+) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """Draw n usable molecules in a seeded order; returns (ids, SMILES, z, cliffs).
+
+    Structure features are computed in blocks of 256 as molecules are accepted, so no more
+    than one block of RDKit molecules is alive at a time.
+    """
     from rdkit import RDLogger
 
     records = load_library_smiles(library)
@@ -272,7 +277,17 @@ def _draw_molecules(
     order = rng.permutation(len(records))
     ids: list[str] = []
     smiles: list[str] = []
-    mols: list[Any] = []
+    block: list[Any] = []
+    zs: list[np.ndarray] = []
+    cls: list[np.ndarray] = []
+
+    def flush() -> None:
+        if block:
+            z, c = hidden.structure(block)
+            zs.append(z)
+            cls.append(c)
+            block.clear()
+
     RDLogger.DisableLog("rdApp.*")
     try:
         for i in order:
@@ -285,7 +300,10 @@ def _draw_molecules(
             exclude.add(res[0])
             ids.append(rid)
             smiles.append(res[0])
-            mols.append(res[1])
+            block.append(res[1])
+            if len(block) == 256:
+                flush()
+        flush()
     finally:
         RDLogger.EnableLog("rdApp.*")
     if len(ids) < n:
@@ -293,7 +311,7 @@ def _draw_molecules(
             f"library {library} has only {len(ids)} usable molecules, {n} requested "
             f"(lower n_molecules or change second_library_fraction)"
         )
-    return ids, smiles, mols
+    return ids, smiles, np.concatenate(zs), np.concatenate(cls)
 
 
 # ---------------------------------------------------------------------------- hidden map
@@ -548,17 +566,16 @@ def simulate(
     n_a_mol = cfg.n_molecules - n_b_mol
     seen: set[str] = set()
     libs_raw = []
+    hidden = _HiddenMap(cfg, seed)
+    zs, cls = [], []
     for li, (name, n) in enumerate(((LIBRARY_A, n_a_mol), (LIBRARY_B, n_b_mol))):
         if n == 0:
             continue
-        ids, smi, mols = _draw_molecules(name, n, _seq_rng(seed, 1, li), seen)
-        libs_raw.append((name, ids, smi, mols))
-
-    hidden = _HiddenMap(cfg, seed)
-    all_mols = [m for lib in libs_raw for m in lib[3]]
-    z, cliffs = hidden.structure(all_mols)
-    del all_mols
-    libs_raw = [(name, ids, smi, None) for name, ids, smi, _m in libs_raw]  # free the RDKit mols
+        ids, smi, z_l, c_l = _draw_molecules(name, n, _seq_rng(seed, 1, li), seen, hidden)
+        libs_raw.append((name, ids, smi, None))
+        zs.append(z_l)
+        cls.append(c_l)
+    z, cliffs = np.concatenate(zs), np.concatenate(cls)
     score = hidden.activity_score(z, cliffs)
     thresh = np.quantile(score, 1 - cfg.active_fraction)
     is_active_mol = score >= thresh
