@@ -38,10 +38,6 @@ FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 CPU_DTYPES = (torch.float32, torch.float64)
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
-_NP_TO_TORCH = {np.dtype("float64"): torch.float64, np.dtype("float32"): torch.float32,
-                np.dtype("float16"): torch.float16}
-
-
 def tolerance(dtype: torch.dtype, kind: str = "value") -> Tuple[float, float]:
     """(rtol, atol) for ``dtype`` and ``kind`` ("value" or "grad")."""
     if kind not in ("value", "grad"):

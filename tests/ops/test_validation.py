@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Dict, List, Tuple
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
