@@ -25,6 +25,7 @@
 #include <algorithm>
 
 #include "molphenix/ops/retrieval.h"
+#include "mma_mainloop.cuh"
 #include "tile.cuh"
 
 namespace molphenix {
@@ -192,6 +193,164 @@ __global__ void __launch_bounds__(kThreads) ranks_kernel(const RankArgs<T> a) {
     atomicAdd(reinterpret_cast<unsigned long long*>(a.ranks + i), cnt);
 }
 
+// ---- retrieval_ranks, fast path (bf16 / f16: mma.sync mainloop, 128 x 128 tiles) -------------
+// Same contract as the simple path. target_key_fast_kernel: block (row tile x, row s) recomputes
+// the tile (row tile x, column tile of t) with the same Mainloop call as the counting pass, and the
+// thread whose accumulator register holds (s, t) writes the key: bitwise the value the counting
+// pass compares against (same tile, same thread, same register, same epilogue arithmetic).
+// ranks_fast_kernel: block (row tile, column split) streams its column tiles, compares each
+// accumulator with the row's target key and counts in registers; the next tile's cp.async
+// prologue is issued before the (register-only) epilogue. The float64 target key is turned into
+// an equivalent float threshold: key >= t  <=>  key >= ru(t) (dot); key <= t <=> key <= rd(t)
+// (sqL2), exact for every double t.
+template <bool kSq>
+__device__ __forceinline__ float fast_key(float dot, float qn, float cn) {
+  return make_key<float>(dot, qn, cn, kSq);
+}
+
+template <class T, bool kSq>
+__global__ void __launch_bounds__(fast::kThreads, 2) target_key_fast_kernel(const RankArgs<T> a) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * fast::kBM;
+  const int s = static_cast<int>(blockIdx.y);
+  const int64_t i = r0 + s;
+  if (i >= a.Q) return;
+  const int64_t t = a.targets[i];
+  if (t < 0 || t >= a.N) return;  // uniform over the block
+  const int64_t c0 = t / fast::kBN * fast::kBN;
+  fast::Mainloop<T> ml{smem};
+  fast::TileOps<T> op{a.q, a.D, r0, a.Q, a.c, a.D, c0, a.N, a.D};
+  ml.prologue(op);
+  float acc[4][4][4];
+  ml.compute(op, acc);
+  const int cc = static_cast<int>(t - c0);
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (fast::frag_row(mi, e) == s && fast::frag_col(ni, e) == cc) {
+          const float qn = kSq ? a.qn[i] : 0.0f;
+          const float cn = kSq ? a.cn[t] : 0.0f;
+          a.target_scores[i] = static_cast<double>(fast_key<kSq>(acc[mi][ni][e], qn, cn));
+        }
+}
+
+template <class T, bool kSq>
+__global__ void __launch_bounds__(fast::kThreads, 2) ranks_fast_kernel(const RankArgs<T> a,
+                                                                        int64_t tiles_per_split) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * fast::kBM;
+  const int64_t col_tiles = (a.N + fast::kBN - 1) / fast::kBN;
+  const int64_t ct_begin = static_cast<int64_t>(blockIdx.y) * tiles_per_split;
+  const int64_t ct_end = ct_begin + tiles_per_split < col_tiles ? ct_begin + tiles_per_split
+                                                                : col_tiles;
+  if (ct_begin >= ct_end) return;  // uniform over the block
+  // Per-row threshold, |q|^2 and target column in shared memory (behind the pipeline stages):
+  // keeps them out of the register budget (128 per thread at 2 blocks per SM).
+  float* thr_s = reinterpret_cast<float*>(smem + fast::kSmemBytes);
+  float* qn_s = thr_s + fast::kBM;
+  int* tg_s = reinterpret_cast<int*>(qn_s + fast::kBM);
+  if (threadIdx.x < fast::kBM) {
+    const int64_t i = r0 + threadIdx.x;
+    float th = 0.0f, qv = 0.0f;
+    int tv = -1;
+    if (i < a.Q) {
+      const double tk = a.target_scores[i];
+      th = kSq ? __double2float_rd(tk) : __double2float_ru(tk);
+      qv = kSq ? a.qn[i] : 0.0f;
+      const int64_t t = a.targets[i];
+      tv = (t >= 0 && t < a.N) ? static_cast<int>(t) : -1;
+    }
+    thr_s[threadIdx.x] = th;
+    qn_s[threadIdx.x] = qv;
+    tg_s[threadIdx.x] = tv;
+  }
+  unsigned cnt[4][2];
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) cnt[mi][h] = 0u;
+  fast::Mainloop<T> ml{smem};
+  fast::TileOps<T> op{a.q, a.D, r0, a.Q, a.c, a.D, ct_begin * fast::kBN, a.N, a.D};
+  ml.prologue(op);
+  float acc[4][4][4];
+  for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
+    ml.compute(op, acc);
+    const int c0 = static_cast<int>(op.n0);
+    if (ct + 1 < ct_end) {
+      op.n0 += fast::kBN;
+      ml.prologue(op);
+    }
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int e1 = 0; e1 < 2; ++e1) {
+        const int j = c0 + fast::frag_col(ni, e1);
+        const bool valid = j < a.N;
+        const float cn = (kSq && valid) ? a.cn[j] : 0.0f;
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = fast::frag_row(mi, 2 * h);
+            const float k = fast_key<kSq>(acc[mi][ni][2 * h + e1], kSq ? qn_s[r] : 0.0f, cn);
+            const float th = thr_s[r];
+            const bool hit = kSq ? (k <= th) : (k >= th);
+            cnt[mi][h] += (valid && hit && j != tg_s[r]) ? 1u : 0u;
+          }
+      }
+  }
+#pragma unroll
+  for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      unsigned c = cnt[mi][h];
+      c += __shfl_xor_sync(0xffffffffu, c, 1);
+      c += __shfl_xor_sync(0xffffffffu, c, 2);
+      const int64_t i = r0 + fast::frag_row(mi, 2 * h);
+      if ((threadIdx.x & 3) == 0 && i < a.Q && c > 0u)
+        atomicAdd(reinterpret_cast<unsigned long long*>(a.ranks + i),
+                  static_cast<unsigned long long>(c));
+    }
+}
+
+template <class T>
+bool use_fast_retrieval(const void* q, const void* c, int64_t N, int64_t D) {
+  if constexpr (!fast::IsMMA16<T>::value) {
+    return false;
+  } else {
+    return fast::fast_enabled() && fast::fast_ok(q, D, c, D, D) && N < (int64_t(1) << 31) - 256;
+  }
+}
+
+template <class T>
+void run_ranks_fast(const RankArgs<T>& a, cudaStream_t st) {
+  const int64_t rt = ceil_div(a.Q, fast::kBM), ct = ceil_div(a.N, fast::kBN);
+  if (rt > 2147483647) throw ValueError("retrieval_ranks: too many queries");
+  const size_t smem = fast::kSmemBytes + 3 * fast::kBM * sizeof(float);
+  auto launch = [&](auto tk, auto rk) {
+    set_smem(tk, smem, "target_key_fast_kernel smem");
+    set_smem(rk, smem, "ranks_fast_kernel smem");
+    tk<<<dim3(static_cast<unsigned>(rt), fast::kBM), fast::kThreads, smem, st>>>(a);
+    check_launch("target_key_fast_kernel");
+    // Column splits: enough blocks for ~2 waves of 2 blocks per SM; contiguous column ranges.
+    const int64_t want = static_cast<int64_t>(sm_count()) * 4;
+    int64_t ys = std::max<int64_t>(1, std::min<int64_t>(ceil_div(want, rt), ct));
+    ys = std::min<int64_t>(ys, 65535);
+    const int64_t per = ceil_div(ct, ys);
+    ys = ceil_div(ct, per);
+    rk<<<dim3(static_cast<unsigned>(rt), static_cast<unsigned>(ys)), fast::kThreads, smem, st>>>(
+        a, per);
+    check_launch("ranks_fast_kernel");
+  };
+  if (a.sql2)
+    launch(target_key_fast_kernel<T, true>, ranks_fast_kernel<T, true>);
+  else
+    launch(target_key_fast_kernel<T, false>, ranks_fast_kernel<T, false>);
+}
+
 int column_splits(int64_t row_tiles, int64_t col_tiles) {
   const int64_t want = static_cast<int64_t>(sm_count()) * 8;
   int64_t y = ceil_div(want, std::max<int64_t>(row_tiles, 1));
@@ -227,6 +386,12 @@ void run_ranks(const void* queries, const void* candidates, int64_t Q, int64_t N
     launch_row_sqnorm<T>(a.c, N, D, cn, st);
   }
   check_cuda(cudaMemsetAsync(ranks, 0, sizeof(int64_t) * Q, st), "memset ranks");
+  if constexpr (fast::IsMMA16<T>::value) {
+    if (use_fast_retrieval<T>(queries, candidates, N, D)) {
+      run_ranks_fast<T>(a, st);
+      return;
+    }
+  }
   const int64_t rt = ceil_div(Q, kBM), ct = ceil_div(N, kBN);
   if (rt > 2147483647) throw ValueError("retrieval_ranks: too many queries");
   const size_t smem = base_smem_bytes<T>();
