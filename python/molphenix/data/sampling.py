@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from .activity import DEFAULT_CUTOFF
-from .preprocess import center_by_controls, fit_tvn
+from .preprocess import control_statistics, encode_labels, fit_tvn
 
 __all__ = ["ReplicateSampler", "SampleBatch"]
 
@@ -123,17 +123,22 @@ class ReplicateSampler:
             raise ValueError("wells: no treated wells selected")
 
         x = dataset.phenomic_matrix()
-        batches = w.column("batch").to_numpy(zero_copy_only=False)
         if normalize is None:
             self._x = np.ascontiguousarray(x[rows], dtype=np.float32)
         else:
-            centred = center_by_controls(x, batches, is_control)
+            # centre only the selected rows (memory: one copy of them, not of the whole matrix)
+            codes, names = encode_labels(w.column("batch").to_numpy(zero_copy_only=False))
+            sums, _sq, counts = control_statistics(x, codes, is_control, len(names))
+            need = np.unique(codes[rows])
+            bad = need[counts[need] == 0]
+            if bad.size:
+                raise ValueError(f"batch {names[bad[0]]!r} has no control wells; cannot centre its wells")
+            mean = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+            self._x = x[rows] - mean[codes[rows]]
             if normalize == "tvn":
-                tvn = fit_tvn(centred[is_control])
-                self._x = tvn.transform(centred[rows])
-            else:
-                self._x = np.ascontiguousarray(centred[rows])
-            del centred
+                ctrl = np.flatnonzero(is_control)
+                tvn = fit_tvn(x[ctrl] - mean[codes[ctrl]])
+                self._x = tvn.transform(self._x)
 
         mol = w.column("molecule_id").take(pa.array(rows)).to_pylist()
         conc = w.column("concentration_um").take(pa.array(rows)).to_numpy(zero_copy_only=False)
