@@ -177,3 +177,26 @@ def test_call_activity_command(tmp_path):
     assert r.exit_code == 0, r.output
     assert "ROC AUC vs truth" in r.output
     assert load_dataset(out).calls is not None
+
+
+def test_phenotype_direction_turns_with_dose():
+    from molphenix.data.simulator import _HiddenMap, _effect_vectors
+
+    cfg = SimulatorConfig()
+    hidden = _HiddenMap(cfg, 0)
+    rng = np.random.default_rng(0)
+    m = 50
+    mech = rng.integers(0, cfg.n_mechanisms, m)
+    mol_dir = rng.standard_normal((m, cfg.latent_dim))
+    mol_dir /= np.linalg.norm(mol_dir, axis=1, keepdims=True)
+    resp = np.tile([0.05, 0.3, 0.6, 0.95], (m, 1))
+    amp = np.full((m, 1), 2.0)
+    eff = _effect_vectors(cfg, hidden, mech, mol_dir, resp, amp * resp)
+    np.testing.assert_allclose(np.linalg.norm(eff, axis=2), amp * resp, rtol=1e-10)
+    unit = eff / np.linalg.norm(eff, axis=2, keepdims=True)
+    cos_low_high = (unit[:, 0] * unit[:, 3]).sum(1)
+    cos_adjacent = (unit[:, 2] * unit[:, 3]).sum(1)
+    assert (cos_low_high < 0.999).all()  # the direction changes with dose ...
+    assert np.median(cos_low_high) < np.median(cos_adjacent)  # ... progressively
+    # and the same mechanism at the same dose points the same way up to the molecule term
+    assert np.median(cos_low_high) > 0

@@ -416,6 +416,27 @@ class _HiddenMap:
         return _unit(z @ self.mol_dir)
 
 
+def _effect_vectors(
+    cfg: SimulatorConfig,
+    hidden: _HiddenMap,
+    mech: np.ndarray,
+    mol_dir: np.ndarray,
+    resp: np.ndarray,
+    eff_norm: np.ndarray,
+) -> np.ndarray:
+    """Latent effect vectors [M, C, d]: norm ``eff_norm`` = A_m·r(c), direction
+    normalize((1 - ω) v1_k + ω v2_k + η u_m) with ω = dose_shift·r² (turns with dose)."""
+    omega = cfg.dose_shift * resp**2  # [M, C]
+    v1 = hidden.mech_v1[mech]  # [M, d]
+    v2 = hidden.mech_v2[mech]
+    direction = _unit(
+        (1 - omega)[:, :, None] * v1[:, None, :]
+        + omega[:, :, None] * v2[:, None, :]
+        + cfg.molecule_direction_weight * mol_dir[:, None, :]
+    )
+    return eff_norm[:, :, None] * direction
+
+
 class _Encoder:
     """The fixed random nonlinear 'pretrained encoder' latent -> E."""
 
@@ -592,15 +613,7 @@ def simulate(
     # response [M, C]
     resp = concs[None, :] ** hill[:, None] / (concs[None, :] ** hill[:, None] + ec50[:, None] ** hill[:, None])
     eff_norm = amp[:, None] * resp
-    omega = cfg.dose_shift * resp**2  # [M, C]
-    v1 = hidden.mech_v1[mech]  # [M, d]
-    v2 = hidden.mech_v2[mech]
-    direction = _unit(
-        (1 - omega)[:, :, None] * v1[:, None, :]
-        + omega[:, :, None] * v2[:, None, :]
-        + cfg.molecule_direction_weight * mol_dir[:, None, :]
-    )
-    effects = eff_norm[:, :, None] * direction  # [M, C, d]
+    effects = _effect_vectors(cfg, hidden, mech, mol_dir, resp, eff_norm)  # [M, C, d]
     truth_active = is_active_mol[:, None] & (eff_norm >= cfg.active_effect_threshold)
 
     # ---- layout
