@@ -111,3 +111,12 @@ def test_wells_referencing_unknown_molecule(tmp_path, tiny_sim_dir):
     with pytest.raises(SchemaError) as ei:
         load_dataset(d)
     assert ei.value.column == "molecule_id" and ei.value.row is not None and gone in str(ei.value)
+
+
+def test_phenomic_matrix_of_a_chunked_table(tiny):
+    # an in-memory table made of several chunks: phenomic_matrix falls back to one copy
+    half = tiny.n_wells // 2
+    chunked = pa.concat_tables([tiny.wells.slice(0, half), tiny.wells.slice(half)])
+    assert chunked.column("phenomic").num_chunks == 2
+    ds = Dataset(wells=chunked, molecules=tiny.molecules)
+    np.testing.assert_array_equal(ds.phenomic_matrix(), tiny.phenomic_matrix())

@@ -560,7 +560,7 @@ def simulate(
 
     Raises:
         ValueError: invalid parameters, or more molecules requested than the bundled libraries
-            hold (~10,000 in library A, ~4,900 in library B).
+            hold (10,000 usable in library A, ~4,600 in library B).
         FileExistsError: ``out`` already holds a dataset and ``overwrite`` is False.
     """
     from tqdm.auto import tqdm
