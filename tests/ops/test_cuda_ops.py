@@ -53,6 +53,31 @@ def _id(dt):
     return str(dt).replace("torch.", "")
 
 
+@pytest.fixture(params=["fast", "simple"])
+def mainloop(request, monkeypatch):
+    """Both bf16/f16 tensor-core engines: MOLPHENIX_CUDA_MAINLOOP=fast (mma.sync + ldmatrix +
+    cp.async, 128 x 128 tiles; the default) and =simple (the 64 x 64 WMMA engine). The launchers
+    read the variable at every call. float32/float64 use the SIMT path under either value."""
+    monkeypatch.setenv("MOLPHENIX_CUDA_MAINLOOP", request.param)
+    return request.param
+
+
+def _topk_amb(keys64, k, margin):
+    """topk_ambiguous plus exact float64 ties. A tie in float64 between two *different* vectors
+    (bf16 products are exact in float64, so random bf16 data has a few per 10^5 candidates) is
+    not a tie once the sums are accumulated in float32: rounding splits it either way, in any
+    summation order (sequential, torch.matmul and the tensor cores all split some of them), so
+    the lower-index rule cannot be checked there. It is checked on exactly representable data
+    (test_small_topk_ties_lower_index_first)."""
+    amb = topk_ambiguous(keys64, k, margin)
+    srt = torch.sort(keys64, dim=1, descending=True).values[:, : k + 1]
+    tie = torch.zeros_like(srt, dtype=torch.bool)
+    eq = srt[:, 1:] == srt[:, :-1]
+    tie[:, 1:] |= eq
+    tie[:, :-1] |= eq
+    return amb | tie[:, :k]
+
+
 def _maxerr(a, b):
     return float((a.detach().double().cpu() - b.detach().double().cpu()).abs().max()) if a.numel() else 0.0
 
@@ -403,7 +428,8 @@ def test_arctan_nondefault_stream_and_cupy():
 # ---------------------------------------------------------------------------------------------
 
 METRICS = ("cosine", "dot", "arctan_l2")
-RANK_SHAPES = [(1, 1, 3), (7, 129, 3), (129, 4099, 257), (300, 5000, 64)]
+RANK_SHAPES = [(1, 1, 3), (7, 129, 3), (129, 4099, 257), (300, 5000, 64), (257, 1000, 40),
+               (130, 300, 8)]  # D % 8 == 0: the fast engine (K tails, M / N tails)
 
 
 def _ref_ranks(q, c, t, metric):
@@ -417,7 +443,7 @@ def _ref_ranks(q, c, t, metric):
 @pytest.mark.parametrize("dtype", ALL, ids=_id)
 @pytest.mark.parametrize("shape", RANK_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("metric", METRICS)
-def test_ranks_vs_reference_and_cpu(dtype, shape, metric):
+def test_ranks_vs_reference_and_cpu(dtype, shape, metric, mainloop):
     ops = _ops()
     nq, n, d = shape
     q, c, t = separated_retrieval_case(nq, n, d, dtype=dtype, metric=metric, seed=17)
@@ -431,7 +457,7 @@ def test_ranks_vs_reference_and_cpu(dtype, shape, metric):
 
 @pytest.mark.parametrize("dtype", ALL, ids=_id)
 @pytest.mark.parametrize("metric", METRICS)
-def test_small_ranks_ties_count_against_query(dtype, metric):
+def test_small_ranks_ties_count_against_query(dtype, metric, mainloop):
     """Exact duplicates of the target (anywhere in the tile grid) are ties and count."""
     ops = _ops()
     q, c, t = separated_retrieval_case(40, 300, 24, dtype=dtype, metric=metric, seed=23)
@@ -445,7 +471,7 @@ def test_small_ranks_ties_count_against_query(dtype, metric):
 
 @pytest.mark.parametrize("dtype", ALL, ids=_id)
 @pytest.mark.parametrize("metric", METRICS)
-def test_small_ranks_shards_add_up(dtype, metric):
+def test_small_ranks_shards_add_up(dtype, metric, mainloop):
     ops = _ops()
     q, c, t = separated_retrieval_case(50, 400, 16, dtype=dtype, metric=metric, seed=29)
     qd, cd, td = q.to(DEV), c.to(DEV), t.to(DEV)
@@ -493,15 +519,16 @@ def _ref_topk(q, c, k, metric):
 @pytest.mark.parametrize("dtype", ALL, ids=_id)
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("shape", [(1, 1, 3, 1), (7, 129, 3, 7), (129, 4099, 257, 41),
-                                   (33, 3000, 64, 3000)], ids=lambda s: "x".join(map(str, s)))
-def test_topk_vs_reference_and_cpu(dtype, metric, shape):
+                                   (33, 3000, 64, 3000), (200, 1500, 40, 97)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_topk_vs_reference_and_cpu(dtype, metric, shape, mainloop):
     ops = _ops()
     nq, n, d, k = shape
     q, c, _ = separated_retrieval_case(nq, n, d, dtype=dtype, metric=metric, seed=37)
     scores, idx = ops.topk_retrieve(q.to(DEV), c.to(DEV), k=k, metric=metric, backend="cuda")
     assert idx.shape == (nq, k) and idx.dtype == torch.int64 and idx.device.type == "cuda"
     keys, order = _ref_topk(q, c, k, metric)
-    amb = topk_ambiguous(keys, k, retrieval_margin(q, c, metric))
+    amb = _topk_amb(keys, k, retrieval_margin(q, c, metric))
     ok = (idx.cpu() == order) | amb
     assert bool(ok.all()), f"top-k indices differ from the float64 reference at {int((~ok).sum())} places"
     # Scores are sorted best first.
@@ -517,12 +544,13 @@ def test_topk_vs_reference_and_cpu(dtype, metric, shape):
 
 @pytest.mark.parametrize("dtype", ALL, ids=_id)
 @pytest.mark.parametrize("metric", ("dot", "arctan_l2"))
-def test_small_topk_ties_lower_index_first(dtype, metric):
+@pytest.mark.parametrize("dim", (6, 16))
+def test_small_topk_ties_lower_index_first(dtype, metric, dim, mainloop):
     """Many exact ties (entries on a 1/8 grid): equal keys listed by increasing index, and the
-    k-th boundary takes the lowest indices among the tied keys."""
+    k-th boundary takes the lowest indices among the tied keys. dim 16: the fast engine."""
     ops = _ops()
-    q = quantized_clusters(20, 6, seed=3, dtype=dtype, device=DEV)
-    c = quantized_clusters(700, 6, seed=4, dtype=dtype, device=DEV, cluster_size=50)
+    q = quantized_clusters(20, dim, seed=3, dtype=dtype, device=DEV)
+    c = quantized_clusters(700, dim, seed=4, dtype=dtype, device=DEV, cluster_size=50)
     for k in (1, 13, 64, 333, 700):
         scores, idx = ops.topk_retrieve(q, c, k=k, metric=metric, backend="cuda")
         _, order = _ref_topk(q.cpu(), c.cpu(), k, metric)
@@ -530,7 +558,7 @@ def test_small_topk_ties_lower_index_first(dtype, metric):
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=_id)
-def test_topk_large_k(dtype):
+def test_topk_large_k(dtype, mainloop):
     """k = 5% of N = 100,000 (far beyond faiss-gpu's k <= 2048)."""
     ops = _ops()
     nq, n, d = 64, 100_000, 64
@@ -541,7 +569,9 @@ def test_topk_large_k(dtype):
     scores, idx = ops.topk_retrieve(q.to(DEV), c.to(DEV), fraction=0.05, metric="dot", backend="cuda")
     assert idx.shape == (nq, k)
     keys, order = _ref_topk(q, c, k, "dot")
-    amb = topk_ambiguous(keys, k, retrieval_margin(q, c, "dot"))
+    # Run 1 (H200, simple engine) had 2 mismatches here: one exact float64 tie (query 55 of this
+    # seed has 14 such ties in its top k + 1) that float32 accumulation splits; see _topk_amb.
+    amb = _topk_amb(keys, k, retrieval_margin(q, c, "dot"))
     ok = (idx.cpu() == order) | amb
     assert bool(ok.all()), f"{int((~ok).sum())} mismatches"
     if dtype == torch.float32:
