@@ -53,3 +53,22 @@ def test_module_entry_point():
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert "Compiled extension" in res.stdout
+
+
+def test_simulate_then_load(tmp_path, capsys):
+    from molphenix.data import load_dataset
+
+    out = tmp_path / "sim"
+    assert main(["simulate", "--out", str(out), "--molecules", "60", "--seed", "3", "--no-progress"]) == 0
+    ds = load_dataset(out)
+    assert ds.wells.num_rows > 0
+    assert (out / "truth.parquet").exists()
+    # the same seed again into another directory gives identical wells
+    out2 = tmp_path / "sim2"
+    assert main(["simulate", "--out", str(out2), "--molecules", "60", "--seed", "3", "--no-progress"]) == 0
+    assert (out / "wells.parquet").read_bytes() == (out2 / "wells.parquet").read_bytes()
+
+
+def test_simulate_bad_argument_is_a_clean_error(tmp_path, capsys):
+    code = main(["simulate", "--out", str(tmp_path / "x"), "--molecules", "not-a-number"])
+    assert code == 2

@@ -39,11 +39,13 @@ def info() -> None:
 
 def _register_data_commands() -> None:
     try:
-        from molphenix.data.cli import simulate_command
-    except ImportError:  # the data layer's optional dependencies are missing
+        from molphenix.data.cli import call_activity_command, simulate_command
+    except ImportError:  # the data layer's dependencies (pyarrow, rdkit) are missing
         return
     app.command("simulate", help="Simulate a paired phenomic/molecular dataset (the embedded default).")(
         simulate_command)
+    app.command("call-activity", help="Activity p-values of a dataset's (molecule, concentration) samples.")(
+        call_activity_command)
 
 
 _register_data_commands()
