@@ -100,9 +100,8 @@ def test_python_m_molphenix_info_without_extension():
 _FAKE_GPU_PLUGIN = '''
 import torch, molphenix
 torch.cuda.is_available = lambda: {fake_gpu}
-if {has_cuda}:
-    molphenix.has_extension = lambda: True
-    molphenix.has_cuda = lambda: True
+molphenix.has_extension = lambda: True
+molphenix.has_cuda = lambda: {has_cuda}
 '''
 
 
@@ -143,7 +142,7 @@ def test_guard_skips_cuda_tests_without_gpu(tmp_path):
 def test_guard_fails_cuda_tests_when_build_lacks_cuda(tmp_path):
     out = _run_guard(tmp_path, _CUDA_TEST, fake_gpu=True, has_cuda=False)
     assert out.returncode != 0, out.stdout
-    assert "no CUDA kernels" in out.stdout or "not importable" in out.stdout, out.stdout
+    assert "no CUDA kernels" in out.stdout, out.stdout
     assert "skipped" not in out.stdout.splitlines()[-1], out.stdout
 
 
