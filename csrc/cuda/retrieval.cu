@@ -584,6 +584,194 @@ __global__ void __launch_bounds__(kThreads) topk_collect_kernel(const TopkArgs<T
   }
 }
 
+// ---- topk_retrieve, fast path (bf16 / f16) ------------------------------------------------------
+// Same algorithm as the simple path on 128 x 128 mma.sync tiles. Histogram pass: block (row tile,
+// contiguous column range), shared histograms [128 rows][256 bins] (128 KiB), one block per SM.
+// Collect pass: one block per row tile, column tiles in increasing order; the tile's key bits are
+// staged in shared memory so that two threads per row can scan the row's 128 columns in index
+// order (the stable sort that follows relies on that order for equal keys).
+template <class T, bool kSq>
+__global__ void __launch_bounds__(fast::kThreads, 1) topk_hist_fast_kernel(const TopkArgs<T> a,
+                                                                            int shift,
+                                                                            int first_pass,
+                                                                            int64_t per) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  unsigned* h = reinterpret_cast<unsigned*>(smem + fast::kSmemBytes);  // [128][256]
+  uint32_t* pre_s = reinterpret_cast<uint32_t*>(h + fast::kBM * 256);
+  float* qn_s = reinterpret_cast<float*>(pre_s + fast::kBM);
+  const int tid = threadIdx.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * fast::kBM;
+  const int64_t col_tiles = (a.N + fast::kBN - 1) / fast::kBN;
+  const int64_t ct_begin = static_cast<int64_t>(blockIdx.y) * per;
+  const int64_t ct_end = ct_begin + per < col_tiles ? ct_begin + per : col_tiles;
+  if (ct_begin >= ct_end) return;  // uniform
+  for (int x = tid; x < fast::kBM * 256; x += fast::kThreads) h[x] = 0u;
+  if (tid < fast::kBM) {
+    const int64_t i = r0 + tid;
+    pre_s[tid] = (i < a.Q && !first_pass) ? a.prefix[i] : 0u;
+    qn_s[tid] = (kSq && i < a.Q) ? a.qn[i] : 0.0f;
+  }
+  const int hs = shift + 8;
+  const uint32_t himask = (first_pass || hs >= 32) ? 0u : (0xffffffffu << hs);
+  fast::Mainloop<T> ml{smem};
+  fast::TileOps<T> op{a.q, a.D, r0, a.Q, a.c, a.D, ct_begin * fast::kBN, a.N, a.D};
+  ml.prologue(op);
+  float acc[4][4][4];
+  for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
+    ml.compute(op, acc);  // its barriers also publish h / pre_s / qn_s initialisation
+    const int64_t c0 = op.n0;
+    if (ct + 1 < ct_end) {
+      op.n0 += fast::kBN;
+      ml.prologue(op);
+    }
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int e1 = 0; e1 < 2; ++e1) {
+        const int64_t j = c0 + fast::frag_col(ni, e1);
+        const bool valid = j < a.N;
+        const float cn = (kSq && valid) ? a.cn[j] : 0.0f;
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int r = fast::frag_row(mi, 2 * hh);
+            const uint32_t kb = key_bits<float>(
+                fast_key<kSq>(acc[mi][ni][2 * hh + e1], kSq ? qn_s[r] : 0.0f, cn), kSq);
+            if (valid && ((kb ^ pre_s[r]) & himask) == 0u)
+              atomicAdd(&h[r * 256 + static_cast<int>((kb >> shift) & 255u)], 1u);
+          }
+      }
+  }
+  __syncthreads();
+  for (int x = tid; x < fast::kBM * 256; x += fast::kThreads) {
+    const int r = x >> 8;
+    if (r0 + r < a.Q && h[x] != 0u) atomicAdd(&a.hist[(r0 + r) * 256 + (x & 255)], h[x]);
+  }
+}
+
+constexpr int kKsLd = 130;  // row stride of the staged key tile: column c at c + (c >> 6)
+
+template <class T, bool kSq>
+__global__ void __launch_bounds__(fast::kThreads, 1) topk_collect_fast_kernel(const TopkArgs<T> a) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  uint32_t* Ks = reinterpret_cast<uint32_t*>(smem + fast::kSmemBytes);  // [128][kKsLd]
+  float* qn_s = reinterpret_cast<float*>(Ks + fast::kBM * kKsLd);
+  const int tid = threadIdx.x;
+  const int er = tid >> 1, part = tid & 1;  // row er, columns part * 64 .. part * 64 + 63
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * fast::kBM;
+  const int64_t i = r0 + er;
+  if (tid < fast::kBM) qn_s[tid] = (kSq && r0 + tid < a.Q) ? a.qn[r0 + tid] : 0.0f;
+  const uint32_t kth = i < a.Q ? a.prefix[i] : 0u;
+  const int64_t need = i < a.Q ? a.need[i] : 0;  // ties to keep (>= 1)
+  const int64_t quota = a.k - need;               // keys strictly better than kth
+  int64_t nb = 0, nt = 0;                         // written so far (same in both lanes of a row)
+  uint32_t* keys = a.keys + (i < a.Q ? i : 0) * a.k;
+  int64_t* idx = a.idx + (i < a.Q ? i : 0) * a.k;
+  const int64_t col_tiles = (a.N + fast::kBN - 1) / fast::kBN;
+  fast::Mainloop<T> ml{smem};
+  fast::TileOps<T> op{a.q, a.D, r0, a.Q, a.c, a.D, 0, a.N, a.D};
+  ml.prologue(op);
+  float acc[4][4][4];
+  for (int64_t ct = 0; ct < col_tiles; ++ct) {
+    ml.compute(op, acc);
+    const int64_t c0 = op.n0;
+    if (ct + 1 < col_tiles) {
+      op.n0 += fast::kBN;
+      ml.prologue(op);
+    }
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int e1 = 0; e1 < 2; ++e1) {
+        const int c = fast::frag_col(ni, e1);
+        const int64_t j = c0 + c;
+        const float cn = (kSq && j < a.N) ? a.cn[j] : 0.0f;
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int r = fast::frag_row(mi, 2 * hh);
+            Ks[r * kKsLd + c + (c >> 6)] = key_bits<float>(
+                fast_key<kSq>(acc[mi][ni][2 * hh + e1], kSq ? qn_s[r] : 0.0f, cn), kSq);
+          }
+      }
+    __syncthreads();
+    const uint32_t* krow = Ks + er * kKsLd + part * 65;
+    const int64_t cbase = c0 + part * 64;
+    int cb = 0, cq = 0;
+    if (i < a.Q) {
+      for (int m = 0; m < 64; ++m) {
+        const uint32_t kb = krow[m];
+        const bool valid = cbase + m < a.N;
+        cb += (valid && kb < kth);
+        cq += (valid && kb == kth);
+      }
+    }
+    // Lane pair (part 0, part 1) of the row: part 1 starts after part 0's entries.
+    const int ob = __shfl_xor_sync(0xffffffffu, cb, 1);
+    const int oq = __shfl_xor_sync(0xffffffffu, cq, 1);
+    int64_t pb = nb + (part ? ob : 0), pq = nt + (part ? oq : 0);
+    if (i < a.Q && cb + cq > 0 && (pb < quota || pq < need)) {
+      for (int m = 0; m < 64; ++m) {
+        const uint32_t kb = krow[m];
+        if (cbase + m >= a.N) break;
+        if (kb < kth) {
+          if (pb < quota) {
+            keys[pb] = kb;
+            idx[pb] = cbase + m;
+          }
+          ++pb;
+        } else if (kb == kth) {
+          if (pq < need) {
+            keys[quota + pq] = kb;
+            idx[quota + pq] = cbase + m;
+          }
+          ++pq;
+        }
+      }
+    }
+    nb += cb + ob;
+    nt += cq + oq;
+    __syncthreads();  // Ks is rewritten by the next tile's epilogue
+  }
+}
+
+template <class T>
+size_t topk_fast_smem(bool hist) {
+  return hist ? fast::kSmemBytes + size_t(fast::kBM) * 256 * 4 + 2 * fast::kBM * 4
+              : fast::kSmemBytes + size_t(fast::kBM) * kKsLd * 4 + fast::kBM * 4;
+}
+
+// One chunk of queries on the fast path (the caller has initialised prefix / need).
+template <class T, bool kSq>
+void topk_chunk_fast(const TopkArgs<T>& a, unsigned* hist, int64_t qc, cudaStream_t st) {
+  using K = uint32_t;
+  const int64_t rt = ceil_div(qc, fast::kBM), ct = ceil_div(a.N, fast::kBN);
+  const size_t sh = topk_fast_smem<T>(true), sc = topk_fast_smem<T>(false);
+  auto kh = topk_hist_fast_kernel<T, kSq>;
+  auto kc = topk_collect_fast_kernel<T, kSq>;
+  set_smem(kh, sh, "topk_hist_fast_kernel smem");
+  set_smem(kc, sc, "topk_collect_fast_kernel smem");
+  const int64_t want = static_cast<int64_t>(sm_count()) * 8;
+  int64_t ys = std::max<int64_t>(1, std::min<int64_t>(ceil_div(want, rt), ct));
+  ys = std::min<int64_t>(ys, 65535);
+  const int64_t per = ceil_div(ct, ys);
+  ys = ceil_div(ct, per);
+  const unsigned qb = static_cast<unsigned>(ceil_div(qc, 256));
+  for (int pass = 0; pass < 4; ++pass) {
+    const int shift = 32 - 8 * (pass + 1);
+    check_cuda(cudaMemsetAsync(hist, 0, sizeof(unsigned) * 256 * qc, st), "memset hist");
+    kh<<<dim3(static_cast<unsigned>(rt), static_cast<unsigned>(ys)), fast::kThreads, sh, st>>>(
+        a, shift, pass == 0 ? 1 : 0, per);
+    check_launch("topk_hist_fast_kernel");
+    topk_select_kernel<K><<<qb, 256, 0, st>>>(qc, hist, shift, a.prefix, a.need);
+    check_launch("topk_select_kernel");
+  }
+  kc<<<static_cast<unsigned>(rt), fast::kThreads, sc, st>>>(a);
+  check_launch("topk_collect_fast_kernel");
+}
+
 template <class K, class Out>
 __global__ void topk_decode_kernel(const K* __restrict__ keys, int64_t n, bool sql2,
                                    Out* __restrict__ out) {
@@ -707,8 +895,18 @@ void run_topk(const void* queries, const void* candidates, int64_t Q, int64_t N,
     const unsigned qb = static_cast<unsigned>(ceil_div(qc, 256));
     topk_init_kernel<K><<<qb, 256, 0, st>>>(qc, k, pc.prefix, pc.need);
     check_launch("topk_init_kernel");
+    bool done = false;
+    if constexpr (fast::IsMMA16<T>::value) {
+      if (use_fast_retrieval<T>(queries, candidates, N, D)) {
+        if (sql2)
+          topk_chunk_fast<T, true>(a, pc.hist, qc, st);
+        else
+          topk_chunk_fast<T, false>(a, pc.hist, qc, st);
+        done = true;
+      }
+    }
     const int ys = column_splits(rt, ct);
-    for (int pass = 0; pass < passes; ++pass) {
+    for (int pass = 0; pass < passes && !done; ++pass) {
       const int shift = static_cast<int>(sizeof(K) * 8) - 8 * (pass + 1);
       check_cuda(cudaMemsetAsync(pc.hist, 0, sizeof(unsigned) * 256 * qc, st), "memset hist");
       kh<<<dim3(static_cast<unsigned>(rt), static_cast<unsigned>(ys)), kThreads, smem_hist, st>>>(
@@ -717,8 +915,10 @@ void run_topk(const void* queries, const void* candidates, int64_t Q, int64_t N,
       topk_select_kernel<K><<<qb, 256, 0, st>>>(qc, pc.hist, shift, pc.prefix, pc.need);
       check_launch("topk_select_kernel");
     }
-    kc<<<static_cast<unsigned>(rt), kThreads, smem_base, st>>>(a);
-    check_launch("topk_collect_kernel");
+    if (!done) {
+      kc<<<static_cast<unsigned>(rt), kThreads, smem_base, st>>>(a);
+      check_launch("topk_collect_kernel");
+    }
     segment_offsets_kernel<<<static_cast<unsigned>(ceil_div(qc + 1, 256)), 256, 0, st>>>(
         static_cast<int>(qc), static_cast<int>(k), pc.offs);
     check_launch("segment_offsets_kernel");
