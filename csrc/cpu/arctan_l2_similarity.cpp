@@ -5,8 +5,8 @@
 // Backward: per tile, recompute <a_i, b_j> (gemm_nt into a per-thread buffer), the epilogue makes
 // g = -2 grad_out ds/dd2 (masked) plus float64 row / column sums of g, then
 //   acc_a_i += G B_j (gemm_nn), acc_b_j += G^T A_i (gemm_tn)   (skipped for all-zero tiles)
-// on the exclusive-writer wavefront of simd_math_kernels.h (deterministic, thread-count
-// independent); finally grad_a_i = acc_a_i - a_i rowsum_i, grad_b_j = acc_b_j - b_j colsum_j.
+// on the row pipeline of simd_math_kernels.h (deterministic, thread-count independent);
+// finally grad_a_i = acc_a_i - a_i rowsum_i, grad_b_j = acc_b_j - b_j colsum_j.
 #include "molphenix/ops/arctan_l2_similarity.h"
 
 #include <algorithm>

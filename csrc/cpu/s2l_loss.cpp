@@ -7,10 +7,10 @@
 //     sums (float64, per tile), and G = scale * dl/dz / normalizer written over X
 //   dP_i += G Q_j             (gemm_nn, K = tile columns)
 //   dQ_j += G^T P_i           (gemm_tn, K = tile rows)
-// Tiles run on the exclusive-writer wavefront of simd_math_kernels.h (no atomics, no per-thread
-// B x D buffers); per-tile loss sums are combined in tile-index order at the end. Results are
-// bitwise independent of num_threads (they do depend on the SIMD level: scalar / AVX2 / AVX-512
-// round differently).
+// Tiles run on the row pipeline of simd_math_kernels.h (every accumulator gets its contributions
+// in a fixed natural order; no atomics on data, no per-thread B x D buffers); per-tile loss sums
+// are combined in tile-index order at the end. Results are bitwise independent of num_threads
+// (they do depend on the SIMD level: scalar / AVX2 / AVX-512 round differently).
 //
 // Working memory: squared norms (B1 + B2), per-tile sums (3 doubles per tile), per-thread tile
 // buffers (2 tile^2), and for very rectangular shapes at most 32 MiB of group partials.
