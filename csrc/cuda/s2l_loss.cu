@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <type_traits>
 
 #include "molphenix/ops/s2l_loss.h"
 #include "tile.cuh"
@@ -96,11 +97,22 @@ struct S2LArgs {
   Epi<Acc> e;
 };
 
-template <class T>
+// kFast (bf16/f16 with MOLPHENIX_CUDA_MAINLOOP != simple): cp.async double-buffered tile_nt and
+// 3xTF32 chunks, 16-byte update loads, and 2 blocks per SM (__launch_bounds__(256, 2)). Same
+// WMMA instruction sequence per element as the simple engine: bitwise the same results.
+template <class T, bool kFast>
+constexpr size_t s2l_ops_bytes() {
+  using Acc = typename Traits<T>::Acc;
+  return align_up(cmax(cmax(cmax(nt_operand_bytes_v<T, kFast>(), nt_operand_bytes<Acc>()),
+                            update_operand_bytes<T>()),
+                       tf32_operand_bytes_v<kFast>()),
+                  128);
+}
+
+template <class T, bool kFast = false>
 constexpr size_t s2l_smem_bytes() {
   using Acc = typename Traits<T>::Acc;
-  size_t ops = cmax(cmax(cmax(nt_operand_bytes<T>(), nt_operand_bytes<Acc>()), update_operand_bytes<T>()),
-                    tf32_operand_bytes());
+  size_t ops = s2l_ops_bytes<T, kFast>();
   ops = align_up(ops, 128);
   const size_t tileC = align_up(size_t(kBM) * kLdC * sizeof(Acc), 128);
   const size_t gh = Traits<T>::kMMA ? align_up(size_t(kBM) * kLdG * sizeof(T), 128) : 0;
@@ -108,13 +120,13 @@ constexpr size_t s2l_smem_bytes() {
 }
 
 // kRowOwner: block = row tile (dP, loss); else block = column tile (dQ).
-template <class T, bool kRowOwner, bool kAtomicQ, bool kTf32U>
-__global__ void __launch_bounds__(kThreads) s2l_kernel(const S2LArgs<T> a) {
+// kOcc: minimum blocks per SM of the fast variant (1: ~215-236 registers, no spills; 2: 128
+// registers, 80-232 bytes of spills; MOLPHENIX_S2L_BLOCKS_PER_SM=2 selects it, to be measured).
+template <class T, bool kRowOwner, bool kAtomicQ, bool kTf32U, bool kFast, int kOcc = 1>
+__global__ void __launch_bounds__(kThreads, kOcc) s2l_kernel(const S2LArgs<T> a) {
   using Acc = typename Traits<T>::Acc;
   extern __shared__ __align__(128) unsigned char smem[];
-  size_t ops_b = cmax(cmax(cmax(nt_operand_bytes<T>(), nt_operand_bytes<Acc>()), update_operand_bytes<T>()),
-                       tf32_operand_bytes());
-  ops_b = align_up(ops_b, 128);
+  const size_t ops_b = s2l_ops_bytes<T, kFast>();
   const size_t tileC = align_up(size_t(kBM) * kLdC * sizeof(Acc), 128);
   const size_t gh = Traits<T>::kMMA ? align_up(size_t(kBM) * kLdG * sizeof(T), 128) : 0;
   unsigned char* ops = smem;
@@ -149,10 +161,10 @@ __global__ void __launch_bounds__(kThreads) s2l_kernel(const S2LArgs<T> a) {
     else
       fill_row_map(rmap, o0, a.B1);
     __syncthreads();
-    tile_nt<T>(a.p, a.D, rmap, a.q, a.D, cmap, a.D, ops, Zs);
+    tile_nt<T, kFast>(a.p, a.D, rmap, a.q, a.D, cmap, a.D, ops, Zs);
     if (a.e.has_u) {
       if constexpr (kTf32U && sizeof(Acc) == 4)
-        tile_nt_3xtf32(a.u, a.E, rmap, a.uc, a.E, cmap, a.E, ops, Us);
+        tile_nt_3xtf32<kFast>(a.u, a.E, rmap, a.uc, a.E, cmap, a.E, ops, Us);
       else
         tile_nt<Acc>(a.u, a.E, rmap, a.uc, a.E, cmap, a.E, ops, Us);
     }
@@ -182,15 +194,15 @@ __global__ void __launch_bounds__(kThreads) s2l_kernel(const S2LArgs<T> a) {
     __syncthreads();
     if (a.compute_grad) {
       if (kRowOwner) {
-        tile_update<T, false, false>(a.accP + own0 * a.Dp, a.Dp, kBM, a.Dp, 0, a.Dp, 0, a.q, a.D,
+        tile_update<T, false, false, kFast>(a.accP + own0 * a.Dp, a.Dp, kBM, a.Dp, 0, a.Dp, 0, a.q, a.D,
                                      cmap, a.D, Ghi, Glo, Zs, ops, nullptr);
         if (kAtomicQ) {
           const int64_t rows = a.B2 - c0 < kBN ? a.B2 - c0 : kBN;
-          tile_update<T, true, true>(a.accQ + c0 * a.Dp, a.Dp, rows, a.Dp, 0, a.Dp, 0, a.p, a.D,
+          tile_update<T, true, true, kFast>(a.accQ + c0 * a.Dp, a.Dp, rows, a.Dp, 0, a.Dp, 0, a.p, a.D,
                                      rmap, a.D, Ghi, Glo, Zs, ops, reinterpret_cast<float*>(Us));
         }
       } else {
-        tile_update<T, true, false>(a.accQ + own0 * a.Dp, a.Dp, kBN, a.Dp, 0, a.Dp, 0, a.p, a.D,
+        tile_update<T, true, false, kFast>(a.accQ + own0 * a.Dp, a.Dp, kBN, a.Dp, 0, a.Dp, 0, a.p, a.D,
                                     rmap, a.D, Ghi, Glo, Zs, ops, nullptr);
       }
     }
@@ -340,30 +352,45 @@ void run_s2l(const void* p, const void* q, const void* u, const void* uc, int64_
     check_cuda(cudaMemsetAsync(pc.accP, 0, sizeof(Acc) * round_up(B1, kBM) * Dp, st), "memset");
     check_cuda(cudaMemsetAsync(pc.accQ, 0, sizeof(Acc) * round_up(B2, kBN) * Dp, st), "memset");
   }
-  const size_t smem = s2l_smem_bytes<T>();
   const bool atomic_q = prm.compute_grad && !prm.deterministic;
   // bf16/f16: u . v^T on tensor cores with the 3xTF32 split unless MOLPHENIX_S2L_U_SIMT=1.
   const char* env = std::getenv("MOLPHENIX_S2L_U_SIMT");
   const bool tf32u = Traits<T>::kMMA && prm.has_u && !(env != nullptr && env[0] == '1');
-  auto launch = [&](auto kernel, int64_t grid, const char* what) {
-    set_smem(kernel, smem, "s2l_kernel smem");
-    kernel<<<static_cast<unsigned>(grid), kThreads, smem, st>>>(a);
-    check_launch(what);
+  auto run_all = [&](auto fast_tag, auto occ_tag) {
+    constexpr bool kF = decltype(fast_tag)::value;
+    constexpr int kO = decltype(occ_tag)::value;
+    const size_t smem = s2l_smem_bytes<T, kF>();
+    auto launch = [&](auto kernel, int64_t grid, const char* what) {
+      set_smem(kernel, smem, "s2l_kernel smem");
+      kernel<<<static_cast<unsigned>(grid), kThreads, smem, st>>>(a);
+      check_launch(what);
+    };
+    if (tf32u) {
+      if (atomic_q)
+        launch(s2l_kernel<T, true, true, true, kF, kO>, rt, "s2l_kernel (rows)");
+      else
+        launch(s2l_kernel<T, true, false, true, kF, kO>, rt, "s2l_kernel (rows)");
+      if (prm.compute_grad && prm.deterministic)
+        launch(s2l_kernel<T, false, false, true, kF, kO>, ct, "s2l_kernel (columns)");
+    } else {
+      if (atomic_q)
+        launch(s2l_kernel<T, true, true, false, kF, kO>, rt, "s2l_kernel (rows)");
+      else
+        launch(s2l_kernel<T, true, false, false, kF, kO>, rt, "s2l_kernel (rows)");
+      if (prm.compute_grad && prm.deterministic)
+        launch(s2l_kernel<T, false, false, false, kF, kO>, ct, "s2l_kernel (columns)");
+    }
   };
-  if (tf32u) {
-    if (atomic_q)
-      launch(s2l_kernel<T, true, true, true>, rt, "s2l_kernel (rows)");
+  using One = std::integral_constant<int, 1>;
+  if (Traits<T>::kMMA && fast::fast_enabled()) {
+    const char* occ = std::getenv("MOLPHENIX_S2L_BLOCKS_PER_SM");
+    if (occ != nullptr && occ[0] == '2')
+      run_all(std::integral_constant<bool, Traits<T>::kMMA>{},
+              std::integral_constant<int, Traits<T>::kMMA ? 2 : 1>{});
     else
-      launch(s2l_kernel<T, true, false, true>, rt, "s2l_kernel (rows)");
-    if (prm.compute_grad && prm.deterministic)
-      launch(s2l_kernel<T, false, false, true>, ct, "s2l_kernel (columns)");
+      run_all(std::integral_constant<bool, Traits<T>::kMMA>{}, One{});
   } else {
-    if (atomic_q)
-      launch(s2l_kernel<T, true, true, false>, rt, "s2l_kernel (rows)");
-    else
-      launch(s2l_kernel<T, true, false, false>, rt, "s2l_kernel (rows)");
-    if (prm.compute_grad && prm.deterministic)
-      launch(s2l_kernel<T, false, false, false>, ct, "s2l_kernel (columns)");
+    run_all(std::false_type{}, One{});
   }
   s2l_stats_kernel<<<1, 256, 0, st>>>(pc.partials, rt, 1.0 / prm.normalizer, stats);
   check_launch("s2l_stats_kernel");

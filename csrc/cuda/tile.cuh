@@ -29,6 +29,7 @@
 #include <string>
 
 #include "molphenix/common.h"
+#include "mma_mainloop.cuh"
 
 namespace molphenix {
 namespace cuda {
@@ -107,6 +108,11 @@ template <class T>
 constexpr size_t nt_operand_bytes() {
   return Traits<T>::kMMA ? size_t(2) * kBM * kLdH * sizeof(T) : size_t(2) * kKC * kLdS * sizeof(T);
 }
+// kAsync (the fast engine's s2l): two operand buffers, cp.async double buffering.
+template <class T, bool kAsync>
+constexpr size_t nt_operand_bytes_v() {
+  return (kAsync && Traits<T>::kMMA ? 2 : 1) * nt_operand_bytes<T>();
+}
 template <class T>
 constexpr size_t update_operand_bytes() {
   // MMA: one [64][kLdG] chunk of T; SIMT: one [64][kLdC] chunk of Acc.
@@ -129,7 +135,10 @@ __device__ __forceinline__ void fill_row_map(int64_t* map, int64_t base, int64_t
 // C[r][c] = sum_k A[amap[r]][k] * B[bmap[c]][k], for k in [0, K). A, B row-major with leading
 // dimensions lda, ldb. `ops` is nt_operand_bytes<T>() of shared memory; C is [64][kLdC] Acc in
 // shared memory. Must be called by all threads of the block; ends with __syncthreads().
-template <class T>
+// kAsync (bf16/f16 only; used by the fast engine's s2l): the 16-byte path streams the k chunks
+// with cp.async into two operand buffers (chunk c + 1 in flight while chunk c is multiplied);
+// `ops` must then hold nt_operand_bytes_v<T, true>(). Same WMMA sequence, same results.
+template <class T, bool kAsync = false>
 __device__ __forceinline__ void tile_nt(const T* __restrict__ A, int64_t lda, const int64_t* amap,
                                         const T* __restrict__ B, int64_t ldb, const int64_t* bmap,
                                         int64_t K, unsigned char* ops,
@@ -150,6 +159,49 @@ __device__ __forceinline__ void tile_nt(const T* __restrict__ A, int64_t lda, co
     const bool vec = (K % 8 == 0) && (lda % 8 == 0) && (ldb % 8 == 0) &&
                      (reinterpret_cast<uintptr_t>(A) % 16 == 0) &&
                      (reinterpret_cast<uintptr_t>(B) % 16 == 0);
+    if constexpr (kAsync) {
+      if (vec) {
+        const int r = tid >> 2, kv = (tid & 3) * 8;
+        __syncthreads();  // maps written, previous users of `ops` done
+        const int64_t ga = amap[r], gb = bmap[r];
+        const int64_t nch = (K + kKC - 1) / kKC;
+        auto issue = [&](int64_t c, int b) {
+          T* Ab = As + b * 2 * kBM * kLdH;
+          T* Bb = Ab + kBM * kLdH;
+          const int64_t k = c * kKC + kv;
+          const bool va = ga >= 0 && k < K, vb = gb >= 0 && k < K;
+          fast::cp_async16(fast::smem_addr(Ab + r * kLdH + kv), va ? A + ga * lda + k : A, va);
+          fast::cp_async16(fast::smem_addr(Bb + r * kLdH + kv), vb ? B + gb * ldb + k : B, vb);
+        };
+        issue(0, 0);
+        fast::cp_async_commit();
+        for (int64_t c = 0; c < nch; ++c) {
+          if (c + 1 < nch) issue(c + 1, static_cast<int>((c + 1) & 1));
+          fast::cp_async_commit();
+          fast::cp_async_wait<1>();
+          __syncthreads();
+          const T* Ab = As + static_cast<int>(c & 1) * 2 * kBM * kLdH;
+          const T* Bb = Ab + kBM * kLdH;
+#pragma unroll
+          for (int kk = 0; kk < kKC; kk += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+            wmma::load_matrix_sync(a, Ab + wr * kLdH + kk, kLdH);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
+              wmma::load_matrix_sync(b, Bb + (wc + 16 * j) * kLdH + kk, kLdH);
+              wmma::mma_sync(acc[j], a, b, acc[j]);
+            }
+          }
+          __syncthreads();  // buffer c & 1 is refilled at iteration c + 1
+        }
+        fast::cp_async_wait<0>();
+        wmma::store_matrix_sync(C + wr * kLdC + wc, acc[0], kLdC, wmma::mem_row_major);
+        wmma::store_matrix_sync(C + wr * kLdC + wc + 16, acc[1], kLdC, wmma::mem_row_major);
+        __syncthreads();
+        return;
+      }
+    }
     for (int64_t k0 = 0; k0 < K; k0 += kKC) {
       __syncthreads();  // previous chunk fully consumed
       if (vec) {
@@ -241,7 +293,44 @@ __device__ __forceinline__ void tile_nt(const T* __restrict__ A, int64_t lda, co
 // tf32_operand_bytes(). Must be called by all threads; ends with __syncthreads().
 constexpr int kLdF = kKC + 4;  // row stride of float operand chunks (multiple of 4)
 constexpr size_t tf32_operand_bytes() { return size_t(2) * kBM * kLdF * sizeof(float); }
+template <bool kAsync>
+constexpr size_t tf32_operand_bytes_v() { return (kAsync ? 2 : 1) * tf32_operand_bytes(); }
 
+// 3xTF32 on one k8 step of a chunk held in As / Bs (shared), accumulating into acc[2].
+__device__ __forceinline__ void tf32x3_chunk(
+    const float* As, const float* Bs, int wr, int wc,
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> (&acc)[2]) {
+  using namespace nvcuda;
+#pragma unroll
+  for (int kk = 0; kk < kKC; kk += 8) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> ahi, alo;
+    wmma::load_matrix_sync(ahi, As + wr * kLdF + kk, kLdF);
+#pragma unroll
+    for (int t = 0; t < ahi.num_elements; ++t) {
+      const float x = ahi.x[t];
+      const float h = wmma::__float_to_tf32(x);
+      ahi.x[t] = h;
+      alo.x[t] = wmma::__float_to_tf32(x - h);
+    }
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> bhi, blo;
+      wmma::load_matrix_sync(bhi, Bs + (wc + 16 * j) * kLdF + kk, kLdF);
+#pragma unroll
+      for (int t = 0; t < bhi.num_elements; ++t) {
+        const float x = bhi.x[t];
+        const float h = wmma::__float_to_tf32(x);
+        bhi.x[t] = h;
+        blo.x[t] = wmma::__float_to_tf32(x - h);
+      }
+      wmma::mma_sync(acc[j], alo, bhi, acc[j]);
+      wmma::mma_sync(acc[j], ahi, blo, acc[j]);
+      wmma::mma_sync(acc[j], ahi, bhi, acc[j]);
+    }
+  }
+}
+
+template <bool kAsync = false>
 __device__ __forceinline__ void tile_nt_3xtf32(const float* __restrict__ A, int64_t lda,
                                                const int64_t* amap, const float* __restrict__ B,
                                                int64_t ldb, const int64_t* bmap, int64_t K,
@@ -259,6 +348,42 @@ __device__ __forceinline__ void tile_nt_3xtf32(const float* __restrict__ A, int6
   const bool vec = (K % 4 == 0) && (lda % 4 == 0) && (ldb % 4 == 0) &&
                    (reinterpret_cast<uintptr_t>(A) % 16 == 0) &&
                    (reinterpret_cast<uintptr_t>(B) % 16 == 0);
+  if constexpr (kAsync) {
+    if (vec) {
+      __syncthreads();  // maps written, previous users of `ops` done
+      const int64_t nch = (K + kKC - 1) / kKC;
+      auto issue = [&](int64_t c, int b) {
+        float* Ab = As + b * 2 * kBM * kLdF;
+        float* Bb = Ab + kBM * kLdF;
+#pragma unroll
+        for (int i = 0; i < (kBM * kKC) / (4 * kThreads); ++i) {
+          const int v = tid + i * kThreads;
+          const int r = v / (kKC / 4), kv = (v % (kKC / 4)) * 4;
+          const int64_t k = c * kKC + kv;
+          const int64_t ga = amap[r], gb = bmap[r];
+          const bool va = ga >= 0 && k < K, vb = gb >= 0 && k < K;
+          fast::cp_async16(fast::smem_addr(Ab + r * kLdF + kv), va ? A + ga * lda + k : A, va);
+          fast::cp_async16(fast::smem_addr(Bb + r * kLdF + kv), vb ? B + gb * ldb + k : B, vb);
+        }
+      };
+      issue(0, 0);
+      fast::cp_async_commit();
+      for (int64_t c = 0; c < nch; ++c) {
+        if (c + 1 < nch) issue(c + 1, static_cast<int>((c + 1) & 1));
+        fast::cp_async_commit();
+        fast::cp_async_wait<1>();
+        __syncthreads();
+        const float* Ab = As + static_cast<int>(c & 1) * 2 * kBM * kLdF;
+        tf32x3_chunk(Ab, Ab + kBM * kLdF, wr, wc, acc);
+        __syncthreads();
+      }
+      fast::cp_async_wait<0>();
+      wmma::store_matrix_sync(C + wr * kLdC + wc, acc[0], kLdC, wmma::mem_row_major);
+      wmma::store_matrix_sync(C + wr * kLdC + wc + 16, acc[1], kLdC, wmma::mem_row_major);
+      __syncthreads();
+      return;
+    }
+  }
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     __syncthreads();
     if (vec) {
@@ -331,7 +456,9 @@ __device__ __forceinline__ void tile_nt_3xtf32(const float* __restrict__ A, int6
 // G: MMA path -> Ghi, Glo [64][kLdG] of T (G = Ghi + Glo); SIMT path -> Gs [64][kLdC] of Acc.
 // `ops` >= update_operand_bytes<T>(); `scratch` (MMA + kAtomic only): [64][kLdC] float.
 // Must be called by all threads; ends with __syncthreads().
-template <class T, bool kTrans, bool kAtomic>
+// kVec (fast engine): the S chunk is read with 16-byte loads when Dsrc, lds % 8 == 0 and S is
+// 16-byte aligned (else element loads, as without it). Same values in shared memory.
+template <class T, bool kTrans, bool kAtomic, bool kVec = false>
 __device__ __forceinline__ void tile_update(typename Traits<T>::Acc* acc, int64_t ldacc,
                                             int64_t acc_rows, int64_t acc_cols,
                                             int64_t d_begin, int64_t d_end, int64_t acc_d0,
@@ -347,15 +474,30 @@ __device__ __forceinline__ void tile_update(typename Traits<T>::Acc* acc, int64_
     const int warp = tid >> 5;
     const int wr = (warp >> 1) * 16;
     const int wc = (warp & 1) * 32;
+    const bool svec = kVec && (Dsrc % 8 == 0) && (lds % 8 == 0) &&
+                      (reinterpret_cast<uintptr_t>(S) % 16 == 0);
     for (int64_t d0 = d_begin; d0 < d_end; d0 += kDC) {
       __syncthreads();
+      if (svec) {
 #pragma unroll
-      for (int i = 0; i < (kBM * kDC) / kThreads; ++i) {
-        const int idx = tid + i * kThreads;
-        const int r = idx / kDC, dd = idx % kDC;
-        const int64_t d = d0 + dd;
-        const int64_t g = smap[r];
-        Cs[r * kLdG + dd] = (g >= 0 && d < Dsrc) ? S[g * lds + d] : zero_val<T>();
+        for (int i = 0; i < (kBM * kDC) / (8 * kThreads); ++i) {
+          const int idx = tid + i * kThreads;
+          const int r = idx / (kDC / 8), dd = (idx % (kDC / 8)) * 8;
+          const int64_t d = d0 + dd;
+          const int64_t g = smap[r];
+          uint4 v = make_uint4(0, 0, 0, 0);
+          if (g >= 0 && d < Dsrc) v = *reinterpret_cast<const uint4*>(S + g * lds + d);
+          *reinterpret_cast<uint4*>(Cs + r * kLdG + dd) = v;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < (kBM * kDC) / kThreads; ++i) {
+          const int idx = tid + i * kThreads;
+          const int r = idx / kDC, dd = idx % kDC;
+          const int64_t d = d0 + dd;
+          const int64_t g = smap[r];
+          Cs[r * kLdG + dd] = (g >= 0 && d < Dsrc) ? S[g * lds + d] : zero_val<T>();
+        }
       }
       __syncthreads();
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> f[2];

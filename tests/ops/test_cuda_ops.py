@@ -186,7 +186,7 @@ S2L_SHAPES = [  # (B1, B2, D, E)
 @pytest.mark.parametrize("dtype", ALL, ids=_id)
 @pytest.mark.parametrize("shape", S2L_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("with_u", [True, False], ids=["u", "nou"])
-def test_s2l_vs_reference(dtype, shape, with_u):
+def test_s2l_vs_reference(dtype, shape, with_u, mainloop):
     b1, b2, d, e = shape
     p, q, u, uc = _s2l_inputs(b1, b2, d, e if with_u else 0, dtype, seed=11)
     kw = _ref_kwargs()
@@ -196,7 +196,7 @@ def test_s2l_vs_reference(dtype, shape, with_u):
 
 @pytest.mark.parametrize("dtype", ALL, ids=_id)
 @pytest.mark.parametrize("deterministic", [True, False], ids=["det", "atomic"])
-def test_small_s2l_rect_block(dtype, deterministic):
+def test_small_s2l_rect_block(dtype, deterministic, mainloop):
     """Rectangular block, diag_offset, normalizer, hard diagonal, u_cols != u; both modes."""
     b1, b2, d, e = 70, 133, 19, 9
     p, q, u, uc = _s2l_inputs(b1, b2, d, e, dtype, seed=5, rect=True)
@@ -221,7 +221,7 @@ def test_small_s2l_no_threshold_loss_only(dtype):
 
 
 @pytest.mark.parametrize("dtype", ALL, ids=_id)
-def test_s2l_deterministic_bitwise(dtype):
+def test_s2l_deterministic_bitwise(dtype, mainloop):
     p, q, u, uc = _s2l_inputs(1000, 1000, 96, 40, dtype, seed=3)
     runs = [_s2l_raw(p, q, 10.0, -10.0, u, uc, deterministic=True) for _ in range(3)]
     torch.cuda.synchronize()
@@ -235,6 +235,28 @@ def test_s2l_deterministic_bitwise(dtype):
     assert_close(fast[0].cpu(), runs[0][0].cpu(), dtype=sdt, kind="grad", msg="fast vs det stats")
     kdt = dtype
     assert_close(fast[2].float(), runs[0][2].float(), dtype=kdt, kind="grad", msg="fast vs det grad_q")
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=_id)
+@pytest.mark.parametrize("deterministic", [True, False], ids=["det", "atomic"])
+def test_s2l_fast_engine_bitwise_equals_simple(dtype, deterministic, monkeypatch):
+    """The fast s2l variant (cp.async double buffering, 16-byte update loads, optionally 2 blocks
+    per SM) runs the same WMMA sequence per element as the simple engine: identical bits
+    (atomic mode: the loss / dscale / dbias stats and grad_p, which do not use atomics)."""
+    p, q, u, uc = _s2l_inputs(300, 333, 72, 40, dtype, seed=51, rect=True)
+    runs = {}
+    for mode, occ in (("simple", "1"), ("fast", "1"), ("fast", "2")):
+        monkeypatch.setenv("MOLPHENIX_CUDA_MAINLOOP", mode)
+        monkeypatch.setenv("MOLPHENIX_S2L_BLOCKS_PER_SM", occ)
+        runs[mode + occ] = _s2l_raw(p, q, 10.0, -10.0, u, uc, diag_offset=3,
+                                    deterministic=deterministic)
+    ref = runs["simple1"]
+    for key in ("fast1", "fast2"):
+        got = runs[key]
+        assert torch.equal(got[0], ref[0]), f"{key}: stats differ from the simple engine"
+        assert torch.equal(got[1], ref[1]), f"{key}: grad_p differs from the simple engine"
+        if deterministic:
+            assert torch.equal(got[2], ref[2]), f"{key}: grad_q differs from the simple engine"
 
 
 @pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=_id)
