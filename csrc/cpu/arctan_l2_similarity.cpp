@@ -97,7 +97,8 @@ int64_t sim_tile_edge(int64_t N, int64_t M) {
 template <typename T>
 void fwd_impl(const T* a, const T* b, int64_t N, int64_t M, int64_t E, double c,
               bool has_threshold, double threshold, T* out, int num_threads) {
-  const int nt = std::max(1, num_threads);
+  const int nt = useful_threads(
+      num_threads, 2.0 * static_cast<double>(N) * static_cast<double>(M) * static_cast<double>(E + 16));
   const auto k = sim_consts<T>(c, has_threshold, threshold);
   const SimFwd<T> epi = pick_fwd<T>();
   std::vector<T> na(N), nb(M);
@@ -129,7 +130,8 @@ constexpr size_t kMaxPartialBytes = size_t(32) << 20;
 template <typename T>
 void bwd_impl(const T* go, const T* a, const T* b, int64_t N, int64_t M, int64_t E, double c,
               bool has_threshold, double threshold, T* ga, T* gb, int num_threads) {
-  const int nt = std::max(1, num_threads);
+  const int nt = useful_threads(
+      num_threads, 6.0 * static_cast<double>(N) * static_cast<double>(M) * static_cast<double>(E + 16));
   const auto k = sim_consts<T>(c, has_threshold, threshold);
   const SimBwd<T> epi = pick_bwd<T>();
   if (N == 0 || M == 0) {

@@ -88,7 +88,8 @@ void s2l_impl(const T* p, const T* q, const T* u, const T* uc, int64_t B1, int64
               int64_t E, const S2LParams& prm, double* stats, T* gp, T* gq, int num_threads) {
   const bool grad = prm.compute_grad;
   const bool has_u = prm.has_u;
-  const int nt = std::max(1, num_threads);
+  const int nt = useful_threads(
+      num_threads, 2.0 * static_cast<double>(B1) * static_cast<double>(B2) * static_cast<double>(3 * D + E + 16));
   const int64_t tile = s2l_tile_edge<T>(B1, B2);
 
   // Group partials hold the gradient of the short side: cap them in memory.

@@ -231,6 +231,13 @@ void row_sq_norms(const T* a, int64_t n, int64_t dim, T* out) {
   }
 }
 
+// Threads worth starting: tiny problems (below ~8 MFLOP, tens of microseconds) run on the calling
+// thread, since waking a team costs more, and far more on a loaded machine. Results do not depend
+// on the thread count, so this changes only the speed.
+inline int useful_threads(int num_threads, double flops) {
+  return flops < 8e6 ? 1 : std::max(1, num_threads);
+}
+
 // The largest d2 for which s~ = 1 - (4/pi) atan(d2 / c) can still be >= threshold, with a margin
 // (relative 1e-3 plus an absolute 1e-6 in r) far larger than the rounding of the computed s~;
 // beyond it the threshold zeroes s and atan is not evaluated. +inf when there is no threshold.
