@@ -46,6 +46,8 @@ def to_torch(x: Any, name: str) -> torch.Tensor:
     """View ``x`` as a torch tensor without copying (numpy via ``from_numpy``, cupy via DLPack)."""
     kind = array_kind(x)
     if kind == "torch":
+        if x.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{name}: unsupported device {x.device}; expected a CPU or CUDA array")
         return x
     if kind == "numpy":
         if not x.flags.writeable:  # torch warns on read-only memory; a copy is the safe answer
@@ -133,8 +135,8 @@ def check_same_dtype(ref: torch.Tensor, refname: str, t: torch.Tensor, name: str
 def check_real(value: Any, name: str, *, positive: bool = False, lo: Optional[float] = None,
                hi: Optional[float] = None) -> float:
     """A finite real number (Python scalar or 0-dim tensor / array), optionally bounded."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name}: expected a real number, got bool")
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
     if isinstance(value, (torch.Tensor, np.ndarray)):
         if tuple(value.shape) != ():
             raise ValueError(f"{name}: expected a scalar (0-dim), got shape {tuple(value.shape)}")

@@ -136,6 +136,14 @@ def _keys(queries: torch.Tensor, candidates: torch.Tensor, metric: str) -> torch
     dtype before the product, exactly as the compiled path feeds its kernels; products are then
     accumulated in float32 or wider.
     """
+    # Score each distinct candidate row once and expand: a GEMM's rounding can depend on where a
+    # row sits in the matrix, and identical candidates must tie exactly (ties count against the
+    # query; top-k breaks them by index).
+    candidates, inverse = torch.unique(candidates, dim=0, return_inverse=True)
+    return _distinct_keys(queries, candidates, metric)[:, inverse]
+
+
+def _distinct_keys(queries: torch.Tensor, candidates: torch.Tensor, metric: str) -> torch.Tensor:
     low = queries.dtype in (torch.bfloat16, torch.float16)
     if metric == "cosine":
         work = torch.float64 if queries.dtype == torch.float64 else torch.float32
