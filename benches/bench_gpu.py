@@ -153,8 +153,9 @@ def bench_s2l(B, D, E, dtype, big_b, budget_big_s):
             if r["op"] == "s2l_loss" and r["sizes"] == sizes and r["median_s"]}
     rate = matmul_rate(3 * D + E, dtype)
     best = None
-    for name, mode, occ, det in (("ours", "fast", "1", True), ("ours-atomic", "fast", "1", False),
-                                 ("ours-2blk", "fast", "2", True), ("ours-simple", "simple", "1", True)):
+    fastest = None
+    for name, mode, occ, det in (("ours", "fast", "2", True), ("ours-atomic", "fast", "2", False),
+                                 ("ours-1blk", "fast", "1", True), ("ours-simple", "simple", "1", True)):
         mainloop(mode)
         os.environ["MOLPHENIX_S2L_BLOCKS_PER_SM"] = occ
         sec, peak, _ = timed(lambda: ours(det), reps=3)
@@ -165,7 +166,11 @@ def bench_s2l(B, D, E, dtype, big_b, budget_big_s):
             f"; {vs}; {100 * flops / sec / rate:.1f}% of matmul rate")
         if det and (best is None or sec < best[0]):
             best = (sec, mode, occ)
-    t_ours, best_mode, best_occ = best
+        if fastest is None or sec < fastest[0]:
+            fastest = (sec, mode, occ, det)
+    t_det = best[0]
+    # The big batch runs in the fastest measured configuration (the atomic mode when it wins).
+    t_ours, best_mode, best_occ, big_det = fastest
     mainloop(best_mode)
     os.environ["MOLPHENIX_S2L_BLOCKS_PER_SM"] = best_occ
     if dtype in (torch.bfloat16, torch.float16):
@@ -181,7 +186,8 @@ def bench_s2l(B, D, E, dtype, big_b, budget_big_s):
     # the big batch: no B x B storage; shrink B if the estimated time exceeds the budget
     bb = big_b
     est = t_ours * (bb / B) ** 2
-    print(f"  B={big_b}: estimated {est:.0f} s from B={B} (budget {budget_big_s:.0f} s)")
+    print(f"  B={big_b}: estimated {est:.0f} s from B={B} ({'deterministic' if big_det else 'atomic'}; "
+          f"deterministic {t_det * (bb / B) ** 2:.0f} s; budget {budget_big_s:.0f} s)")
     while bb > B and t_ours * (bb / B) ** 2 > budget_big_s:
         bb //= 2
     if bb < big_b:
@@ -198,13 +204,13 @@ def bench_s2l(B, D, E, dtype, big_b, budget_big_s):
         pp, qq = p.requires_grad_(), q.requires_grad_()
         pp.grad = None
         qq.grad = None
-        ops.s2l_loss(pp, qq, 10.0, -10.0, u, backend="cuda").backward()
+        ops.s2l_loss(pp, qq, 10.0, -10.0, u, backend="cuda", deterministic=big_det).backward()
 
     torch.cuda.synchronize()
     inputs_mb = torch.cuda.memory_allocated() / 2**20
     sec, peak, _ = timed(big, reps=1, warmup=0)
     add("s2l_loss", "ours", f"B={bb} D={D} E={E}", dtype, sec, 2.0 * bb * bb * (3 * D + E), peak,
-        f"{best_mode} engine, {best_occ} block/SM, deterministic; no BxB storage; inputs {inputs_mb:.0f} MB; B*B*4 bytes would be {bb * bb * 4 / 2**30:.0f} GiB")
+        f"{best_mode} engine, {best_occ} block/SM, {'deterministic' if big_det else 'atomic dQ'}; no BxB storage; inputs {inputs_mb:.0f} MB; B*B*4 bytes would be {bb * bb * 4 / 2**30:.0f} GiB")
     del p, q, u
     mainloop("fast")
     os.environ.pop("MOLPHENIX_S2L_BLOCKS_PER_SM", None)
@@ -314,7 +320,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--only", default="s2l,ranks,topk,arctan")
     ap.add_argument("--big-b", type=int, default=1 << 20)
-    ap.add_argument("--big-budget-s", type=float, default=60.0)
+    ap.add_argument("--big-budget-s", type=float, default=100.0)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA GPU: nothing to benchmark")

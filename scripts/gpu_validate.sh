@@ -9,7 +9,7 @@
 # Each stage has a time limit and the script goes on when one fails, so one run yields as much as
 # possible. Usage:  scripts/gpu_validate.sh OUTDIR   (env: ARCH=90-real, PYTHON=python3,
 # STAGES="build test sanitize bench", BENCH_ARGS=..., T_BUILD/T_CUDA_TESTS/T_OTHER_TESTS/
-# T_SANITIZER/T_BENCH stage limits in seconds; the defaults sum to 585 s, under a 600 s slot;
+# T_SANITIZER/T_BENCH stage limits in seconds; the defaults sum to 570 s, under a 600 s slot;
 # run 1 took 2.5 minutes in all, this one is expected at ~5)
 set -uo pipefail
 out=${1:?usage: scripts/gpu_validate.sh OUTDIR}
@@ -62,7 +62,7 @@ if has build; then
   t0=$(date +%s)
   MOLPHENIX_WITH_CUDA=ON MOLPHENIX_CUDA_ARCHS="$arch" PYTHON=$py JOBS=$CMAKE_BUILD_PARALLEL_LEVEL \
     MOLPHENIX_BUILD_DIR="$root/build/gpu-validate" \
-    timeout ${T_BUILD:-150} scripts/dev_build.sh > "$out/build.log" 2>&1
+    timeout ${T_BUILD:-120} scripts/dev_build.sh > "$out/build.log" 2>&1
   rc=$?
   say "build: rc=$rc in $(( $(date +%s) - t0 )) s"
   if [ $rc -ne 0 ]; then tail -40 "$out/build.log" | tee -a "$log"; fi
@@ -93,7 +93,7 @@ if has sanitize; then
   if command -v compute-sanitizer > /dev/null; then
     say "sanitizer: memcheck on the 'small' CUDA tests"
     t0=$(date +%s)
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout ${T_SANITIZER:-75} compute-sanitizer --tool memcheck \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout ${T_SANITIZER:-60} compute-sanitizer --tool memcheck \
       --target-processes all --error-exitcode 99 --print-limit 20 \
       $py -m pytest tests/ops/test_cuda_ops.py -q -x -k small -p no:cacheprovider \
       > "$out/sanitizer.log" 2>&1
@@ -108,7 +108,7 @@ fi
 if has bench; then
   say "bench: benches/bench_gpu.py"
   t0=$(date +%s)
-  timeout ${T_BENCH:-170} $py benches/bench_gpu.py --out "$out/gpu_bench.csv" ${BENCH_ARGS:-} > "$out/bench.log" 2>&1
+  timeout ${T_BENCH:-200} $py benches/bench_gpu.py --out "$out/gpu_bench.csv" ${BENCH_ARGS:-} > "$out/bench.log" 2>&1
   rc=$?
   say "bench: rc=$rc in $(( $(date +%s) - t0 )) s"
   cat "$out/bench.log" >> "$log"
