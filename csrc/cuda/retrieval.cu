@@ -23,6 +23,8 @@
 #include <cub/device/device_segmented_radix_sort.cuh>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 
 #include "molphenix/ops/retrieval.h"
 #include "mma_mainloop.cuh"
@@ -590,21 +592,28 @@ __global__ void __launch_bounds__(kThreads) topk_collect_kernel(const TopkArgs<T
 // Collect pass: one block per row tile, column tiles in increasing order; the tile's key bits are
 // staged in shared memory so that two threads per row can scan the row's 128 columns in index
 // order (the stable sort that follows relies on that order for equal keys).
+// stride > 1: only column tiles 0, stride, 2 stride, ... (the prefilter's sample); fail != null:
+// a block whose 128 rows all have fail == 0 does nothing (the exact fallback after a prefilter).
 template <class T, bool kSq>
 __global__ void __launch_bounds__(fast::kThreads, 1) topk_hist_fast_kernel(const TopkArgs<T> a,
                                                                             int shift,
                                                                             int first_pass,
-                                                                            int64_t per) {
+                                                                            int64_t per, int stride,
+                                                                            const int* fail) {
   extern __shared__ __align__(128) unsigned char smem[];
   unsigned* h = reinterpret_cast<unsigned*>(smem + fast::kSmemBytes);  // [128][256]
   uint32_t* pre_s = reinterpret_cast<uint32_t*>(h + fast::kBM * 256);
   float* qn_s = reinterpret_cast<float*>(pre_s + fast::kBM);
   const int tid = threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * fast::kBM;
-  const int64_t col_tiles = (a.N + fast::kBN - 1) / fast::kBN;
+  const int64_t col_tiles = ((a.N + fast::kBN - 1) / fast::kBN + stride - 1) / stride;  // visited
   const int64_t ct_begin = static_cast<int64_t>(blockIdx.y) * per;
   const int64_t ct_end = ct_begin + per < col_tiles ? ct_begin + per : col_tiles;
   if (ct_begin >= ct_end) return;  // uniform
+  if (fail != nullptr) {
+    const int mine = (tid < fast::kBM && r0 + tid < a.Q) ? fail[r0 + tid] : 0;
+    if (!__syncthreads_or(mine)) return;  // uniform
+  }
   for (int x = tid; x < fast::kBM * 256; x += fast::kThreads) h[x] = 0u;
   if (tid < fast::kBM) {
     const int64_t i = r0 + tid;
@@ -614,14 +623,14 @@ __global__ void __launch_bounds__(fast::kThreads, 1) topk_hist_fast_kernel(const
   const int hs = shift + 8;
   const uint32_t himask = (first_pass || hs >= 32) ? 0u : (0xffffffffu << hs);
   fast::Mainloop<T> ml{smem};
-  fast::TileOps<T> op{a.q, a.D, r0, a.Q, a.c, a.D, ct_begin * fast::kBN, a.N, a.D};
+  fast::TileOps<T> op{a.q, a.D, r0, a.Q, a.c, a.D, ct_begin * stride * fast::kBN, a.N, a.D};
   ml.prologue(op);
   float acc[4][4][4];
   for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
     ml.compute(op, acc);  // its barriers also publish h / pre_s / qn_s initialisation
     const int64_t c0 = op.n0;
     if (ct + 1 < ct_end) {
-      op.n0 += fast::kBN;
+      op.n0 += static_cast<int64_t>(stride) * fast::kBN;
       ml.prologue(op);
     }
 #pragma unroll
@@ -653,14 +662,20 @@ __global__ void __launch_bounds__(fast::kThreads, 1) topk_hist_fast_kernel(const
 constexpr int kKsLd = 130;  // row stride of the staged key tile: column c at c + (c >> 6)
 
 template <class T, bool kSq>
-__global__ void __launch_bounds__(fast::kThreads, 1) topk_collect_fast_kernel(const TopkArgs<T> a) {
+__global__ void __launch_bounds__(fast::kThreads, 1) topk_collect_fast_kernel(const TopkArgs<T> a,
+                                                                               const int* fail) {
   extern __shared__ __align__(128) unsigned char smem[];
   uint32_t* Ks = reinterpret_cast<uint32_t*>(smem + fast::kSmemBytes);  // [128][kKsLd]
   float* qn_s = reinterpret_cast<float*>(Ks + fast::kBM * kKsLd);
   const int tid = threadIdx.x;
   const int er = tid >> 1, part = tid & 1;  // row er, columns part * 64 .. part * 64 + 63
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * fast::kBM;
-  const int64_t i = r0 + er;
+  if (fail != nullptr) {
+    const int mine = (tid < fast::kBM && r0 + tid < a.Q) ? fail[r0 + tid] : 0;
+    if (!__syncthreads_or(mine)) return;  // uniform: no row of this tile needs the fallback
+  }
+  // Rows that the prefilter finished (fail == 0) are treated like rows past the end.
+  const int64_t i = (fail == nullptr || (r0 + er < a.Q && fail[r0 + er] != 0)) ? r0 + er : a.Q;
   if (tid < fast::kBM) qn_s[tid] = (kSq && r0 + tid < a.Q) ? a.qn[r0 + tid] : 0.0f;
   const uint32_t kth = i < a.Q ? a.prefix[i] : 0u;
   const int64_t need = i < a.Q ? a.need[i] : 0;  // ties to keep (>= 1)
@@ -737,6 +752,131 @@ __global__ void __launch_bounds__(fast::kThreads, 1) topk_collect_fast_kernel(co
   }
 }
 
+// ---- top-k threshold prefilter (fast path, large N) ---------------------------------------------
+// (1) radix-select the kp-th best key T_i of query i over a sample (column tiles 0, s, 2s, ...),
+// kp chosen so that about kp * N / n_sample >= k keys of the whole set are <= T_i (5 sigma slack);
+// (2) one streamed pass appends every (key <= T_i) as a composite (key_bits << 32 | index) to the
+// query's buffer of capacity C (an integer atomicAdd per hit); (3) a segmented radix sort of each
+// buffer (composite order = best first, ties by lower index); (4) a query with k <= count <= C
+// takes its first k entries: exact, because every key better than or equal to the k-th best is
+// <= T_i. Any other query (sampling bad luck, ties, sorted data) is flagged and goes through the
+// exact radix path, whose blocks skip row tiles without a flagged query.
+struct PrefilterPlan {
+  bool on = false;
+  int stride = 1;
+  int64_t kp = 0, cap = 0;
+};
+
+inline PrefilterPlan prefilter_plan(int64_t N, int64_t k) {
+  PrefilterPlan p;
+  const int64_t tiles = ceil_div(N, fast::kBN);
+  const int stride = 16;
+  if (tiles < 256 || N >= (int64_t(1) << 31) - 256) return p;
+  int64_t sample = 0;  // candidates in column tiles 0, stride, 2 stride, ...
+  for (int64_t t = 0; t < tiles; t += stride)
+    sample += std::min<int64_t>(fast::kBN, N - t * fast::kBN);
+  const double frac = static_cast<double>(sample) / static_cast<double>(N);
+  const double kk = static_cast<double>(k) * frac;
+  const int64_t kp = static_cast<int64_t>(std::ceil(kk + 5.0 * std::sqrt(kk) + 4.0));
+  if (kp > sample / 2) return p;
+  const double expect = static_cast<double>(kp) / frac;
+  p.on = true;
+  p.stride = stride;
+  p.kp = kp;
+  p.cap = k + static_cast<int64_t>(std::ceil(2.0 * (expect - static_cast<double>(k)))) + 1024;
+  return p;
+}
+
+inline bool prefilter_enabled() {
+  const char* e = std::getenv("MOLPHENIX_TOPK_PREFILTER");
+  return !(e != nullptr && e[0] == '0');
+}
+inline bool prefilter_forced_fallback() {  // test knob: every query takes the exact fallback
+  const char* e = std::getenv("MOLPHENIX_TOPK_PREFILTER");
+  return e != nullptr && std::strcmp(e, "fallback") == 0;
+}
+
+template <class T, bool kSq>
+__global__ void __launch_bounds__(fast::kThreads, 2) topk_prefilter_kernel(
+    const TopkArgs<T> a, int64_t per, unsigned* __restrict__ cnt, uint64_t* __restrict__ buf,
+    int64_t cap) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  uint32_t* thr_s = reinterpret_cast<uint32_t*>(smem + fast::kSmemBytes);
+  float* qn_s = reinterpret_cast<float*>(thr_s + fast::kBM);
+  const int tid = threadIdx.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * fast::kBM;
+  const int64_t col_tiles = (a.N + fast::kBN - 1) / fast::kBN;
+  const int64_t ct_begin = static_cast<int64_t>(blockIdx.y) * per;
+  const int64_t ct_end = ct_begin + per < col_tiles ? ct_begin + per : col_tiles;
+  if (ct_begin >= ct_end) return;  // uniform
+  if (tid < fast::kBM) {
+    const int64_t i = r0 + tid;
+    thr_s[tid] = i < a.Q ? a.prefix[i] : 0u;  // rows past the end: only key bits 0 pass, unused
+    qn_s[tid] = (kSq && i < a.Q) ? a.qn[i] : 0.0f;
+  }
+  fast::Mainloop<T> ml{smem};
+  fast::TileOps<T> op{a.q, a.D, r0, a.Q, a.c, a.D, ct_begin * fast::kBN, a.N, a.D};
+  ml.prologue(op);
+  float acc[4][4][4];
+  for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
+    ml.compute(op, acc);
+    const int64_t c0 = op.n0;
+    if (ct + 1 < ct_end) {
+      op.n0 += fast::kBN;
+      ml.prologue(op);
+    }
+#pragma unroll
+    for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+      for (int e1 = 0; e1 < 2; ++e1) {
+        const int64_t j = c0 + fast::frag_col(ni, e1);
+        const bool valid = j < a.N;
+        const float cn = (kSq && valid) ? a.cn[j] : 0.0f;
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const int r = fast::frag_row(mi, 2 * hh);
+            const uint32_t kb = key_bits<float>(
+                fast_key<kSq>(acc[mi][ni][2 * hh + e1], kSq ? qn_s[r] : 0.0f, cn), kSq);
+            const int64_t i = r0 + r;
+            if (valid && i < a.Q && kb <= thr_s[r]) {
+              const unsigned pos = atomicAdd(cnt + i, 1u);
+              if (pos < cap)
+                buf[i * cap + pos] = (static_cast<uint64_t>(kb) << 32) | static_cast<uint64_t>(j);
+            }
+          }
+      }
+  }
+}
+
+__global__ void topk_segments_kernel(int64_t Q, int64_t cap, const unsigned* __restrict__ cnt,
+                                     int* __restrict__ seg_begin, int* __restrict__ seg_end) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= Q) return;
+  const int64_t n = cnt[i] < cap ? cnt[i] : cap;
+  seg_begin[i] = static_cast<int>(i * cap);
+  seg_end[i] = static_cast<int>(i * cap + n);
+}
+
+// One block per query: a query with k <= count <= cap takes its first k sorted entries; any other
+// is flagged for the exact fallback.
+__global__ void topk_finalize_kernel(int64_t k, int64_t cap, const unsigned* __restrict__ cnt,
+                                     const uint64_t* __restrict__ sorted, uint32_t* __restrict__ keys,
+                                     int64_t* __restrict__ idx, int* __restrict__ fail,
+                                     int force_fallback) {
+  const int64_t i = blockIdx.x;
+  const int64_t n = cnt[i];
+  const bool ok = !force_fallback && n >= k && n <= cap;
+  if (threadIdx.x == 0) fail[i] = ok ? 0 : 1;
+  if (!ok) return;
+  for (int64_t m = threadIdx.x; m < k; m += blockDim.x) {
+    const uint64_t v = sorted[i * cap + m];
+    keys[i * k + m] = static_cast<uint32_t>(v >> 32);
+    idx[i * k + m] = static_cast<int64_t>(v & 0xffffffffull);
+  }
+}
+
 template <class T>
 size_t topk_fast_smem(bool hist) {
   return hist ? fast::kSmemBytes + size_t(fast::kBM) * 256 * 4 + 2 * fast::kBM * 4
@@ -744,8 +884,25 @@ size_t topk_fast_smem(bool hist) {
 }
 
 // One chunk of queries on the fast path (the caller has initialised prefix / need).
+// Prefilter buffers of one chunk (all null when the plan is off).
+struct PrefilterBufs {
+  PrefilterPlan plan;
+  unsigned* cnt = nullptr;   // [qc]
+  int* fail = nullptr;       // [qc]
+  uint64_t* buf = nullptr;   // [qc, cap]
+  uint64_t* sbuf = nullptr;  // [qc, cap] sorted
+  int* seg_begin = nullptr;  // [qc]
+  int* seg_end = nullptr;    // [qc]
+  void* temp = nullptr;
+  size_t temp_bytes = 0;
+  int end_bit = 64;
+};
+
+// One chunk of queries on the fast path. Leaves, for every query, its k (key bits, index) pairs
+// in a.keys / a.idx (prefilter rows already sorted; the caller's stable sort keeps them).
 template <class T, bool kSq>
-void topk_chunk_fast(const TopkArgs<T>& a, unsigned* hist, int64_t qc, cudaStream_t st) {
+void topk_chunk_fast(const TopkArgs<T>& a, unsigned* hist, int64_t qc, const PrefilterBufs& pf,
+                     cudaStream_t st) {
   using K = uint32_t;
   const int64_t rt = ceil_div(qc, fast::kBM), ct = ceil_div(a.N, fast::kBN);
   const size_t sh = topk_fast_smem<T>(true), sc = topk_fast_smem<T>(false);
@@ -753,22 +910,66 @@ void topk_chunk_fast(const TopkArgs<T>& a, unsigned* hist, int64_t qc, cudaStrea
   auto kc = topk_collect_fast_kernel<T, kSq>;
   set_smem(kh, sh, "topk_hist_fast_kernel smem");
   set_smem(kc, sc, "topk_collect_fast_kernel smem");
-  const int64_t want = static_cast<int64_t>(sm_count()) * 8;
-  int64_t ys = std::max<int64_t>(1, std::min<int64_t>(ceil_div(want, rt), ct));
-  ys = std::min<int64_t>(ys, 65535);
-  const int64_t per = ceil_div(ct, ys);
-  ys = ceil_div(ct, per);
   const unsigned qb = static_cast<unsigned>(ceil_div(qc, 256));
-  for (int pass = 0; pass < 4; ++pass) {
-    const int shift = 32 - 8 * (pass + 1);
-    check_cuda(cudaMemsetAsync(hist, 0, sizeof(unsigned) * 256 * qc, st), "memset hist");
-    kh<<<dim3(static_cast<unsigned>(rt), static_cast<unsigned>(ys)), fast::kThreads, sh, st>>>(
-        a, shift, pass == 0 ? 1 : 0, per);
-    check_launch("topk_hist_fast_kernel");
-    topk_select_kernel<K><<<qb, 256, 0, st>>>(qc, hist, shift, a.prefix, a.need);
-    check_launch("topk_select_kernel");
+  auto splits = [&](int64_t tiles, int64_t per_sm, int64_t* per) {
+    const int64_t want = static_cast<int64_t>(sm_count()) * per_sm;
+    int64_t ys = std::max<int64_t>(1, std::min<int64_t>(ceil_div(want, rt), tiles));
+    ys = std::min<int64_t>(ys, 65535);
+    *per = ceil_div(tiles, ys);
+    return ceil_div(tiles, *per);
+  };
+  // Radix select of the need-th best key per query over column tiles 0, stride, 2 stride, ...
+  auto radix = [&](int stride, const int* fail) {
+    const int64_t tiles = ceil_div(ct, stride);
+    int64_t per = 0;
+    const int64_t ys = splits(tiles, 8, &per);
+    for (int pass = 0; pass < 4; ++pass) {
+      const int shift = 32 - 8 * (pass + 1);
+      check_cuda(cudaMemsetAsync(hist, 0, sizeof(unsigned) * 256 * qc, st), "memset hist");
+      kh<<<dim3(static_cast<unsigned>(rt), static_cast<unsigned>(ys)), fast::kThreads, sh, st>>>(
+          a, shift, pass == 0 ? 1 : 0, per, stride, fail);
+      check_launch("topk_hist_fast_kernel");
+      topk_select_kernel<K><<<qb, 256, 0, st>>>(qc, hist, shift, a.prefix, a.need);
+      check_launch("topk_select_kernel");
+    }
+  };
+  const int* fail = nullptr;
+  if (pf.plan.on) {
+    // (1) threshold from the sample
+    topk_init_kernel<K><<<qb, 256, 0, st>>>(qc, pf.plan.kp, a.prefix, a.need);
+    check_launch("topk_init_kernel (prefilter)");
+    radix(pf.plan.stride, nullptr);
+    // (2) append every key <= threshold
+    check_cuda(cudaMemsetAsync(pf.cnt, 0, sizeof(unsigned) * qc, st), "memset prefilter counts");
+    auto kp = topk_prefilter_kernel<T, kSq>;
+    const size_t sp = fast::kSmemBytes + 2 * fast::kBM * 4;
+    set_smem(kp, sp, "topk_prefilter_kernel smem");
+    int64_t per = 0;
+    const int64_t ys = splits(ct, 4, &per);
+    kp<<<dim3(static_cast<unsigned>(rt), static_cast<unsigned>(ys)), fast::kThreads, sp, st>>>(
+        a, per, pf.cnt, pf.buf, pf.plan.cap);
+    check_launch("topk_prefilter_kernel");
+    // (3) sort each query's buffer by (key bits, index)
+    topk_segments_kernel<<<qb, 256, 0, st>>>(qc, pf.plan.cap, pf.cnt, pf.seg_begin, pf.seg_end);
+    check_launch("topk_segments_kernel");
+    size_t tb = pf.temp_bytes;
+    check_cuda(cub::DeviceSegmentedRadixSort::SortKeys(
+                   pf.temp, tb, pf.buf, pf.sbuf, static_cast<int>(qc * pf.plan.cap),
+                   static_cast<int>(qc), pf.seg_begin, pf.seg_end, 0, pf.end_bit, st),
+               "cub::DeviceSegmentedRadixSort::SortKeys (prefilter)");
+    // (4) take the first k, or flag the query for the exact path
+    topk_finalize_kernel<<<static_cast<unsigned>(qc), 256, 0, st>>>(
+        a.k, pf.plan.cap, pf.cnt, pf.sbuf, a.keys, a.idx, pf.fail,
+        prefilter_forced_fallback() ? 1 : 0);
+    check_launch("topk_finalize_kernel");
+    fail = pf.fail;
   }
-  kc<<<static_cast<unsigned>(rt), fast::kThreads, sc, st>>>(a);
+  // Exact radix select + index-ordered collect (only row tiles with a flagged query when the
+  // prefilter ran).
+  topk_init_kernel<K><<<qb, 256, 0, st>>>(qc, a.k, a.prefix, a.need);
+  check_launch("topk_init_kernel");
+  radix(1, fail);
+  kc<<<static_cast<unsigned>(rt), fast::kThreads, sc, st>>>(a, fail);
   check_launch("topk_collect_fast_kernel");
 }
 
@@ -787,10 +988,12 @@ __global__ void segment_offsets_kernel(int n, int k, int* off) {
 
 // Queries per pipeline chunk: collected keys + indices + sorted keys of one chunk stay under
 // ~4 GiB and under cub's int item count.
-int64_t topk_chunk(int64_t Q, int64_t k, size_t key_bytes) {
-  const double per_query = static_cast<double>(k) * (2.0 * key_bytes + 8.0);
+int64_t topk_chunk(int64_t Q, int64_t k, size_t key_bytes, int64_t cap = 0) {
+  const double per_query =
+      static_cast<double>(k) * (2.0 * key_bytes + 8.0) + 16.0 * static_cast<double>(cap);
   int64_t qc = static_cast<int64_t>((4.0 * (1ull << 30)) / per_query);
   qc = std::min<int64_t>(qc, static_cast<int64_t>((1ll << 30) / k));
+  if (cap > 0) qc = std::min<int64_t>(qc, static_cast<int64_t>((1ll << 30) / cap));
   qc = std::max<int64_t>(qc / kBM * kBM, 1);
   return std::min<int64_t>(qc, Q);
 }
@@ -824,14 +1027,17 @@ struct TopkPieces {
   size_t temp_bytes = 0;
   int64_t qc = 0;
   size_t total = 0;
+  PrefilterBufs pf;  // fast path, large N (plan.on): the threshold prefilter's buffers
 };
 
+// pre: carve the prefilter buffers too (16-bit inputs; the plan decides whether N, k qualify).
 template <class Acc>
-TopkPieces<Acc> topk_carve(void* base, int64_t Q, int64_t N, int64_t k, bool sql2) {
+TopkPieces<Acc> topk_carve(void* base, int64_t Q, int64_t N, int64_t k, bool sql2, bool pre) {
   using K = typename KeyOf<Acc>::type;
   TopkPieces<Acc> p;
   Carve cv(base);
-  p.qc = topk_chunk(Q, k, sizeof(K));
+  if (pre && sizeof(K) == 4) p.pf.plan = prefilter_plan(N, k);
+  p.qc = topk_chunk(Q, k, sizeof(K), p.pf.plan.on ? p.pf.plan.cap : 0);
   if (sql2) {
     p.qn = cv.take<Acc>(static_cast<size_t>(Q));
     p.cn = cv.take<Acc>(static_cast<size_t>(N));
@@ -846,6 +1052,27 @@ TopkPieces<Acc> topk_carve(void* base, int64_t Q, int64_t N, int64_t k, bool sql
   p.offs = cv.take<int>(qc + 1);
   p.temp_bytes = cub_sort_bytes<K>(p.qc, k);
   p.temp = cv.take<unsigned char>(p.temp_bytes);
+  if (p.pf.plan.on) {
+    const size_t cap = static_cast<size_t>(p.pf.plan.cap);
+    p.pf.cnt = cv.take<unsigned>(qc);
+    p.pf.fail = cv.take<int>(qc);
+    p.pf.buf = cv.take<uint64_t>(qc * cap);
+    p.pf.sbuf = cv.take<uint64_t>(qc * cap);
+    p.pf.seg_begin = cv.take<int>(qc);
+    p.pf.seg_end = cv.take<int>(qc);
+    int b = 1;
+    while ((int64_t(1) << b) < N) ++b;
+    p.pf.end_bit = 32 + b;
+    size_t bytes = 0;
+    check_cuda(cub::DeviceSegmentedRadixSort::SortKeys(
+                   nullptr, bytes, static_cast<const uint64_t*>(nullptr),
+                   static_cast<uint64_t*>(nullptr), static_cast<int>(qc * cap),
+                   static_cast<int>(qc), static_cast<const int*>(nullptr),
+                   static_cast<const int*>(nullptr), 0, p.pf.end_bit, cudaStream_t(0)),
+               "cub::DeviceSegmentedRadixSort::SortKeys (temp size)");
+    p.pf.temp_bytes = bytes;
+    p.pf.temp = cv.take<unsigned char>(bytes);
+  }
   p.total = align_up(cv.off, 256);
   return p;
 }
@@ -857,7 +1084,7 @@ void run_topk(const void* queries, const void* candidates, int64_t Q, int64_t N,
   using Acc = typename Traits<T>::Acc;
   using K = typename KeyOf<Acc>::type;
   const bool sql2 = metric == Metric::kSqL2;
-  TopkPieces<Acc> pc = topk_carve<Acc>(workspace, Q, N, k, sql2);
+  TopkPieces<Acc> pc = topk_carve<Acc>(workspace, Q, N, k, sql2, fast::IsMMA16<T>::value);
   if (pc.total > workspace_bytes || workspace == nullptr)
     throw ValueError("topk_retrieve: workspace too small");
   const T* q = static_cast<const T*>(queries);
@@ -898,10 +1125,12 @@ void run_topk(const void* queries, const void* candidates, int64_t Q, int64_t N,
     bool done = false;
     if constexpr (fast::IsMMA16<T>::value) {
       if (use_fast_retrieval<T>(queries, candidates, N, D)) {
+        PrefilterBufs pf = pc.pf;
+        if (!prefilter_enabled()) pf.plan.on = false;
         if (sql2)
-          topk_chunk_fast<T, true>(a, pc.hist, qc, st);
+          topk_chunk_fast<T, true>(a, pc.hist, qc, pf, st);
         else
-          topk_chunk_fast<T, false>(a, pc.hist, qc, st);
+          topk_chunk_fast<T, false>(a, pc.hist, qc, pf, st);
         done = true;
       }
     }
@@ -977,8 +1206,9 @@ size_t topk_retrieve_workspace_bytes(DType dtype, int64_t Q, int64_t N, int64_t 
   (void)D;
   if (Q <= 0 || k <= 0) return 0;
   const bool sql2 = metric == Metric::kSqL2;
-  if (dtype == DType::kFloat64) return topk_carve<double>(nullptr, Q, N, k, sql2).total;
-  return topk_carve<float>(nullptr, Q, N, k, sql2).total;
+  if (dtype == DType::kFloat64) return topk_carve<double>(nullptr, Q, N, k, sql2, false).total;
+  const bool is16 = dtype == DType::kBFloat16 || dtype == DType::kFloat16;
+  return topk_carve<float>(nullptr, Q, N, k, sql2, is16).total;
 }
 
 void launch_topk_retrieve(DType dtype, const void* queries, const void* candidates, int64_t Q,

@@ -614,6 +614,40 @@ def test_topk_large_k(dtype, mainloop):
         assert bool(okc.all()), f"CUDA vs CPU: {int((~okc).sum())} mismatches"
 
 
+@pytest.mark.parametrize("dtype", LOW, ids=_id)
+@pytest.mark.parametrize("metric", ("dot", "arctan_l2"))
+def test_topk_prefilter_paths_identical(dtype, metric, monkeypatch):
+    """Fast engine, N large enough for the threshold prefilter: prefilter (default), plain radix
+    (MOLPHENIX_TOPK_PREFILTER=0) and the forced exact fallback (=fallback) give identical results.
+    Candidates sorted along one direction and half of the queries along it: the sampled threshold
+    is too strict for those, so the natural fallback runs for some rows of a row tile only."""
+    monkeypatch.setenv("MOLPHENIX_CUDA_MAINLOOP", "fast")
+    g = torch.Generator().manual_seed(61)
+    n, d, nq, k = 40_000, 32, 200, 400
+    c = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(d, generator=g, dtype=torch.float64)
+    c = c[torch.argsort(c @ w, descending=True)]  # the best candidates of `w` first
+    q = torch.randn(nq, d, generator=g, dtype=torch.float64)
+    q[::2] = 3.0 * w + 0.1 * q[::2]
+    q, c = q.to(dtype), c.to(dtype)
+    outs = {}
+    for mode in ("", "0", "fallback"):
+        if mode:
+            monkeypatch.setenv("MOLPHENIX_TOPK_PREFILTER", mode)
+        else:
+            monkeypatch.delenv("MOLPHENIX_TOPK_PREFILTER", raising=False)
+        outs[mode] = ops_out = _ops().topk_retrieve(q.to(DEV), c.to(DEV), k=k, metric=metric,
+                                                    backend="cuda")
+        assert ops_out[1].shape == (nq, k)
+    for mode in ("0", "fallback"):
+        assert torch.equal(outs[mode][1], outs[""][1]), f"indices differ (prefilter vs {mode!r})"
+        assert torch.equal(outs[mode][0], outs[""][0]), f"scores differ (prefilter vs {mode!r})"
+    keys, order = _ref_topk(q, c, k, metric)
+    amb = _topk_amb(keys, k, retrieval_margin(q, c, metric))
+    ok = (outs[""][1].cpu() == order) | amb
+    assert bool(ok.all()), f"prefilter top-k differs from the float64 reference at {int((~ok).sum())} places"
+
+
 def test_topk_nondefault_stream_and_cupy():
     ops = _ops()
     q, c, _ = separated_retrieval_case(50, 2000, 32, dtype=torch.float32, metric="dot", seed=2)
