@@ -1060,9 +1060,7 @@ TopkPieces<Acc> topk_carve(void* base, int64_t Q, int64_t N, int64_t k, bool sql
     p.pf.sbuf = cv.take<uint64_t>(qc * cap);
     p.pf.seg_begin = cv.take<int>(qc);
     p.pf.seg_end = cv.take<int>(qc);
-    int b = 1;
-    while ((int64_t(1) << b) < N) ++b;
-    p.pf.end_bit = 32 + b;
+    p.pf.end_bit = 64;  // the key bits are the high 32 bits of the composite
     size_t bytes = 0;
     check_cuda(cub::DeviceSegmentedRadixSort::SortKeys(
                    nullptr, bytes, static_cast<const uint64_t*>(nullptr),
