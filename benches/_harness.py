@@ -38,7 +38,7 @@ from molphenix.benchmark import (  # noqa: E402
     time_call,
 )
 
-__all__ = ["measure", "parser", "finish", "matmul_gflops", "Measurement", "results_path",
+__all__ = ["measure", "parser", "setup", "finish", "matmul_gflops", "Measurement", "results_path",
            "set_threads"]
 
 
@@ -74,7 +74,10 @@ def measure(op: str, provider: str, case: Dict[str, Any], fn: Callable[[], Any],
     return m
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, *, sizes: str = "", default_sizes: Sequence[Sequence[int]] = (),
+           quick_sizes: Sequence[Sequence[int]] = ()) -> argparse.ArgumentParser:
+    """The common command line. ``sizes`` names the case layout (e.g. "BxDxE"); the defaults
+    are used without ``--sizes`` (``quick_sizes`` with ``--quick``)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="small sizes (seconds), for smoke runs")
     p.add_argument("--threads", type=int, default=None, help="threads for every provider (default: all cores)")
@@ -83,7 +86,26 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", type=Path, default=None,
                    help="CSV to append to (default benches/results/<machine>.csv; '-' for none)")
+    if sizes:
+        fmt = ",".join("x".join(map(str, c)) for c in default_sizes)
+        p.add_argument("--sizes", default=None, help=f"comma-separated {sizes} cases (default {fmt})")
+    p.set_defaults(_default_sizes=[tuple(c) for c in default_sizes],
+                   _quick_sizes=[tuple(c) for c in quick_sizes])
     return p
+
+
+def setup(args: argparse.Namespace, providers: Sequence[str]):
+    """Threads (applied to torch and the kernels), the selected providers and the cases."""
+    threads = set_threads(args.threads)
+    selected = args.providers.split(",") if args.providers else list(providers)
+    unknown = set(selected) - set(providers)
+    if unknown:
+        raise SystemExit(f"--providers: unknown {sorted(unknown)}; choose from {list(providers)}")
+    if getattr(args, "sizes", None):
+        cases = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    else:
+        cases = args._quick_sizes if args.quick else args._default_sizes
+    return threads, selected, cases
 
 
 def results_path(device: str = "cpu") -> Path:

@@ -23,7 +23,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from _harness import finish, matmul_gflops, measure, parser, set_threads
+from _harness import finish, matmul_gflops, measure, parser, setup
 
 import molphenix.ops as ops
 from molphenix.ops import _reference
@@ -79,17 +79,10 @@ def check(selected, threads: int) -> None:
 
 
 def main(argv: Optional[list] = None) -> None:
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--sizes", default=None, help="comma-separated NxMxE cases (default 8192x8192x384)")
+    p = parser(__doc__.splitlines()[0], sizes="NxMxE", default_sizes=[(8192, 8192, 384)],
+               quick_sizes=[(1024, 1024, 64)])
     args = p.parse_args(argv)
-    threads = set_threads(args.threads)
-    selected = args.providers.split(",") if args.providers else list(PROVIDERS)
-    if args.sizes:
-        cases = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    elif args.quick:
-        cases = [(1024, 1024, 64)]
-    else:
-        cases = [(8192, 8192, 384)]
+    threads, selected, cases = setup(args, PROVIDERS)
     print(f"arctan_l2_similarity, float32, {threads} threads")
     check(selected, threads)
     mm = matmul_gflops(1024 if args.quick else 4096)

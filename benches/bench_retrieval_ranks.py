@@ -26,7 +26,7 @@ from typing import Callable, Dict
 import numpy as np
 import torch
 
-from _harness import finish, matmul_gflops, measure, parser, set_threads
+from _harness import finish, matmul_gflops, measure, parser, setup
 
 import molphenix.ops as ops
 from molphenix.ops import _reference
@@ -109,18 +109,10 @@ def check(selected, threads: int) -> None:
 
 
 def main(argv=None) -> None:
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--sizes", default=None,
-                   help="comma-separated QxNxD cases (default 10000x10000x256,50000x50000x256)")
+    p = parser(__doc__.splitlines()[0], sizes="QxNxD", default_sizes=[(10000, 10000, 256), (50000, 50000, 256)],
+               quick_sizes=[(2000, 2000, 64)])
     args = p.parse_args(argv)
-    threads = set_threads(args.threads)
-    selected = args.providers.split(",") if args.providers else list(PROVIDERS)
-    if args.sizes:
-        cases = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    elif args.quick:
-        cases = [(2000, 2000, 64)]
-    else:
-        cases = [(10000, 10000, 256), (50000, 50000, 256)]
+    threads, selected, cases = setup(args, PROVIDERS)
     print(f"retrieval_ranks, float32, metric=dot on normalised rows, {threads} threads")
     check(selected, threads)
     mm = matmul_gflops(1024 if args.quick else 4096)

@@ -28,7 +28,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from _harness import finish, matmul_gflops, measure, parser, set_threads
+from _harness import finish, matmul_gflops, measure, parser, setup
 
 import molphenix.ops as ops
 from molphenix.ops import _reference
@@ -126,18 +126,10 @@ def check(selected, threads: int) -> None:
 
 
 def main(argv: Optional[list] = None) -> None:
-    p_ = parser(__doc__.splitlines()[0])
-    p_.add_argument("--sizes", default=None,
-                    help="comma-separated BxDxE cases (default 4096x256x384,16384x256x384)")
+    p_ = parser(__doc__.splitlines()[0], sizes="BxDxE", default_sizes=[(4096, 256, 384), (16384, 256, 384)],
+               quick_sizes=[(1024, 64, 32)])
     args = p_.parse_args(argv)
-    threads = set_threads(args.threads)
-    selected = args.providers.split(",") if args.providers else list(PROVIDERS)
-    if args.sizes:
-        cases = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    elif args.quick:
-        cases = [(1024, 64, 32)]
-    else:
-        cases = [(4096, 256, 384), (16384, 256, 384)]
+    threads, selected, cases = setup(args, PROVIDERS)
     print(f"s2l_loss forward+backward, float32, {threads} threads")
     check(selected, threads)
     mm = matmul_gflops(1024 if args.quick else 4096)

@@ -21,7 +21,7 @@ from typing import Callable, Dict
 import numpy as np
 import torch
 
-from _harness import finish, matmul_gflops, measure, parser, set_threads
+from _harness import finish, matmul_gflops, measure, parser, setup
 from bench_retrieval_ranks import make_data
 
 import molphenix.ops as ops
@@ -84,19 +84,11 @@ def check(selected, threads: int) -> None:
 
 
 def main(argv=None) -> None:
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--sizes", default=None,
-                   help="comma-separated QxNxD cases (default 10000x10000x256,50000x50000x256)")
+    p = parser(__doc__.splitlines()[0], sizes="QxNxD", default_sizes=[(10000, 10000, 256), (50000, 50000, 256)],
+               quick_sizes=[(2000, 2000, 64)])
     p.add_argument("--fraction", type=float, default=0.05, help="k = ceil(fraction * N)")
     args = p.parse_args(argv)
-    threads = set_threads(args.threads)
-    selected = args.providers.split(",") if args.providers else list(PROVIDERS)
-    if args.sizes:
-        cases = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    elif args.quick:
-        cases = [(2000, 2000, 64)]
-    else:
-        cases = [(10000, 10000, 256), (50000, 50000, 256)]
+    threads, selected, cases = setup(args, PROVIDERS)
     print(f"topk_retrieve, float32, metric=dot on normalised rows, {threads} threads")
     check(selected, threads)
     mm = matmul_gflops(1024 if args.quick else 4096)
