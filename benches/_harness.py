@@ -43,10 +43,16 @@ __all__ = ["measure", "parser", "setup", "finish", "matmul_gflops", "Measurement
 
 
 def set_threads(n: Optional[int]) -> int:
-    """Use ``n`` threads for torch and for our kernels (default: all cores)."""
+    """Use ``n`` threads for torch, faiss and our kernels (default: all cores)."""
     n = n or os.cpu_count() or 1
     torch.set_num_threads(n)
     os.environ.setdefault("OMP_NUM_THREADS", str(n))
+    try:  # faiss keeps its own OpenMP thread count
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:
+        pass
     return n
 
 
