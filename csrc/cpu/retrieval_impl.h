@@ -8,7 +8,8 @@
 //     Queries are used in place (the micro-kernel broadcasts them).
 //   * A register tile of MR queries x NR candidates is computed by the GEMM micro-kernel (one fma
 //     chain per score, k increasing from +0: bitwise equal to dot_fma) and consumed in registers by
-//     an epilogue: compare-and-count (ranks) or threshold-filtered insertion (top-k). No score
+//     an epilogue: compare-and-count (ranks) or threshold-filtered insertion (top-k; radix
+//     compaction on order-preserving integer keys, start threshold from a sample). No score
 //     matrix is ever stored; working memory is O((Q + N) * D + threads * tiles).
 //   * kSqL2 key = max((|q|^2 + |c|^2) - 2 * s, 0) with the norms from dot_fma: the same operations
 //     in the same order in the vector epilogue and in the scalar target computation.
@@ -20,8 +21,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "gemm_kernels.h"
@@ -233,30 +237,105 @@ struct Impl {
   }
 
   // ---- top-k ------------------------------------------------------------------------------------
-  // Selection value: kDot: the score; kSqL2: -key (so "larger is better" in both cases).
-  struct Item {
-    T v;
-    int64_t j;
-  };
-  struct Better {  // a functor (not a function pointer) so that std::sort / nth_element inline it
-    MPX_GEMM_INLINE bool operator()(const Item& a, const Item& b) const {
-      return a.v > b.v || (a.v == b.v && a.j < b.j);
-    }
-  };
+  // Selection value v: kDot: the score; kSqL2: -key (so "larger is better" in both cases). Items
+  // are kept as order-preserving unsigned keys u = ord(v) (larger v <=> larger u; -0 -> +0) with
+  // the candidate index alongside (structure of arrays). Every buffer holds its items in
+  // increasing candidate index (a row's tiles arrive in increasing index and every compaction is a
+  // stable filter), so a stable sort on u alone breaks ties by the lower index.
+  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  static constexpr int kUBits = 8 * static_cast<int>(sizeof(U));
+  static constexpr U kSign = U(1) << (kUBits - 1);
+  static MPX_GEMM_INLINE U ord(T x) {
+    x = x + T(0);  // -0 -> +0 (IEEE: -0 + +0 = +0; no fast-math, so this is not folded away)
+    U b;
+    std::memcpy(&b, &x, sizeof(T));
+    return (b & kSign) ? static_cast<U>(~b) : static_cast<U>(b | kSign);
+  }
+  static MPX_GEMM_INLINE T unord(U u) {
+    const U b = (u & kSign) ? static_cast<U>(u & ~kSign) : static_cast<U>(~u);
+    T x;
+    std::memcpy(&x, &b, sizeof(T));
+    return x;
+  }
 
-  // Per-query bounded buffer: admits v >= thr; at capacity keeps the best k (nth_element) and
-  // raises thr to the k-th best value. Ties at thr are admitted and resolved by index at
-  // compaction, so the result is exact.
+  // Per-query bounded buffer: admits v >= thr (ties admitted); at capacity keeps the best k
+  // (radix select + stable filter) and raises thr to the k-th best value. Anything rejected is
+  // worse than k kept items (or, before any compaction, below the start threshold: see topk).
   struct Sel {
-    Item* buf;
+    U* key;
+    int64_t* idx;
     int64_t n;
     T thr;
   };
-  static void compact(Sel& s, int64_t k) {
+
+  // Scratch of one thread: radix-select keys [cap], sort ping-pong [k] keys + indices.
+  struct Scratch {
+    std::vector<U> sel;
+    std::vector<U> skey;
+    std::vector<int64_t> sidx;
+    std::vector<uint32_t> hist;
+    Scratch(int64_t cap, int64_t k) : sel(cap), skey(k), sidx(k), hist(1 << 11) {}
+  };
+
+  // The k-th largest of key[0 .. n) (1 <= k <= n) by MSD radix select (11-bit digits; after the
+  // first pass only the bucket that holds the k-th is carried on). greater = #keys > result.
+  static __attribute__((noinline)) U kth_largest(const U* key, int64_t n, int64_t k, Scratch& s,
+                                                 int64_t& greater) {
+    uint32_t* h = s.hist.data();
+    U* sc = s.sel.data();
+    const U* cur = key;
+    int64_t m = n, need = k;
+    int shift = kUBits;
+    U prefix = 0;
+    greater = 0;
+    while (true) {
+      const int width = std::min(11, shift);
+      shift -= width;
+      const U dmask = static_cast<U>((U(1) << width) - 1);
+      const int nb = 1 << width;
+      std::fill(h, h + nb, 0u);
+      for (int64_t i = 0; i < m; ++i) ++h[(cur[i] >> shift) & dmask];
+      int b = nb - 1;
+      int64_t cum = 0;
+      for (; b > 0; --b) {
+        if (cum + h[b] >= need) break;
+        cum += h[b];
+      }
+      greater += cum;
+      need -= cum;
+      prefix |= static_cast<U>(U(b) << shift);
+      if (shift == 0) return prefix;
+      // carry on with the keys of bucket b only
+      int64_t w = 0;
+      for (int64_t i = 0; i < m; ++i) {
+        const U u = cur[i];
+        sc[w] = u;
+        w += (((u >> shift) & dmask) == U(b)) ? 1 : 0;
+      }
+      cur = sc;
+      m = w;
+    }
+  }
+
+  // Keeps the best min(k, n) items of s (stable: the index order is kept) and raises thr.
+  static __attribute__((noinline)) void compact(Sel& s, int64_t k, Scratch& sc) {
     if (s.n <= k) return;
-    std::nth_element(s.buf, s.buf + (k - 1), s.buf + s.n, Better());
+    int64_t greater = 0;
+    const U kth = kth_largest(s.key, s.n, k, sc, greater);
+    int64_t eq = k - greater;  // how many keys == kth are kept: the first ones (lowest index)
+    int64_t w = 0;
+    for (int64_t i = 0; i < s.n; ++i) {
+      const U u = s.key[i];
+      const int64_t j = s.idx[i];
+      const bool e = (u == kth);
+      const bool keep = (u > kth) | (e & (eq > 0));
+      eq -= (e & keep) ? 1 : 0;
+      s.key[w] = u;
+      s.idx[w] = j;
+      w += keep ? 1 : 0;
+    }
     s.n = k;
-    s.thr = s.buf[k - 1].v;  // the k-th best: every kept item is >= it
+    s.thr = unord(kth);  // the k-th best: every kept item is >= it
   }
 
   // Slow path of the selection epilogue (kept out of line so that no call sits inside the
@@ -264,21 +343,45 @@ struct Impl {
   // vals[i][*] that pass the row's threshold.
   static __attribute__((noinline)) void admit(const T (*vals)[NR], const uint32_t (*m)[NV],
                                               int mr, int64_t j0, Sel* sel, int64_t k,
-                                              int64_t cap) {
+                                              int64_t cap, Scratch* sc) {
     for (int i = 0; i < mr; ++i) {
+      uint32_t any = 0;
+      for (int v = 0; v < NV; ++v) any |= m[i][v];
+      if (!any) continue;
       Sel& s = sel[i];
+      // locals: the stores below may alias Sel's fields as far as the compiler knows
+      U* key = s.key;
+      int64_t* idx = s.idx;
+      int64_t n = s.n;
+      T thr = s.thr;
       for (int v = 0; v < NV; ++v) {
         uint32_t bits = m[i][v];
         while (bits) {
           const int l = __builtin_ctz(bits);
           bits &= bits - 1;
           const T x = vals[i][v * W + l];
-          if (!(x >= s.thr)) continue;  // thr may have risen since the mask was taken
-          if (s.n == cap) compact(s, k);
-          s.buf[s.n++] = Item{x, j0 + v * W + l};
+          if (!(x >= thr)) continue;  // thr may have risen since the mask was taken
+          if (n == cap) {
+            s.n = n;
+            compact(s, k, *sc);
+            n = s.n;
+            thr = s.thr;
+          }
+          key[n] = ord(x);
+          idx[n] = j0 + v * W + l;
+          ++n;
         }
       }
+      s.n = n;
     }
+  }
+
+  // Selection value of a register tile (kSqL2: -key).
+  template <bool kSq>
+  static MPX_GEMM_INLINE V selval(V c, V q, V cn) {
+    V kv = key<kSq>(c, q, kSq ? cn : c);
+    if (kSq) kv = O::neg(kv);
+    return kv;
   }
 
   template <bool kSq>
@@ -287,6 +390,7 @@ struct Impl {
     const T* qn;  // [mb] (kSqL2)
     Sel* sel;     // [mb]
     int64_t k, cap;
+    Scratch* sc;
     MPX_GEMM_INLINE void operator()(int64_t ir, int mr, int64_t p, V (&c)[MR][NV]) const {
       V cn[NV];
       if (kSq)
@@ -301,37 +405,164 @@ struct Impl {
         const V t = O::set1(sel[ir + i].thr);
         const V q = kSq ? O::set1(qn[ir + i]) : O::zero();
         for (int v = 0; v < NV; ++v) {
-          V kv = key<kSq>(c[i][v], q, kSq ? cn[v] : c[i][v]);
-          if (kSq) kv = O::neg(kv);
+          const V kv = selval<kSq>(c[i][v], q, kSq ? cn[v] : c[i][v]);
           m[i][v] = O::ge(kv, t) & vb[v];
           any |= m[i][v];
           O::store_all(&vals[i][v * W], kv);
         }
       }
-      if (any) admit(vals, m, mr, p * NR, sel + ir, k, cap);
+      if (any) admit(vals, m, mr, p * NR, sel + ir, k, cap, sc);
     }
   };
 
-  // Runs the selection of query rows [i0, i0 + mb) over panels [p0, p1); leaves each row's
-  // best min(k, seen) items (unsorted) in sel[r].buf[0 .. sel[r].n).
+  // Runs the selection of query rows [i0, i0 + mb) over panels [p0, p1) with start thresholds
+  // thr0 (nullptr: -inf); leaves each row's best min(k, admitted) items in sel[r].
   template <bool kSq>
   static void select(const T* Qm, int64_t D, int64_t i0, int64_t mb, const Packed& P, int64_t p0,
-                     int64_t p1, const T* qn, int64_t k, int64_t cap, Item* bufs, Sel* sel) {
+                     int64_t p1, const T* qn, const T* thr0, int64_t k, int64_t cap, U* keys,
+                     int64_t* idx, Sel* sel, Scratch& sc) {
     for (int64_t r = 0; r < mb; ++r)
-      sel[r] = Sel{bufs + r * cap, 0, -std::numeric_limits<T>::infinity()};
-    SelEpi<kSq> epi{P, qn, sel, k, cap};
+      sel[r] = Sel{keys + r * cap, idx + r * cap, 0,
+                   thr0 ? thr0[r] : -std::numeric_limits<T>::infinity()};
+    SelEpi<kSq> epi{P, qn, sel, k, cap, &sc};
     sweep(Qm, D, i0, mb, P, p0, p1, epi);
-    for (int64_t r = 0; r < mb; ++r) compact(sel[r], k);
+    for (int64_t r = 0; r < mb; ++r) compact(sel[r], k, sc);
   }
 
-  static void emit(Item* items, int64_t n, int64_t k, bool kSq, T* out_s, int64_t* out_i) {
-    // n >= k here (k <= N and every candidate was seen by someone).
-    std::nth_element(items, items + (k - 1), items + n, Better());
-    std::sort(items, items + k, Better());
-    for (int64_t r = 0; r < k; ++r) {
-      out_s[r] = kSq ? -items[r].v : items[r].v;
-      out_i[r] = items[r].j;
+  // Start thresholds from a sample: the selection values of rows [i0, i0 + mb) against ns panels
+  // spread over the candidates; thr0[r] = the value of sample rank rk (well above the expected
+  // rank of the k-th best, so that at least k candidates pass with overwhelming probability;
+  // topk checks it and redoes a row from -inf when fewer than k passed). Only speed depends on it.
+  template <bool kSq>
+  static __attribute__((noinline)) void guess(const T* Qm, int64_t D, int64_t i0, int64_t mb,
+                                              const Packed& P, int64_t ns, int64_t rk,
+                                              const T* qn, U* samp, T* thr0, Scratch& sc) {
+    const int64_t ld = ns * NR;
+    std::vector<int64_t> cnt(mb, 0);
+    for (int64_t si = 0; si < ns; ++si) {  // panel outer: it stays in L1/L2 over the rows
+      const int64_t p = si * P.np / ns;
+      V cn[NV];
+      if (kSq)
+        for (int v = 0; v < NV; ++v) cn[v] = O::loadu(P.norms.get() + p * NR + v * W);
+      uint32_t vb[NV];
+      for (int v = 0; v < NV; ++v) vb[v] = valid_bits(P, p, v);
+      for (int64_t ir = 0; ir < mb; ir += MR) {
+        const int mr = static_cast<int>(std::min<int64_t>(MR, mb - ir));
+        const T* A = Qm + (i0 + ir) * D;
+        V c[MR][NV];
+        K::zero(c);
+        K::tile(D, A, D, 1, mr, P.panel(p), c);
+        alignas(64) T vals[MR][NR];
+        for (int i = 0; i < MR; ++i) {
+          const V q = kSq ? O::set1(qn[ir + std::min(i, mr - 1)]) : O::zero();
+          for (int v = 0; v < NV; ++v)
+            O::store_all(&vals[i][v * W], selval<kSq>(c[i][v], q, kSq ? cn[v] : c[i][v]));
+        }
+        for (int i = 0; i < mr; ++i) {
+          U* dst = samp + (ir + i) * ld;
+          int64_t n = cnt[ir + i];
+          for (int v = 0; v < NV; ++v)
+            for (int l = 0; l < W; ++l) {
+              const T x = vals[i][v * W + l];
+              dst[n] = ord(x);
+              n += ((vb[v] >> l) & 1u) && x == x ? 1 : 0;  // NaN never passes a threshold
+            }
+          cnt[ir + i] = n;
+        }
+      }
     }
+    for (int64_t r = 0; r < mb; ++r) {
+      if (cnt[r] < rk) {
+        thr0[r] = -std::numeric_limits<T>::infinity();
+        continue;
+      }
+      int64_t greater = 0;
+      thr0[r] = unord(kth_largest(samp + r * ld, cnt[r], rk, sc, greater));
+    }
+  }
+
+  // Writes the best k of key/idx[0 .. n) (n >= k, increasing index order), sorted best first:
+  // radix select, then a stable LSD radix sort on the key distance to the best key (as many
+  // <= 11-bit digits as the key range of the k items needs).
+  static __attribute__((noinline)) void emit(U* key, int64_t* idx, int64_t n, int64_t k, bool kSq,
+                                             Scratch& sc, T* out_s, int64_t* out_i) {
+    if (n > k) {
+      Sel s{key, idx, n, T(0)};
+      compact(s, k, sc);
+    }
+    U hi = 0, lo = ~U(0);
+    for (int64_t r = 0; r < k; ++r) {
+      hi = std::max(hi, key[r]);
+      lo = std::min(lo, key[r]);
+    }
+    const U range = hi - lo;
+    int bits = 0;
+    while (bits < kUBits && (range >> bits) != 0) ++bits;
+    const int passes = (bits + 10) / 11;
+    const int width = passes ? (bits + passes - 1) / passes : 0;
+    U* ka = key;
+    int64_t* ia = idx;
+    U* kb = sc.skey.data();
+    int64_t* ib = sc.sidx.data();
+    uint32_t* h = sc.hist.data();
+    for (int ps = 0; ps < passes; ++ps) {
+      const int shift = ps * width;
+      const U dmask = static_cast<U>((U(1) << width) - 1);
+      const int nb = 1 << width;
+      std::fill(h, h + nb, 0u);
+      for (int64_t r = 0; r < k; ++r) ++h[((hi - ka[r]) >> shift) & dmask];
+      uint32_t sum = 0;
+      for (int b = 0; b < nb; ++b) {
+        const uint32_t c = h[b];
+        h[b] = sum;
+        sum += c;
+      }
+      if (ps == passes - 1) {
+        for (int64_t r = 0; r < k; ++r) {
+          const uint32_t pos = h[((hi - ka[r]) >> shift) & dmask]++;
+          const T v = unord(ka[r]);
+          out_s[pos] = kSq ? T(0) - v : v;
+          out_i[pos] = ia[r];
+        }
+        return;
+      }
+      for (int64_t r = 0; r < k; ++r) {
+        const uint32_t pos = h[((hi - ka[r]) >> shift) & dmask]++;
+        kb[pos] = ka[r];
+        ib[pos] = ia[r];
+      }
+      std::swap(ka, kb);
+      std::swap(ia, ib);
+    }
+    // one key value: already in index order
+    for (int64_t r = 0; r < k; ++r) {
+      const T v = unord(ka[r]);
+      out_s[r] = kSq ? T(0) - v : v;
+      out_i[r] = ia[r];
+    }
+  }
+
+  // Fewer than k selectable candidates (NaN scores): the rest of the row is (NaN, -1).
+  static void emit_short(U* key, int64_t* idx, int64_t n, int64_t k, bool kSq, Scratch& sc,
+                         T* out_s, int64_t* out_i) {
+    if (n > 0) emit(key, idx, n, n, kSq, sc, out_s, out_i);
+    for (int64_t r = std::max<int64_t>(n, 0); r < k; ++r) {
+      out_s[r] = std::numeric_limits<T>::quiet_NaN();
+      out_i[r] = -1;
+    }
+  }
+
+  // Sample plan: ns panels (0: no sampling) and the sample rank rk of the start threshold.
+  static void plan(int64_t N, int64_t np, int64_t k, int64_t& ns, int64_t& rk) {
+    ns = std::min<int64_t>(64, np / 16);
+    rk = 0;
+    if (ns < 8) {
+      ns = 0;
+      return;
+    }
+    const double s = static_cast<double>(ns * NR), e = s * static_cast<double>(k) / N;
+    rk = static_cast<int64_t>(std::ceil(e + 4.0 * std::sqrt(e) + 2.0));
+    if (rk >= s / 2) ns = 0;  // k is a large fraction of N: the sample cannot filter much
   }
 
   template <bool kSq>
@@ -344,57 +575,120 @@ struct Impl {
 #pragma omp parallel for num_threads(nt) schedule(static)
       for (int64_t i = 0; i < Q; ++i) qn[i] = dot_fma_chain(Qm + i * D, Qm + i * D, D);
     }
-    // Buffer of 4k: each compaction (linear nth_element over the buffer) frees 3k slots.
-    const int64_t cap = std::max<int64_t>(4 * k, k + 256);
+    // Buffer of 2k: each compaction (linear in the buffer) frees k slots. With a sampled start
+    // threshold about 1.2-1.7 k candidates pass in all, so compactions are rare.
+    const int64_t cap = std::max<int64_t>(2 * k, k + 256);
+    int64_t ns = 0, rk = 0;
+    plan(N, P.np, k, ns, rk);
     const int64_t nqb = (Q + kBlockRows - 1) / kBlockRows;
     if (nqb >= 2 * nt || nt == 1 || P.np < 2 * nt) {
       // Many queries: threads take whole query blocks and stream all candidates.
 #pragma omp parallel num_threads(nt)
       {
-        std::vector<Item> bufs(static_cast<size_t>(kBlockRows * cap));
+        std::vector<U> keys(static_cast<size_t>(kBlockRows * cap));
+        std::vector<int64_t> idx(static_cast<size_t>(kBlockRows * cap));
         std::vector<Sel> sel(kBlockRows);
+        std::vector<U> samp(static_cast<size_t>(ns ? kBlockRows * ns * NR : 0));
+        std::vector<T> thr0(kBlockRows);
+        std::vector<int64_t> fail;
+        std::vector<T> fq, fqn;
+        Scratch sc(std::max(cap, ns * NR), k);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t qb = 0; qb < nqb; ++qb) {
           const int64_t i0 = qb * kBlockRows, mb = std::min<int64_t>(kBlockRows, Q - i0);
-          select<kSq>(Qm, D, i0, mb, P, 0, P.np, kSq ? qn.data() + i0 : nullptr, k, cap,
-                      bufs.data(), sel.data());
-          for (int64_t r = 0; r < mb; ++r)
-            emit(sel[r].buf, sel[r].n, k, kSq, out_scores + (i0 + r) * k,
-                 out_idx + (i0 + r) * k);
+          const T* qnb = kSq ? qn.data() + i0 : nullptr;
+          if (ns) guess<kSq>(Qm, D, i0, mb, P, ns, rk, qnb, samp.data(), thr0.data(), sc);
+          select<kSq>(Qm, D, i0, mb, P, 0, P.np, qnb, ns ? thr0.data() : nullptr, k, cap,
+                      keys.data(), idx.data(), sel.data(), sc);
+          fail.clear();
+          for (int64_t r = 0; r < mb; ++r) {
+            if (sel[r].n >= k)
+              emit(sel[r].key, sel[r].idx, sel[r].n, k, kSq, sc, out_scores + (i0 + r) * k,
+                   out_idx + (i0 + r) * k);
+            else if (ns)
+              fail.push_back(r);
+            else
+              emit_short(sel[r].key, sel[r].idx, sel[r].n, k, kSq, sc,
+                         out_scores + (i0 + r) * k, out_idx + (i0 + r) * k);
+          }
+          if (fail.empty()) continue;
+          // Fewer than k candidates reached the sampled threshold: redo those rows from -inf.
+          const int64_t nf = static_cast<int64_t>(fail.size());
+          fq.resize(static_cast<size_t>(nf * D));
+          fqn.resize(static_cast<size_t>(nf));
+          for (int64_t f = 0; f < nf; ++f) {
+            std::copy(Qm + (i0 + fail[f]) * D, Qm + (i0 + fail[f] + 1) * D, fq.data() + f * D);
+            if (kSq) fqn[f] = qn[i0 + fail[f]];
+          }
+          select<kSq>(fq.data(), D, 0, nf, P, 0, P.np, kSq ? fqn.data() : nullptr, nullptr, k,
+                      cap, keys.data(), idx.data(), sel.data(), sc);
+          for (int64_t f = 0; f < nf; ++f) {
+            const int64_t r = i0 + fail[f];
+            if (sel[f].n >= k)
+              emit(sel[f].key, sel[f].idx, sel[f].n, k, kSq, sc, out_scores + r * k,
+                   out_idx + r * k);
+            else
+              emit_short(sel[f].key, sel[f].idx, sel[f].n, k, kSq, sc, out_scores + r * k,
+                         out_idx + r * k);
+          }
         }
       }
       return;
     }
     // Few queries: split the candidates across threads (contiguous panel ranges), each keeps
-    // its best k per query; then merge per query.
+    // its best k per query; then merge per query (parts in range order: index order is kept).
     const int64_t nparts = nt;
+    std::vector<U> samp(static_cast<size_t>(ns ? kBlockRows * ns * NR : 0));
+    std::vector<T> thr0(kBlockRows);
+    Scratch gsc(ns * NR, 1);
     for (int64_t qb = 0; qb < nqb; ++qb) {
       const int64_t i0 = qb * kBlockRows, mb = std::min<int64_t>(kBlockRows, Q - i0);
-      std::vector<Item> part(static_cast<size_t>(nparts * mb * k));
+      const T* qnb = kSq ? qn.data() + i0 : nullptr;
+      if (ns) guess<kSq>(Qm, D, i0, mb, P, ns, rk, qnb, samp.data(), thr0.data(), gsc);
+      std::vector<U> pkey(static_cast<size_t>(nparts * mb * k));
+      std::vector<int64_t> pidx(static_cast<size_t>(nparts * mb * k));
       std::vector<int64_t> pn(static_cast<size_t>(nparts * mb), 0);
 #pragma omp parallel num_threads(nt)
       {
-        std::vector<Item> bufs(static_cast<size_t>(mb * cap));
+        std::vector<U> keys(static_cast<size_t>(mb * cap));
+        std::vector<int64_t> idx(static_cast<size_t>(mb * cap));
         std::vector<Sel> sel(mb);
+        Scratch sc(std::max(cap, nparts * k), k);
 #pragma omp for schedule(static, 1)
         for (int64_t t = 0; t < nparts; ++t) {
           const int64_t p0 = P.np * t / nparts, p1 = P.np * (t + 1) / nparts;
-          select<kSq>(Qm, D, i0, mb, P, p0, p1, kSq ? qn.data() + i0 : nullptr, k, cap,
-                      bufs.data(), sel.data());
+          select<kSq>(Qm, D, i0, mb, P, p0, p1, qnb, ns ? thr0.data() : nullptr, k, cap,
+                      keys.data(), idx.data(), sel.data(), sc);
           for (int64_t r = 0; r < mb; ++r) {
-            std::copy(sel[r].buf, sel[r].buf + sel[r].n, part.data() + (t * mb + r) * k);
+            std::copy(sel[r].key, sel[r].key + sel[r].n, pkey.data() + (t * mb + r) * k);
+            std::copy(sel[r].idx, sel[r].idx + sel[r].n, pidx.data() + (t * mb + r) * k);
             pn[t * mb + r] = sel[r].n;
           }
         }
+        std::vector<U> akey(static_cast<size_t>(nparts * k));
+        std::vector<int64_t> aidx(static_cast<size_t>(nparts * k));
 #pragma omp for schedule(dynamic, 1)
         for (int64_t r = 0; r < mb; ++r) {
-          std::vector<Item> all;
-          all.reserve(static_cast<size_t>(nparts * k));
-          for (int64_t t = 0; t < nparts; ++t)
-            all.insert(all.end(), part.begin() + (t * mb + r) * k,
-                       part.begin() + (t * mb + r) * k + pn[t * mb + r]);
-          emit(all.data(), static_cast<int64_t>(all.size()), k, kSq, out_scores + (i0 + r) * k,
-               out_idx + (i0 + r) * k);
+          int64_t n = 0;
+          for (int64_t t = 0; t < nparts; ++t) {
+            const int64_t o = (t * mb + r) * k, m = pn[t * mb + r];
+            std::copy(pkey.begin() + o, pkey.begin() + o + m, akey.begin() + n);
+            std::copy(pidx.begin() + o, pidx.begin() + o + m, aidx.begin() + n);
+            n += m;
+          }
+          T* os = out_scores + (i0 + r) * k;
+          int64_t* oi = out_idx + (i0 + r) * k;
+          if (n >= k) {
+            emit(akey.data(), aidx.data(), n, k, kSq, sc, os, oi);
+          } else if (ns) {
+            // too few reached the sampled threshold: this row again, alone, from -inf
+            select<kSq>(Qm, D, i0 + r, 1, P, 0, P.np, qnb ? qnb + r : nullptr, nullptr, k, cap,
+                        keys.data(), idx.data(), sel.data(), sc);
+            if (sel[0].n >= k) emit(sel[0].key, sel[0].idx, sel[0].n, k, kSq, sc, os, oi);
+            else emit_short(sel[0].key, sel[0].idx, sel[0].n, k, kSq, sc, os, oi);
+          } else {
+            emit_short(akey.data(), aidx.data(), n, k, kSq, sc, os, oi);
+          }
         }
       }
     }
