@@ -206,3 +206,29 @@ def test_opcheck(device, metric_code):
     q = randn((5, 3), seed=1, device=device)
     c = randn((8, 3), seed=2, device=device)
     torch.library.opcheck(torch.ops.molphenix.topk_retrieve.default, (q, c, 3, metric_code, 1))
+
+
+@pytest.mark.requires_extension
+@pytest.mark.parametrize("metric", ["dot", "arctan_l2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("fraction", [0.01, 0.05])
+def test_large_n_sampled_threshold_path_is_exact(metric, dtype, fraction):
+    """N large enough for the CPU kernel's sampled starting threshold, on integer-valued data
+    (exact scores, many ties): indices equal the stable-sort reference exactly, for 1 and 2
+    threads (bitwise equal to each other), and with few queries (candidates split across
+    threads)."""
+    g = torch.Generator().manual_seed(20)
+    n, d = 20_000, 8
+    cand = torch.randint(-3, 4, (n, d), generator=g).to(dtype)
+    for nq in (64, 3):
+        q = torch.randint(-3, 4, (nq, d), generator=g).to(dtype)
+        want_s, want_i = _reference.topk_retrieve(q, cand, fraction=fraction, metric=metric)
+        outs = [topk_retrieve(q, cand, fraction=fraction, metric=metric, backend="cpu", num_threads=t)
+                for t in (1, 2)]
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+        for s, i in outs:
+            assert torch.equal(i, want_i)
+            if metric == "dot":  # exact integer scores
+                assert torch.equal(s, want_s.to(s.dtype))
+            else:  # the similarity is computed from d2 by different float code paths
+                assert_close(s, want_s, dtype=dtype, msg="arctan_l2 scores")
