@@ -29,7 +29,7 @@ import torch
 from _harness import finish, matmul_gflops, measure, parser, setup
 
 import molphenix.ops as ops
-from molphenix.ops import _reference
+from molphenix.ops import _reference, k_for_fraction
 
 PROVIDERS = ("reference", "chunked_torch", "cpu", "faiss")
 # The reference materialises Q x N float32 (plus temporaries): keep it to small cases.
@@ -86,7 +86,7 @@ def providers(q, c, t, k, threads) -> Dict[str, Callable[[], torch.Tensor]]:
 def check(selected, threads: int) -> None:
     """Every selected provider against the reference on a small case (faiss: below its k)."""
     q, c, t = make_data(700, 1300, 67, seed=1)
-    k = max(1, (5 * c.shape[0] + 99) // 100)
+    k = k_for_fraction(0.05, c.shape[0])
     want = _reference.retrieval_ranks(q, c, t, metric="dot")
     for name, fn in providers(q, c, t, k, threads).items():
         if name not in selected or name == "reference":
@@ -119,7 +119,7 @@ def main(argv=None) -> None:
     rows = []
     for Q, N, D in cases:
         q, c, t = make_data(Q, N, D)
-        k = max(1, (5 * N + 99) // 100)
+        k = k_for_fraction(0.05, N)
         case = {"Q": Q, "N": N, "D": D}
         flops = 2.0 * Q * N * D
         print(f"case Q={Q} N={N} D={D} (faiss k={k})")

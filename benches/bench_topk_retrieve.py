@@ -18,14 +18,13 @@ from __future__ import annotations
 
 from typing import Callable, Dict
 
-import numpy as np
 import torch
 
 from _harness import finish, matmul_gflops, measure, parser, setup
 from bench_retrieval_ranks import make_data
 
 import molphenix.ops as ops
-from molphenix.ops import _reference
+from molphenix.ops import _reference, k_for_fraction
 
 PROVIDERS = ("reference", "chunked_torch", "cpu", "faiss")
 REFERENCE_MAX_PAIRS = 1e8
@@ -95,7 +94,7 @@ def main(argv=None) -> None:
     rows = []
     for Q, N, D in cases:
         q, c, _ = make_data(Q, N, D)
-        k = max(1, int(np.ceil(args.fraction * N - 1e-9)))
+        k = k_for_fraction(args.fraction, N)
         case = {"Q": Q, "N": N, "D": D, "k": k}
         print(f"case Q={Q} N={N} D={D} k={k}")
         out_bytes = Q * k * (4 + 8)  # scores + indices are the op's output

@@ -14,6 +14,8 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from molphenix.ops._common import fraction_to_k
+
 Scalar = Union[float, torch.Tensor]
 
 __all__ = [
@@ -215,7 +217,7 @@ def topk_retrieve(
     if k is None:
         if fraction is None:
             raise ValueError("k/fraction: give exactly one of k or fraction")
-        k = max(1, math.ceil(fraction * n - 1e-9))
+        k = fraction_to_k(fraction, n)
     keys = _keys(queries, candidates, metric)
     # Stable sort on the key (descending) keeps lower indices first among equal keys.
     order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :k]
