@@ -20,7 +20,6 @@ providers compute the same scores. A correctness check on a small case runs befo
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict
 
 import numpy as np
