@@ -68,7 +68,9 @@ class ReplicateSampler:
         normalize: ``"center"`` (per-batch control centring), ``"tvn"`` (centring + TVN
             whitening fitted on the controls) or ``None`` (raw embeddings).
         drop_last: Drop the final incomplete batch.
-        seed: Seed; epoch e uses the stream (seed, e), so epochs are reproducible.
+        seed: Seed; epoch e draws its samples from the stream (seed, e) and averages batch b's
+            replicates with the stream (seed, e, b), so epochs, and any batch of an epoch
+            resumed part-way, are reproducible.
         as_torch: Return ``phenomic`` as a torch tensor.
 
     Raises:
@@ -239,24 +241,60 @@ class ReplicateSampler:
             sizes[i] = k
         return out, sizes
 
-    def iter_epoch(self, epoch: int) -> Iterator[SampleBatch]:
+    def num_batches(self, epoch: int) -> int:
+        """Exact number of batches :meth:`iter_epoch` yields for an epoch.
+
+        Args:
+            epoch: Epoch number.
+
+        Returns:
+            Batch count (the final short batch counts unless ``drop_last``).
+        """
+        n = len(self.epoch_samples(epoch))
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def batch_rng(self, epoch: int, batch: int) -> np.random.Generator:
+        """The generator that averages the replicates of one batch.
+
+        Every batch has its own stream ``(seed, epoch, 2, batch)``, so batch ``b`` of an epoch
+        is the same whether the epoch is iterated from its start or resumed at ``b``
+        (:meth:`iter_epoch` with ``start_batch``).
+
+        Args:
+            epoch: Epoch number.
+            batch: Batch position within the epoch.
+
+        Returns:
+            A fresh :class:`numpy.random.Generator`.
+        """
+        return np.random.default_rng([self.seed, int(epoch), 2, int(batch)])
+
+    def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[SampleBatch]:
         """Iterate over the batches of one epoch.
 
         Args:
             epoch: Epoch number (seeds the draw).
+            start_batch: First batch to yield (resume an epoch part-way; the batches yielded
+                are identical to those of a full iteration from that position on).
 
         Yields:
             :class:`SampleBatch`.
+
+        Raises:
+            ValueError: negative ``start_batch``.
         """
+        if start_batch < 0:
+            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
         idx = self.epoch_samples(epoch)
-        rng = np.random.default_rng([self.seed, int(epoch), 2])
         mids = self.samples.column("molecule_id").to_pylist()
         concs = self.samples.column("concentration_um").to_numpy()
-        for start in range(0, len(idx), self.batch_size):
+        for bi, start in enumerate(range(0, len(idx), self.batch_size)):
+            if bi < start_batch:
+                continue
             b = idx[start : start + self.batch_size]
             if self.drop_last and len(b) < self.batch_size:
                 break
-            emb, sizes = self.average(b, rng)
+            emb, sizes = self.average(b, self.batch_rng(epoch, bi))
             if self.as_torch:
                 import torch
 
