@@ -1,0 +1,421 @@
+"""``Index``: exact nearest-candidate search over embeddings with ids, saved as Parquet.
+
+A thin layer over :func:`molphenix.ops.topk_retrieve` and :func:`molphenix.ops.retrieval_ranks`:
+the ops stream the candidates (never a ``Q x N`` score matrix), so a million candidates fit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from molphenix.ops import _common as C
+
+__all__ = ["Index", "INDEX_FORMAT_VERSION"]
+
+#: Version of the Parquet layout written by :meth:`Index.save`.
+INDEX_FORMAT_VERSION = 1
+_META_KEY = b"molphenix.index"
+_ARROW_FLOAT = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16"}
+
+
+def _normalize(t: torch.Tensor) -> torch.Tensor:
+    # The ops' own cosine normalisation (float32 work, float64 for float64, rounded back to the
+    # input dtype); using the same function keeps Index results identical to ops(metric="cosine").
+    from molphenix.ops.retrieval import _normalize as ops_normalize
+
+    return ops_normalize(t)
+
+
+def _check_zero_norm(t: torch.Tensor, name: str) -> None:
+    work = t if t.dtype in (torch.float32, torch.float64) else t.float()
+    zero = (torch.linalg.vector_norm(work, dim=1) == 0).nonzero()
+    if zero.numel():
+        raise ValueError(f"{name}: row {int(zero[0, 0])} has zero norm; cosine is undefined")
+
+
+def _ids_array(ids: Any, n: int) -> Tuple[np.ndarray, bool]:
+    """(ids as int64 or object-str numpy [n], whether they are the default row positions)."""
+    if ids is None:
+        return np.arange(n, dtype=np.int64), True
+    mod = type(ids).__module__.split(".")[0]
+    if mod == "pyarrow":
+        import pyarrow as pa
+
+        if isinstance(ids, pa.Table):
+            if "id" in ids.column_names:
+                ids = ids.column("id")
+            elif ids.num_columns == 1:
+                ids = ids.column(0)
+            else:
+                raise ValueError(f"ids: a pyarrow Table must have one column or an 'id' column, "
+                                 f"got columns {ids.column_names}")
+        ids = ids.to_pylist()
+    elif isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    elif isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
+        raise TypeError(f"ids: expected a sequence of str or int (one per row), got "
+                        f"{type(ids).__name__}")
+    arr = np.asarray(ids) if not isinstance(ids, list) else None
+    if arr is not None and arr.dtype.kind in "iu":
+        out = arr.astype(np.int64).ravel()
+    elif arr is not None and arr.dtype.kind == "U":
+        out = arr.astype(object).ravel()
+    else:
+        values = list(ids) if arr is None else arr.ravel().tolist()
+        if any(v is None for v in values):
+            raise ValueError(f"ids: entry {values.index(None)} is missing (None)")
+        if all(isinstance(v, str) for v in values):
+            out = np.asarray(values, dtype=object) if values else np.zeros(0, dtype=object)
+        elif all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                 for v in values):
+            out = np.asarray(values, dtype=np.int64)
+        else:
+            kinds = sorted({type(v).__name__ for v in values})
+            raise TypeError(f"ids: expected all str or all int, got {kinds}")
+    if out.shape[0] != n:
+        raise ValueError(f"ids: expected {n} entries (one per embedding row), got {out.shape[0]}")
+    return out, False
+
+
+def _first_duplicate(sorted_ids: np.ndarray) -> Optional[Any]:
+    if sorted_ids.shape[0] < 2:
+        return None
+    same = sorted_ids[1:] == sorted_ids[:-1]
+    if np.any(same):
+        return sorted_ids[int(np.flatnonzero(same)[0])]
+    return None
+
+
+class Index:
+    """Exact retrieval index over candidate embeddings with ids.
+
+    Args:
+        embeddings: [N, D] floating candidate embeddings: numpy, torch (CPU or CUDA) or cupy.
+            Kept on their device (numpy and cupy are viewed as torch without a copy). For
+            ``metric="cosine"`` the rows are unit-normalised once here, exactly as the ops
+            normalise them (one normalised copy is kept instead of the input).
+        ids: [N] ids, one per row: str or int (a list, numpy array, torch tensor, pyarrow Array /
+            ChunkedArray, or a pyarrow Table with one column or an ``id`` column). Default: the
+            row positions ``0..N-1``. Must be unique.
+        metric: ``"cosine"`` (default), ``"dot"`` or ``"arctan_l2"`` (as :mod:`molphenix.ops`).
+
+    Shapes:
+        embeddings: [N, D]; ids: [N]
+
+    Raises:
+        TypeError: non-floating embeddings, ids of mixed / unsupported types.
+        ValueError: not 2-D, no rows, zero width, NaN/Inf, zero-norm rows under cosine, ids of
+            the wrong length, duplicate or missing ids, unknown metric.
+    """
+
+    def __init__(self, embeddings: Any, ids: Any = None, *, metric: str = "cosine") -> None:
+        self._init(embeddings, ids, metric, normalized=False)
+
+    def _init(self, embeddings: Any, ids: Any, metric: str, *, normalized: bool) -> None:
+        metric = C.check_metric(metric)
+        t = C.to_torch(embeddings, "embeddings")
+        C.check_float_matrix(t, "embeddings", allow_empty_rows=False)
+        if metric == "cosine":
+            _check_zero_norm(t, "embeddings")
+            if not normalized:
+                t = _normalize(t.detach())
+        self._emb = t.detach().contiguous()
+        self._metric = metric
+        self._ids, self._default_ids = _ids_array(ids, t.shape[0])
+        order = np.argsort(self._ids, kind="stable")
+        sorted_ids = self._ids[order]
+        dup = _first_duplicate(sorted_ids)
+        if dup is not None:
+            raise ValueError(f"ids: duplicate id {dup!r}; ids must be unique")
+        self._order, self._sorted = order, sorted_ids
+
+    # -- properties ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self._emb.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Embedding width D."""
+        return int(self._emb.shape[1])
+
+    @property
+    def metric(self) -> str:
+        """``"cosine"``, ``"dot"`` or ``"arctan_l2"``."""
+        return self._metric
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the stored embeddings."""
+        return self._emb.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the stored embeddings."""
+        return self._emb.device
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """[N, D] stored rows as a torch tensor (unit-normalised for cosine)."""
+        return self._emb
+
+    @property
+    def ids(self) -> np.ndarray:
+        """[N] ids: int64, or object array of str."""
+        return self._ids
+
+    def __repr__(self) -> str:
+        kind = "row positions" if self._default_ids else (
+            "int" if self._ids.dtype.kind == "i" else "str")
+        return (f"Index(n={len(self)}, dim={self.dim}, metric={self._metric!r}, "
+                f"dtype={C.dtype_name(self.dtype)}, device={self.device}, ids={kind})")
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def _queries(self, queries: Any) -> Tuple[torch.Tensor, str, Optional[torch.device]]:
+        kind = C.array_kind(queries)
+        q = C.to_torch(queries, "queries")
+        if q.dim() != 2:
+            raise ValueError(f"queries: expected a 2-D array [Q, {self.dim}], got shape "
+                             f"{tuple(q.shape)}")
+        if q.shape[1] != self.dim:
+            raise ValueError(f"queries: expected {self.dim} columns (the index dim), got shape "
+                             f"{tuple(q.shape)}")
+        if not q.dtype.is_floating_point:
+            raise TypeError(f"queries: expected a floating-point dtype, got {q.dtype}")
+        back = q.device
+        q = q.detach().to(device=self.device, dtype=self.dtype)
+        C.check_finite(q, "queries")
+        if self._metric == "cosine":
+            _check_zero_norm(q, "queries")
+            q = _normalize(q)
+        return q, kind, back
+
+    def _op_metric(self) -> str:
+        # Rows (and queries) are already normalised exactly as the ops would: the dot kernel
+        # then gives the ops' cosine results bit for bit, without renormalising N rows per call.
+        return "dot" if self._metric == "cosine" else self._metric
+
+    @staticmethod
+    def _out(t: torch.Tensor, kind: str, device: Optional[torch.device]) -> Any:
+        if kind == "torch":
+            return t.to(device)
+        return C.from_torch(t, kind)
+
+    def search(self, queries: Any, k: Optional[int] = None, *, fraction: Optional[float] = None,
+               backend: str = "auto", num_threads: Optional[int] = None) -> Tuple[Any, np.ndarray]:
+        """The k best candidates per query, best first (ties: lower row first), with their ids.
+
+        Exactly the order and scores of :func:`molphenix.ops.topk_retrieve` on the index's
+        embeddings. Queries are moved / cast to the index's device and dtype.
+
+        Args:
+            queries: [Q, D] query embeddings (numpy, torch or cupy).
+            k: results per query, 1 <= k <= N (k > N is an error).
+            fraction: instead of k, a fraction of the candidates (k = max(1, ceil(f N))).
+            backend, num_threads: passed to the op.
+
+        Returns:
+            ``(scores [Q, k], ids [Q, k])``: scores as the queries' array kind (torch on the
+            queries' device, numpy, or cupy), float32 (float64 for a float64 index; for
+            ``arctan_l2`` the similarity ``1 - (4/pi) atan(d2 / 0.3)``); ids as a numpy array:
+            int64 for integer ids (the default row positions), object (str) for string ids.
+
+        Shapes:
+            queries: [Q, D] -> scores [Q, k], ids [Q, k]
+
+        Raises:
+            ValueError: wrong shape / width, NaN/Inf or zero-norm (cosine) queries, both or
+                neither of ``k`` and ``fraction``, k outside [1, N], fraction outside (0, 1].
+            TypeError: non-floating queries, non-integer k.
+        """
+        from molphenix import ops
+
+        if (k is None) == (fraction is None):
+            raise ValueError("k/fraction: give exactly one of k or fraction")
+        if k is not None:
+            k = C.check_int(k, "k")
+            if not 1 <= k <= len(self):
+                raise ValueError(f"k: expected 1 <= k <= N = {len(self)} (the index size), got {k}")
+        q, kind, back = self._queries(queries)
+        scores, idx = ops.topk_retrieve(q, self._emb, k, fraction=fraction,
+                                        metric=self._op_metric(), backend=backend,
+                                        num_threads=num_threads)
+        idx_np = idx.detach().cpu().numpy()
+        ids = idx_np if self._default_ids else self._ids[idx_np]
+        return self._out(scores, kind, back), ids
+
+    def positions(self, target_ids: Any) -> np.ndarray:
+        """Row positions of ids.
+
+        Args:
+            target_ids: [Q] ids (str or int, as given at construction).
+
+        Returns:
+            int64 [Q] row positions.
+
+        Raises:
+            ValueError: an id not in the index (named in the message).
+        """
+        if isinstance(target_ids, torch.Tensor):
+            target_ids = target_ids.detach().cpu().numpy()
+        elif type(target_ids).__module__.split(".")[0] == "pyarrow":
+            target_ids = target_ids.to_pylist()
+        elif C.array_kind(target_ids) == "cupy":
+            target_ids = target_ids.get()
+        if isinstance(target_ids, (str, bytes)) or not hasattr(target_ids, "__len__"):
+            raise TypeError(f"target_ids: expected a sequence of ids, got {type(target_ids).__name__}")
+        want = np.asarray(target_ids, dtype=object if self._ids.dtype == object else None).ravel()
+        if self._ids.dtype == object:
+            if want.size and not all(isinstance(v, str) for v in want):
+                bad = next(v for v in want if not isinstance(v, str))
+                raise ValueError(f"target_ids: id {bad!r} is not in the index (ids are str)")
+        else:
+            if want.size and want.dtype.kind not in "iu":
+                bad = next((v for v in want.tolist()
+                            if isinstance(v, bool) or not isinstance(v, (int, np.integer))), want[0])
+                raise ValueError(f"target_ids: id {bad!r} is not in the index (ids are int)")
+            want = want.astype(np.int64)
+        pos = np.searchsorted(self._sorted, want)
+        pos = np.clip(pos, 0, len(self) - 1)
+        found = self._sorted[pos] == want if want.size else np.zeros(0, bool)
+        if not np.all(found):
+            bad = want[int(np.flatnonzero(~found)[0])]
+            raise ValueError(f"target_ids: id {bad!r} is not in the index")
+        return self._order[pos].astype(np.int64)
+
+    def rank(self, queries: Any, target_ids: Any, *, backend: str = "auto",
+             num_threads: Optional[int] = None) -> Any:
+        """Rank of each query's target among all candidates (0 = best; ties count against it).
+
+        Exactly :func:`molphenix.ops.retrieval_ranks` with the targets' row positions.
+
+        Args:
+            queries: [Q, D] query embeddings.
+            target_ids: [Q] the id of each query's true candidate.
+            backend, num_threads: passed to the op.
+
+        Returns:
+            int64 ranks [Q] as the queries' array kind (torch on the queries' device, numpy or
+            cupy).
+
+        Shapes:
+            queries: [Q, D], target_ids: [Q] -> [Q]
+
+        Raises:
+            ValueError: unknown target id (named), length mismatch, bad queries (as
+                :meth:`search`).
+        """
+        from molphenix import ops
+
+        q, kind, back = self._queries(queries)
+        pos = self.positions(target_ids)
+        if pos.shape[0] != q.shape[0]:
+            raise ValueError(f"target_ids: expected {q.shape[0]} ids (one per query), got "
+                             f"{pos.shape[0]}")
+        targets = torch.from_numpy(pos).to(self.device)
+        ranks = ops.retrieval_ranks(q, self._emb, targets, metric=self._op_metric(),
+                                    backend=backend, num_threads=num_threads)
+        return self._out(ranks, kind, back)
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def save(self, path: Union[str, "os.PathLike[str]"]) -> Path:
+        """Write the index as Parquet, atomically (temp file + ``os.replace``).
+
+        Columns ``id`` (int64 or string) and ``embedding`` (``fixed_size_list<float32|float64|
+        float16>[D]``; bfloat16 is stored as float32, exactly, and restored on load); the schema
+        metadata key ``molphenix.index`` holds JSON ``{"version", "metric", "dtype", "dim",
+        "normalized", "default_ids"}``. The stored rows (normalised for cosine) are written, so
+        :meth:`load` gives bit-identical search results.
+
+        Returns:
+            The path written (parents are created).
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        emb = self._emb.detach().cpu()
+        arrow_dtype = _ARROW_FLOAT.get(emb.dtype)
+        if arrow_dtype is None:  # bfloat16: exact in float32
+            emb, arrow_dtype = emb.float(), "float32"
+        flat = pa.array(emb.contiguous().numpy().reshape(-1))
+        col = pa.FixedSizeListArray.from_arrays(flat, self.dim)
+        ids = pa.array(self._ids.tolist(), type=pa.string()) if self._ids.dtype == object \
+            else pa.array(self._ids, type=pa.int64())
+        meta = {"version": INDEX_FORMAT_VERSION, "metric": self._metric,
+                "dtype": C.dtype_name(self.dtype), "dim": self.dim,
+                "normalized": self._metric == "cosine", "default_ids": self._default_ids}
+        table = pa.table({"id": ids, "embedding": col})
+        table = table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, "os.PathLike[str]"], *,
+             device: Union[str, torch.device, None] = None) -> "Index":
+        """Read an index written by :meth:`save`.
+
+        Args:
+            path: the Parquet file.
+            device: where to put the embeddings (default: CPU).
+
+        Returns:
+            The :class:`Index` (same ids, metric, dtype and stored rows).
+
+        Raises:
+            FileNotFoundError: no such file. ValueError: not a molphenix index file, or a newer
+                format version.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such index file")
+        table = pq.read_table(path)
+        raw = (table.schema.metadata or {}).get(_META_KEY)
+        if raw is None or "embedding" not in table.column_names or "id" not in table.column_names:
+            raise ValueError(f"{path}: not a molphenix index (no {_META_KEY.decode()!r} metadata "
+                             "or missing id/embedding columns)")
+        meta = json.loads(raw)
+        if int(meta.get("version", 0)) > INDEX_FORMAT_VERSION:
+            raise ValueError(f"{path}: index format version {meta['version']} is newer than this "
+                             f"molphenix reads ({INDEX_FORMAT_VERSION}); upgrade molphenix")
+        dim = int(meta["dim"])
+        col = table.column("embedding")
+        arr = pa.concat_arrays(col.chunks) if col.num_chunks != 1 else col.chunk(0)
+        flat = arr.flatten().to_numpy(zero_copy_only=False)
+        emb = torch.from_numpy(np.array(flat).reshape(-1, dim))
+        dtype = getattr(torch, meta["dtype"])
+        if emb.dtype != dtype:
+            emb = emb.to(dtype)
+        if device is not None:
+            emb = emb.to(device)
+        ids = None
+        if not meta.get("default_ids", False):
+            idcol = table.column("id")
+            ids = (np.asarray(idcol.to_pylist(), dtype=object) if pa.types.is_string(idcol.type)
+                   or pa.types.is_large_string(idcol.type) else idcol.to_numpy())
+        self = cls.__new__(cls)
+        self._init(emb, ids, meta["metric"], normalized=bool(meta.get("normalized", False)))
+        return self
