@@ -12,12 +12,17 @@ Public entry points:
 from molphenix._ext import build_info, has_cuda, has_extension
 from molphenix._version import __version__
 
-__all__ = ["__version__", "build_info", "has_cuda", "has_extension", "ops", "data"]
+__all__ = ["__version__", "build_info", "has_cuda", "has_extension", "ops", "data", "nn", "losses",
+           "list_models", "create_model"]
 
 
 def __getattr__(name: str):  # lazy subpackages: keep `import molphenix` light
-    if name in ("ops", "data"):
+    if name in ("ops", "data", "nn", "losses"):
         import importlib
 
         return importlib.import_module(f"molphenix.{name}")
+    if name in ("list_models", "create_model"):  # molphenix.nn factory (imports torch on first use)
+        from molphenix import nn as _nn
+
+        return getattr(_nn, name)
     raise AttributeError(f"module 'molphenix' has no attribute {name!r}")
