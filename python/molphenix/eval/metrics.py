@@ -515,7 +515,7 @@ def average_queries(
     mol = _as_str_list(molecule, "molecule", n)
     conc = _as_float_vector(concentration, "concentration", n)
     ckey = np.array([float(concentration_key(c)) for c in conc])
-    mol_codes, mol_uniq = np.unique(np.asarray(mol, dtype=object).astype(str), return_inverse=True)
+    _, mol_codes = np.unique(np.asarray(mol, dtype=object).astype(str), return_inverse=True)
     conc_uniq, conc_codes = np.unique(ckey, return_inverse=True)
     pair = mol_codes.astype(np.int64).ravel() * len(conc_uniq) + conc_codes.astype(np.int64).ravel()
     groups, first, codes = np.unique(pair, return_index=True, return_inverse=True)
