@@ -1,3 +1,5 @@
-from molphenix.cli.main import app
+"""``python -m molphenix ...`` runs the ``molphenix`` command."""
 
-app()
+from molphenix.cli.main import main
+
+raise SystemExit(main())

@@ -153,7 +153,7 @@ def test_typer_command(tmp_path):
     typer = pytest.importorskip("typer")
     from typer.testing import CliRunner
 
-    from molphenix.data.cli import simulate_command
+    from molphenix.cli.data import simulate_command
 
     app = typer.Typer()
     app.command()(simulate_command)
@@ -166,7 +166,7 @@ def test_call_activity_command(tmp_path):
     typer = pytest.importorskip("typer")
     from typer.testing import CliRunner
 
-    from molphenix.data.cli import call_activity_command
+    from molphenix.cli.data import call_activity_command
 
     out = tmp_path / "d"
     simulate(out, n_molecules=40, seed=4, embedding_dim=16, call_activity=False, return_dataset=False)

@@ -33,7 +33,6 @@ per-molecule state. Same seed and parameters -> byte-identical Parquet files.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
@@ -52,7 +51,7 @@ import pyarrow.parquet as pq
 
 from .schema import wells_schema
 
-__all__ = ["SimulatorConfig", "simulate", "SIMULATOR_VERSION", "load_library_smiles", "main", "summary"]
+__all__ = ["SimulatorConfig", "simulate", "SIMULATOR_VERSION", "load_library_smiles", "summary"]
 
 SIMULATOR_VERSION = "1.0"
 LIBRARY_A = "lib_a"
@@ -828,44 +827,6 @@ def simulate(
     return load_dataset(root, check_smiles=False)
 
 
-# ---------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m molphenix.data.simulate --out DIR --molecules N --seed S``.
-
-    Args:
-        argv: Command-line arguments (default: ``sys.argv[1:]``).
-
-    Returns:
-        Process exit code.
-    """
-    p = argparse.ArgumentParser(prog="python -m molphenix.data.simulate", description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--molecules", type=int, default=SimulatorConfig.n_molecules)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--effect-scale", type=float, default=SimulatorConfig.effect_scale)
-    p.add_argument("--embedding-dim", type=int, default=SimulatorConfig.embedding_dim)
-    p.add_argument("--second-library-fraction", type=float, default=SimulatorConfig.second_library_fraction)
-    p.add_argument("--no-calls", action="store_true", help="skip activity calling")
-    p.add_argument("--overwrite", action="store_true")
-    a = p.parse_args(argv)
-    t0 = time.perf_counter()
-    root = simulate(
-        a.out,
-        n_molecules=a.molecules,
-        seed=a.seed,
-        effect_scale=a.effect_scale,
-        embedding_dim=a.embedding_dim,
-        second_library_fraction=a.second_library_fraction,
-        call_activity=not a.no_calls,
-        return_dataset=False,
-        overwrite=a.overwrite,
-    )
-    print(summary(root, time.perf_counter() - t0))
-    return 0
-
-
 def summary(root: str | os.PathLike, elapsed: float | None = None) -> str:
     """One-line summary of a simulated dataset directory (counts, ratios, activity AUC).
 
@@ -890,6 +851,3 @@ def summary(root: str | os.PathLike, elapsed: float | None = None) -> str:
         line += f"; activity p-value ROC AUC vs truth {ev['roc_auc']:.3f}"
     return line
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
