@@ -1,0 +1,307 @@
+"""The training configuration: one dataclass, dict/JSON/YAML round-trip, field-named errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+__all__ = [
+    "TrainConfig",
+    "DEFAULT_SOFT_POSITIVE_FRACTION",
+    "DEFAULT_INACTIVE_RATE",
+    "DEFAULT_SAMPLES",
+    "RUNTIME_KEYS",
+]
+
+#: Target fraction of random pairs of training inputs that fall inside the soft-label window
+#: (s~ >= threshold) after dividing the inputs by the fitted scale sigma, for losses with
+#: ``sim_space="input"`` (s2l, cwcl). DESIGN.md section 2: a scale that made most pairs soft
+#: positives collapsed the heads; the value is chosen on the validation split
+#: (docs/design/training.md) and frozen.
+DEFAULT_SOFT_POSITIVE_FRACTION = 0.02
+
+#: Probability that an inactive (p >= p_cutoff) sample is drawn in an epoch.
+DEFAULT_INACTIVE_RATE = 0.1
+
+#: Samples seen by a default run (steps = ceil(samples / batch_size)).
+DEFAULT_SAMPLES = 256_000
+
+#: Keys that may differ when a run is resumed: they change where files are and how the run
+#: reports, not what it computes (``device`` and ``threads`` can change the low bits of float
+#: results: a resume on another device or thread count is allowed, but is then not bitwise
+#: identical to an uninterrupted run).
+RUNTIME_KEYS = ("data", "out", "overwrite", "progress", "checkpoint_every", "device", "threads")
+
+_NORMALIZE = ("center", "tvn", "none")
+_DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (``molphenix train`` flags map onto these fields).
+
+    Attributes:
+        data: Dataset directory (:func:`molphenix.data.load_dataset`).
+        out: Run directory (created; an existing run there is resumed).
+        model: Model config name (:func:`molphenix.nn.list_models`) or a JSON config path.
+        model_overrides: :class:`~molphenix.nn.ModelConfig` fields replacing the named
+            config's (``phenomic_dim``, ``molecular_dim`` and ``doses`` come from the data).
+        loss: Loss name (:data:`molphenix.losses.LOSSES`).
+        loss_kwargs: Keyword arguments of :func:`molphenix.losses.create_loss`.
+        mol_input: Molecular input: ``"morgan"`` (Morgan count fingerprint from SMILES; the
+            default), ``"rdkit2d"``, ``"maccs"``, ``"graph"`` or ``"column:<name>"`` (a
+            precomputed embedding column of the molecules table).
+        featurizer_kwargs: Arguments of the featurizer (e.g. ``{"radius": 2, "n_bits": 2048}``).
+        concentration: Concentration encoding of the molecular head (``"none"``, ``"onehot"``,
+            ``"log10"``, ``"sigmoid"`` or ``"+"``-joined); ``None`` keeps the model config's.
+        seed: Seed of initialisation, sampling, replicate averaging and dropout.
+        split_seed: Seed of the split assignment (fixed by default so that runs with different
+            seeds are evaluated on the same split).
+        val_fraction, unseen_molecules_fraction, unseen_wells_fraction: Split sizes
+            (:func:`molphenix.data.make_splits`).
+        device: ``"cpu"`` or ``"cuda"``.
+        threads: CPU threads for torch (``None``: torch's current setting; must be >= 1).
+        batch_size: Samples per step (>= 2).
+        steps: Optimiser steps; exclusive with ``samples``.
+        samples: Total samples seen (steps = ceil(samples / batch_size)); exclusive with
+            ``steps``; both None: :data:`DEFAULT_SAMPLES`.
+        lr: Peak learning rate (AdamW).
+        weight_decay: AdamW weight decay of the heads' weight matrices (biases, norms and the
+            loss's temperature/bias are not decayed).
+        warmup: Fraction of the steps spent in linear warm-up (then cosine to 0).
+        grad_clip: Gradient-norm clip (``None`` or 0: off).
+        p_cutoff: Samples with activity p >= cutoff are inactive (undersampled).
+        inactive_rate: Probability an inactive sample is drawn in an epoch.
+        min_average, max_average: Replicate-subset size range of the random averaging
+            (``max_average=None``: up to all replicates).
+        normalize: Phenomic preprocessing: ``"center"`` (per-batch control centring),
+            ``"tvn"`` (centring + TVN whitening on the controls) or ``"none"``.
+        soft_positive_fraction: For losses that need similarity inputs u (s2l with
+            ``sim_space="input"``, cwcl): the fraction of random pairs of training inputs
+            inside the soft-label window; sigma is fitted once to reach it
+            (:func:`molphenix.losses.fit_similarity_scale`) and stored in the run.
+        eval_every: Validate every this many steps (``None``: about 10 times per run; 0: only
+            at the end).
+        eval_fraction: Top-K% fraction of the validation recall that selects ``best.pt``.
+        checkpoint_every: Seconds between checkpoints (0: after every step); one is always
+            written at the end.
+        amp: bf16 autocast of the heads on CUDA (ignored on CPU).
+        overwrite: Delete an existing run in ``out`` and start over.
+        progress: Progress bar (``None``: when stderr is a TTY).
+
+    Raises:
+        ValueError: on construction, an invalid value (the field is named).
+    """
+
+    data: Optional[str] = None
+    out: Optional[str] = None
+    model: str = "molphenix-small"
+    model_overrides: Dict[str, Any] = field(default_factory=dict)
+    loss: str = "s2l"
+    loss_kwargs: Dict[str, Any] = field(default_factory=dict)
+    mol_input: str = "morgan"
+    featurizer_kwargs: Dict[str, Any] = field(default_factory=dict)
+    concentration: Optional[str] = None
+    seed: int = 0
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    unseen_molecules_fraction: float = 0.2
+    unseen_wells_fraction: float = 0.2
+    device: str = "cpu"
+    threads: Optional[int] = None
+    batch_size: int = 256
+    steps: Optional[int] = None
+    samples: Optional[int] = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.05
+    grad_clip: Optional[float] = 1.0
+    p_cutoff: float = 0.1
+    inactive_rate: float = DEFAULT_INACTIVE_RATE
+    min_average: int = 1
+    max_average: Optional[int] = None
+    normalize: str = "center"
+    soft_positive_fraction: float = DEFAULT_SOFT_POSITIVE_FRACTION
+    eval_every: Optional[int] = None
+    eval_fraction: float = 0.01
+    checkpoint_every: float = 60.0
+    amp: bool = True
+    overwrite: bool = False
+    progress: Optional[bool] = None
+
+    def __post_init__(self) -> None:
+        if self.data is not None:
+            self.data = str(self.data)
+        if self.out is not None:
+            self.out = str(self.out)
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "TrainConfig":
+        """Check every field.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: naming the first offending field.
+        """
+        for f in ("model", "loss", "mol_input", "normalize", "device"):
+            if not isinstance(getattr(self, f), str) or not getattr(self, f):
+                raise ValueError(f"{f}: expected a non-empty string, got {getattr(self, f)!r}")
+        for f in ("model_overrides", "loss_kwargs", "featurizer_kwargs"):
+            if not isinstance(getattr(self, f), dict):
+                raise ValueError(f"{f}: expected a dict, got {type(getattr(self, f)).__name__}")
+        if self.device not in _DEVICES:
+            raise ValueError(f"device: expected one of {list(_DEVICES)}, got {self.device!r}")
+        if self.normalize not in _NORMALIZE:
+            raise ValueError(f"normalize: expected one of {list(_NORMALIZE)}, got {self.normalize!r}")
+        _int(self.seed, "seed", None)
+        _int(self.split_seed, "split_seed", None)
+        _int(self.batch_size, "batch_size", 2)
+        _int(self.min_average, "min_average", 1)
+        if self.threads is not None:
+            _int(self.threads, "threads", 1)
+        if self.max_average is not None:
+            _int(self.max_average, "max_average", self.min_average)
+        if self.steps is not None and self.samples is not None:
+            raise ValueError("steps: give either steps or samples, not both")
+        if self.steps is not None:
+            _int(self.steps, "steps", 1)
+        if self.samples is not None:
+            _int(self.samples, "samples", 1)
+        if self.eval_every is not None:
+            _int(self.eval_every, "eval_every", 0)
+        _num(self.lr, "lr", lo=0.0, lo_open=True)
+        _num(self.weight_decay, "weight_decay", lo=0.0)
+        _num(self.warmup, "warmup", lo=0.0, hi=1.0, hi_open=True)
+        if self.grad_clip is not None:
+            _num(self.grad_clip, "grad_clip", lo=0.0)
+        _num(self.p_cutoff, "p_cutoff", lo=0.0, hi=1.0, lo_open=True)
+        _num(self.inactive_rate, "inactive_rate", lo=0.0, hi=1.0)
+        _num(self.soft_positive_fraction, "soft_positive_fraction", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        _num(self.eval_fraction, "eval_fraction", lo=0.0, hi=1.0, lo_open=True)
+        _num(self.checkpoint_every, "checkpoint_every", lo=0.0)
+        for f in ("val_fraction", "unseen_molecules_fraction", "unseen_wells_fraction"):
+            _num(getattr(self, f), f, lo=0.0, hi=1.0, hi_open=True)
+        if self.concentration is not None and not isinstance(self.concentration, str):
+            raise ValueError(f"concentration: expected a string or None, got {self.concentration!r}")
+        for f in ("amp", "overwrite"):
+            if not isinstance(getattr(self, f), bool):
+                raise ValueError(f"{f}: expected true or false, got {getattr(self, f)!r}")
+        if self.progress is not None and not isinstance(self.progress, bool):
+            raise ValueError(f"progress: expected true, false or null, got {self.progress!r}")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of the run: ``steps`` or ``ceil(samples / batch_size)``."""
+        if self.steps is not None:
+            return int(self.steps)
+        samples = DEFAULT_SAMPLES if self.samples is None else int(self.samples)
+        return max(1, -(-samples // self.batch_size))
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        """All fields as a JSON-serialisable dict (nested dicts copied)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        """Build and validate a config from a dict (missing keys take their defaults).
+
+        Raises:
+            TypeError: ``d`` is not a dict.
+            ValueError: an unknown key (named) or an invalid value (field named).
+        """
+        if not isinstance(d, dict):
+            raise TypeError(f"TrainConfig.from_dict: expected a dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown training config key (known: {sorted(known)})")
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **overrides: Any) -> "TrainConfig":
+        """Read a config from a JSON (``.json``) or YAML (``.yaml``/``.yml``) file.
+
+        Args:
+            path: The file.
+            **overrides: Fields replacing the file's (e.g. the CLI's ``--seed``).
+
+        Returns:
+            The validated config.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: unparseable file (named), not a mapping, unknown key, invalid value.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        text = p.read_text()
+        try:
+            if p.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                d = yaml.safe_load(text)
+            else:
+                d = json.loads(text)
+        except Exception as exc:  # noqa: BLE001 - json and yaml raise different errors
+            raise ValueError(f"{p}: cannot parse ({exc})") from None
+        if d is None:
+            d = {}
+        if not isinstance(d, dict):
+            raise ValueError(f"{p}: expected a mapping of config keys, got {type(d).__name__}")
+        d = {k.replace("-", "_") if isinstance(k, str) else k: v for k, v in d.items()}
+        d.update(overrides)
+        return cls.from_dict(d)
+
+    def replace(self, **overrides: Any) -> "TrainConfig":
+        """A validated copy with ``overrides`` applied."""
+        d = self.to_dict()
+        d.update(overrides)
+        return type(self).from_dict(d)
+
+    def identity(self) -> Dict[str, Any]:
+        """The fields that define what a run computes (everything but :data:`RUNTIME_KEYS`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+
+    def identity_hash(self) -> str:
+        """sha256 of :meth:`identity` (canonical JSON)."""
+        blob = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def differences(self, other: "TrainConfig") -> Dict[str, tuple]:
+        """Identity fields whose values differ: ``{field: (self's, other's)}``."""
+        a, b = self.identity(), other.identity()
+        return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _int(v: Any, name: str, lo: Optional[int]) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{name}: expected an integer, got {type(v).__name__} {v!r}")
+    if lo is not None and v < lo:
+        raise ValueError(f"{name}: must be >= {lo}, got {v}")
+    return v
+
+
+def _num(v: Any, name: str, *, lo: Optional[float] = None, hi: Optional[float] = None,
+         lo_open: bool = False, hi_open: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{name}: expected a number, got {type(v).__name__} {v!r}")
+    x = float(v)
+    if not math.isfinite(x):
+        raise ValueError(f"{name}: must be finite, got {v!r}")
+    if lo is not None and (x < lo or (lo_open and x == lo)):
+        raise ValueError(f"{name}: must be {'>' if lo_open else '>='} {lo}, got {v!r}")
+    if hi is not None and (x > hi or (hi_open and x == hi)):
+        raise ValueError(f"{name}: must be {'<' if hi_open else '<='} {hi}, got {v!r}")
+    return x

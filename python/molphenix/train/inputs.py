@@ -1,0 +1,278 @@
+"""What training, evaluation and :func:`~molphenix.train.load_run` share: the phenomic
+preprocessing, the molecular featurizer of a run, and the dataset fingerprint.
+
+The phenomic contract (the same for every consumer of a run):
+
+1. **Centre** every well on the mean of the control wells of its own batch (float64 sums,
+   float32 means and difference: exactly the arithmetic of
+   :class:`~molphenix.data.ReplicateSampler`); with ``normalize="tvn"`` then whiten with a TVN
+   fitted on the centred controls; ``"none"`` leaves the embeddings as they are.
+2. **Average** replicate wells per (molecule, concentration) (training: random subsets; queries
+   at evaluation: all replicates).
+3. **Scale**: the model sees ``x / input_scale`` (the RMS per dimension of the sampled training
+   inputs, a constant of the run); the similarity inputs of S2L/CWCL are ``u = x / sigma``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "centre_wells",
+    "MolFeatures",
+    "dataset_fingerprint",
+    "FINGERPRINT_METHOD",
+]
+
+
+# --------------------------------------------------------------------------- phenomic
+
+
+def centre_wells(
+    x: np.ndarray,
+    batches: Any,
+    is_control: Any,
+    rows: Optional[np.ndarray] = None,
+    *,
+    normalize: str = "center",
+) -> np.ndarray:
+    """Control-centre (optionally TVN-whiten) wells, as the training sampler does.
+
+    Args:
+        x: Raw phenomic embeddings [N, E] (all wells: the controls define the centres).
+        batches: Batch label per well [N].
+        is_control: bool [N].
+        rows: Rows to return (default: all).
+        normalize: ``"center"``, ``"tvn"`` or ``"none"``.
+
+    Returns:
+        float32 [len(rows), E] (TVN: [len(rows), k]).
+
+    Raises:
+        ValueError: a batch of the requested rows has no control wells (the batch is named);
+            shapes disagree; unknown ``normalize``.
+    """
+    from molphenix.data.preprocess import control_statistics, encode_labels, fit_tvn
+
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"wells: expected phenomic embeddings [N, E], got shape {x.shape}")
+    n = x.shape[0]
+    if normalize not in ("center", "tvn", "none", None):
+        raise ValueError(f"normalize: expected 'center', 'tvn' or 'none', got {normalize!r}")
+    rows = np.arange(n) if rows is None else np.asarray(rows)
+    if normalize in ("none", None):
+        return np.ascontiguousarray(x[rows], dtype=np.float32)
+    if batches is None or is_control is None:
+        raise ValueError("batches: control centring needs the batch label and the control mask of every well")
+    batches = np.asarray(batches, dtype=object)
+    is_control = np.asarray(is_control, dtype=bool)
+    if batches.shape != (n,) or is_control.shape != (n,):
+        raise ValueError(f"batches / is_control: expected {n} entries (one per well), got "
+                         f"{batches.shape[0] if batches.ndim else 0} / {is_control.shape[0] if is_control.ndim else 0}")
+    codes, names = encode_labels(batches)
+    sums, _sq, counts = control_statistics(x, codes, is_control, len(names))
+    need = np.unique(codes[rows])
+    bad = need[counts[need] == 0]
+    if bad.size:
+        raise ValueError(f"batch {names[bad[0]]!r} has no control wells; cannot centre its wells")
+    mean = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    out = x[rows].astype(np.float32, copy=False) - mean[codes[rows]]
+    if normalize == "tvn":
+        ctrl = np.flatnonzero(is_control)
+        tvn = fit_tvn(x[ctrl].astype(np.float32, copy=False) - mean[codes[ctrl]])
+        out = tvn.transform(out)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- molecules
+
+
+class MolFeatures:
+    """The molecular featurizer of a run (``TrainConfig.mol_input``), with its fitted state.
+
+    Args:
+        mol_input: ``"morgan"``, ``"rdkit2d"``, ``"maccs"``, ``"graph"`` or ``"column:<name>"``.
+        kwargs: Featurizer arguments.
+        cache_dir: Parquet feature cache directory (``None``: no cache).
+        state: What :meth:`state` returned at training time (RDKit descriptor statistics).
+
+    Raises:
+        ValueError: unknown ``mol_input``.
+    """
+
+    def __init__(self, mol_input: str, kwargs: Optional[Dict[str, Any]] = None, *,
+                 cache_dir: Any = None, state: Optional[Dict[str, Any]] = None):
+        from molphenix.data import featurize as fz
+
+        self.mol_input = mol_input
+        self.kwargs = dict(kwargs or {})
+        self.cache_dir = cache_dir
+        self._featurizer = None
+        if mol_input == "graph":
+            self.kind = "graph"
+        elif mol_input.startswith("column:"):
+            self.kind = "column"
+            self.column = mol_input[len("column:"):]
+        elif mol_input in ("morgan", "rdkit2d", "maccs"):
+            self.kind = "matrix"
+            self._featurizer = fz.get_featurizer(mol_input, **self.kwargs)
+            if state and mol_input == "rdkit2d" and state.get("mean") is not None:
+                self._featurizer.mean_ = np.asarray(state["mean"], dtype=np.float64)
+                self._featurizer.std_ = np.asarray(state["std"], dtype=np.float64)
+        else:
+            raise ValueError(f"mol_input: expected 'morgan', 'rdkit2d', 'maccs', 'graph' or "
+                             f"'column:<name>', got {mol_input!r}")
+
+    @property
+    def is_graph(self) -> bool:
+        """True for the message-passing input (graphs instead of a matrix)."""
+        return self.kind == "graph"
+
+    def fit(self, smiles: Sequence[str]) -> "MolFeatures":
+        """Fit what the featurizer learns from data (RDKit descriptor standardisation)."""
+        if self.mol_input == "rdkit2d":
+            self._featurizer.fit(raw=self._featurizer.compute(list(smiles), on_invalid="zero"))
+        return self
+
+    def state(self) -> Dict[str, Any]:
+        """JSON-serialisable fitted state (stored in the run)."""
+        st: Dict[str, Any] = {"mol_input": self.mol_input, "kwargs": self.kwargs}
+        if self.mol_input == "rdkit2d" and self._featurizer.mean_ is not None:
+            st["mean"] = self._featurizer.mean_.tolist()
+            st["std"] = self._featurizer.std_.tolist()
+        return st
+
+    def dim(self, molecules: Any = None) -> int:
+        """Feature width F (0 for graphs)."""
+        if self.kind == "graph":
+            return 0
+        if self.kind == "column":
+            if molecules is None:
+                raise ValueError(f"molecules: mol_input {self.mol_input!r} needs the molecules table")
+            from molphenix.data.featurize import EmbeddingColumn
+
+            return EmbeddingColumn(molecules, self.column).dim
+        return int(self._featurizer.dim)
+
+    def matrix(self, smiles: Sequence[str], molecules: Any = None) -> np.ndarray:
+        """Features of SMILES.
+
+        Args:
+            smiles: SMILES [N].
+            molecules: The molecules table holding the embedding column (``column:`` inputs).
+
+        Returns:
+            float32 [N, F].
+
+        Raises:
+            ValueError: invalid SMILES (index named); a graph featurizer.
+        """
+        from molphenix.data import featurize as fz
+
+        if self.kind == "graph":
+            raise ValueError("mol_input 'graph' has no feature matrix; use graphs()")
+        if self.kind == "column":
+            if molecules is None:
+                raise ValueError(f"molecules: mol_input {self.mol_input!r} needs the molecules table "
+                                 f"with the {self.column!r} column")
+            try:
+                return fz.EmbeddingColumn(molecules, self.column).compute(list(smiles))
+            except KeyError as exc:
+                raise ValueError(str(exc).strip("'\"")) from None
+        return fz.featurize(list(smiles), self._featurizer, cache_dir=self.cache_dir)
+
+    def graphs(self, smiles: Sequence[str]) -> List[Any]:
+        """Molecular graphs of SMILES (``mol_input="graph"``)."""
+        from molphenix.data import featurize as fz
+
+        return fz.featurize_graphs(list(smiles), cache_dir=self.cache_dir)
+
+
+class MolTable:
+    """Featurized molecules addressable by row: ``batch(rows)`` gives the model's molecular input.
+
+    Args:
+        features: The run's :class:`MolFeatures`.
+        smiles: SMILES [M], one per row.
+        molecules: The molecules table (``column:`` inputs).
+    """
+
+    def __init__(self, features: MolFeatures, smiles: Sequence[str], molecules: Any = None):
+        import torch
+
+        self.features = features
+        self.n = len(smiles)
+        if features.is_graph:
+            self._graphs = features.graphs(smiles)
+            self._mat = None
+        else:
+            self._graphs = None
+            self._mat = torch.from_numpy(np.ascontiguousarray(features.matrix(smiles, molecules)))
+
+    def batch(self, rows: np.ndarray, device: Any = "cpu") -> Any:
+        """Model input for the given rows: a float32 tensor [B, F] or a GraphBatch of B graphs."""
+        import torch
+
+        if self._mat is not None:
+            return self._mat[torch.as_tensor(np.asarray(rows, dtype=np.int64))].to(device)
+        from molphenix.data.featurize import collate_graphs
+
+        return collate_graphs([self._graphs[int(r)] for r in rows]).to(device)
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+#: How :func:`dataset_fingerprint` hashes a dataset (recorded beside the hash).
+FINGERPRINT_METHOD = "sha256/v1: wells (ids, dataset, batch, plate, molecule, concentration, control, phenomic bytes), molecules (id, smiles), calls (id, concentration, p_value)"
+
+
+def dataset_fingerprint(dataset: Any) -> Dict[str, Any]:
+    """A content hash of a dataset: what a resumed run and an evaluation check against.
+
+    It hashes, in the dataset's row order, the wells' ``well_id``, ``dataset``, ``batch``,
+    ``plate``, ``molecule_id``, ``concentration_um``, ``is_control`` and the raw bytes of the
+    float32 phenomic matrix; the molecules' ``molecule_id`` and ``smiles``; and, when present,
+    the activity calls' keys and p-values. Extra columns, file names, modification times,
+    Parquet compression and row-group layout do not change it; any changed value does. Cost:
+    one pass over the phenomic matrix (sha256 runs at several hundred MB/s).
+
+    Args:
+        dataset: A :class:`molphenix.data.Dataset`.
+
+    Returns:
+        dict ``sha256`` (hex), ``n_wells``, ``n_molecules``, ``embedding_dim``, ``method``.
+    """
+    h = hashlib.sha256()
+
+    def add_col(table: Any, name: str) -> None:
+        if name not in table.column_names:
+            h.update(f"<no {name}>".encode())
+            return
+        h.update(name.encode() + b"\x00")
+        vals = table.column(name).to_pylist()
+        h.update(json.dumps(vals, default=str).encode())
+
+    w = dataset.wells
+    for c in ("well_id", "dataset", "batch", "plate", "molecule_id", "concentration_um", "is_control"):
+        add_col(w, c)
+    x = np.ascontiguousarray(dataset.phenomic_matrix(), dtype=np.float32)
+    step = 1 << 16
+    for s in range(0, x.shape[0], step):
+        h.update(memoryview(x[s : s + step]).cast("B"))
+    for c in ("molecule_id", "smiles"):
+        add_col(dataset.molecules, c)
+    if dataset.calls is not None:
+        for c in ("molecule_id", "concentration_um", "p_value"):
+            add_col(dataset.calls, c)
+    return {
+        "sha256": h.hexdigest(),
+        "n_wells": int(dataset.n_wells),
+        "n_molecules": int(dataset.molecules.num_rows),
+        "embedding_dim": int(dataset.embedding_dim),
+        "method": FINGERPRINT_METHOD,
+    }
