@@ -19,7 +19,7 @@ def list_models() -> List[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
 
 
-def get_model_config(name: str | os.PathLike, **overrides: Any) -> ModelConfig:
+def get_model_config(name: str | os.PathLike, /, **overrides: Any) -> ModelConfig:
     """The config ``name`` with ``overrides`` applied, validated (dims may still be 0).
 
     Args:
@@ -51,7 +51,7 @@ def get_model_config(name: str | os.PathLike, **overrides: Any) -> ModelConfig:
     return cfg
 
 
-def create_model(name: str | os.PathLike, **overrides: Any):
+def create_model(name: str | os.PathLike, /, **overrides: Any):
     """Build a :class:`~molphenix.nn.MolPhenixModel` from a named config.
 
     Args:
