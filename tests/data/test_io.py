@@ -10,7 +10,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from molphenix.data import Dataset, SchemaError, load_calls, load_dataset, save_calls, save_dataset
+from molphenix.data import (
+    DataFileError,
+    Dataset,
+    SchemaError,
+    load_calls,
+    load_dataset,
+    save_calls,
+    save_dataset,
+)
 from molphenix.data.io import read_wells
 
 
@@ -100,6 +108,43 @@ def test_missing_files_and_bad_files(tmp_path, tiny_sim_dir):
     (d2 / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(SchemaError, match="phenomic"):
         load_dataset(d2)
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("wells.parquet", b"this is not parquet" * 20),
+        ("molecules.parquet", b"PAR1garbagePAR1"),
+        ("meta.json", b"\x80\x81 not utf-8 {"),
+        ("meta.json", b'{"embedding_dim": 16,'),
+        ("meta.json", b"[1, 2]"),
+    ],
+)
+def test_corrupt_file_is_named(tmp_path, tiny_sim_dir, name, content):
+    d = tmp_path / "corrupt"
+    shutil.copytree(tiny_sim_dir, d)
+    (d / name).write_bytes(content)
+    with pytest.raises(DataFileError) as ei:
+        load_dataset(d)
+    assert isinstance(ei.value, SchemaError) and isinstance(ei.value, ValueError)
+    assert str(d / name) in str(ei.value)
+    assert ei.value.path == d / name
+
+
+def test_truncated_parquet_is_named(tmp_path, tiny_sim_dir):
+    d = tmp_path / "truncated"
+    shutil.copytree(tiny_sim_dir, d)
+    raw = (d / "wells.parquet").read_bytes()
+    (d / "wells.parquet").write_bytes(raw[: len(raw) // 3] + raw[-64:])  # keeps the magic bytes
+    with pytest.raises(DataFileError, match="wells.parquet"):
+        load_dataset(d)
+
+
+def test_corrupt_calls_file_is_named(tmp_path, tiny):
+    bad = tmp_path / "calls.parquet"
+    bad.write_bytes(b"nope" * 10)
+    with pytest.raises(DataFileError, match="calls.parquet"):
+        load_calls(bad)
 
 
 def test_wells_referencing_unknown_molecule(tmp_path, tiny_sim_dir):

@@ -126,6 +126,17 @@ def test_treated_well_without_molecule_or_concentration():
     assert_names(ei.value, "concentration_um", 1)
 
 
+def test_control_well_with_molecule_id_is_rejected():
+    # the schema says molecule_id is null for controls (rows 6 and 7 are the controls)
+    wells, _ = make_tables()
+    mol = wells.column("molecule_id").to_pylist()
+    mol[7] = "DMSO"
+    with pytest.raises(SchemaError) as ei:
+        validate_wells(replace(wells, "molecule_id", mol, pa.string()))
+    assert_names(ei.value, "molecule_id", 7)
+    assert "control" in str(ei.value) and "'DMSO'" in str(ei.value)
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_nonfinite_embedding_names_row(bad):
     wells, _ = make_tables()

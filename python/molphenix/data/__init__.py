@@ -18,11 +18,12 @@ from .preprocess import (
     typical_variation_normalize,
 )
 from .sampling import ReplicateSampler
-from .schema import InvalidSmilesReport, SchemaError
+from .schema import DataFileError, InvalidSmilesReport, SchemaError
 from .simulator import SimulatorConfig, simulate
 from .splits import SPLIT_NAMES, Splits, make_splits, scaffold_of
 
 __all__ = [
+    "DataFileError",
     "Dataset",
     "DEFAULT_CUTOFF",
     "InvalidSmilesReport",

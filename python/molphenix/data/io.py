@@ -15,8 +15,10 @@ and :meth:`Dataset.phenomic_matrix` (no second copy of the embeddings).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .schema import (
+    DataFileError,
     InvalidSmilesReport,
     SchemaError,
     check_molecule_references,
@@ -178,6 +181,34 @@ class Dataset:
 # --------------------------------------------------------------------------- reading
 
 
+@contextlib.contextmanager
+def _reading(table: str, path: str | os.PathLike, what: str = "Parquet"):
+    """Turn pyarrow's errors on an unreadable file into a :class:`DataFileError` naming it."""
+    try:
+        yield
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except (pa.ArrowException, OSError) as exc:
+        # pyarrow sometimes prefixes "Could not open Parquet input source '<path>': "
+        detail = re.sub(r"^Could not open [^:]*'[^']*': ", "", str(exc)).strip() or type(exc).__name__
+        raise DataFileError(table, Path(path), f"cannot read {what} file ({detail})") from exc
+
+
+def _read_parquet(table: str, path: Path) -> pa.Table:
+    with _reading(table, path):
+        return pq.read_table(path)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataFileError("meta", path, f"not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise DataFileError("meta", path, f"expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
 def read_wells(path: str | os.PathLike, *, batch_size: int = 16384) -> pa.Table:
     """Read a wells Parquet file, streaming ``phenomic`` into one contiguous buffer.
 
@@ -197,7 +228,13 @@ def read_wells(path: str | os.PathLike, *, batch_size: int = 16384) -> pa.Table:
 
     Raises:
         SchemaError: the file has no ``phenomic`` column or it holds a null embedding.
+        DataFileError: (a ``SchemaError``) the file is not readable Parquet; names the file.
     """
+    with _reading("wells", path):
+        return _read_wells(path, batch_size)
+
+
+def _read_wells(path: str | os.PathLike, batch_size: int) -> pa.Table:
     pf = pq.ParquetFile(path, memory_map=False, pre_buffer=False)
     names = pf.schema_arrow.names
     if "phenomic" not in names:
@@ -239,10 +276,10 @@ def read_wells(path: str | os.PathLike, *, batch_size: int = 16384) -> pa.Table:
     return meta_tab.add_column(idx, "phenomic", emb)
 
 
-def _read_optional(path: Path) -> pa.Table | None:
+def _read_optional(table: str, path: Path) -> pa.Table | None:
     if not path.exists():
         return None
-    return pq.read_table(path)
+    return _read_parquet(table, path)
 
 
 def load_dataset(
@@ -271,6 +308,8 @@ def load_dataset(
         FileNotFoundError: the directory or a required file is missing.
         SchemaError: (a ``ValueError``) any validation failure; the message names the table,
             the column and the first offending row.
+        DataFileError: (a ``SchemaError``) a Parquet file or ``meta.json`` cannot be read
+            (corrupt, truncated, not JSON); the message names the file.
     """
     root = Path(path)
     if not root.is_dir():
@@ -280,13 +319,13 @@ def load_dataset(
             raise FileNotFoundError(f"{root / f} is missing")
     meta: dict[str, Any] = {}
     if (root / META_FILE).exists():
-        meta = json.loads((root / META_FILE).read_text())
+        meta = _read_meta(root / META_FILE)
     if embedding_dim is None and isinstance(meta.get("embedding_dim"), int):
         embedding_dim = meta["embedding_dim"]
     wells = read_wells(root / WELLS_FILE)
-    molecules = pq.read_table(root / MOLECULES_FILE)
-    truth = _read_optional(root / TRUTH_FILE)
-    calls = _read_optional(root / CALLS_FILE)
+    molecules = _read_parquet("molecules", root / MOLECULES_FILE)
+    truth = _read_optional("truth", root / TRUTH_FILE)
+    calls = _read_optional("calls", root / CALLS_FILE)
     return from_tables(
         wells,
         molecules,
@@ -444,6 +483,7 @@ def load_calls(path: str | os.PathLike) -> pa.Table:
 
     Raises:
         SchemaError: the table does not validate.
+        DataFileError: (a ``SchemaError``) the file cannot be read; names the file.
     """
     p = Path(path)
     if p.is_dir():
@@ -452,7 +492,8 @@ def load_calls(path: str | os.PathLike) -> pa.Table:
         from pyarrow import csv
 
         opts = csv.ParseOptions(delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
-        t = csv.read_csv(p, parse_options=opts)
+        with _reading("calls", p, "CSV"):
+            t = csv.read_csv(p, parse_options=opts)
     else:
-        t = pq.read_table(p)
+        t = _read_parquet("calls", p)
     return validate_calls(t)

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 __all__ = [
     "SchemaError",
+    "DataFileError",
     "InvalidSmilesReport",
     "WELLS_COLUMNS",
     "MOLECULES_COLUMNS",
@@ -89,6 +90,21 @@ class SchemaError(ValueError):
         if row is not None:
             where += f", row {row}"
         super().__init__(f"{where}: {message}")
+
+
+class DataFileError(SchemaError):
+    """A dataset file cannot be read at all (not Parquet, truncated, not valid JSON).
+
+    The message starts with the table and names the file:
+    ``wells: /data/run1/wells.parquet: cannot read Parquet file (...)``.
+
+    Attributes:
+        path: The file that could not be read.
+    """
+
+    def __init__(self, table: str, path: object, message: str):
+        self.path = path
+        super().__init__(table, None, None, f"{path}: {message}")
 
 
 @dataclass
@@ -302,8 +318,8 @@ def validate_wells(table: pa.Table, *, embedding_dim: int | None = None) -> pa.T
     Raises:
         SchemaError: missing column or wrong type; empty table; null ids; duplicate
             ``well_id``; wrong embedding width; NaN/Inf embedding values; a treated well
-            without ``molecule_id`` or ``concentration_um``; a concentration that is not
-            finite and > 0.
+            without ``molecule_id`` or ``concentration_um``; a control well with a
+            ``molecule_id``; a concentration that is not finite and > 0.
     """
     name = "wells"
     if not isinstance(table, pa.Table):
@@ -323,6 +339,20 @@ def validate_wells(table: pa.Table, *, embedding_dim: int | None = None) -> pa.T
     treated = ~is_control
     _check_not_null(name, "molecule_id", cols["molecule_id"], where=treated)
     _check_not_null(name, "concentration_um", cols["concentration_um"], where=treated)
+    # the schema says molecule_id is null for controls; a control that names a molecule is
+    # ambiguous (a mislabelled treated well, or a vehicle id such as "DMSO") and is rejected
+    mol_arr = _combine(cols["molecule_id"])
+    if mol_arr.null_count < len(mol_arr) and is_control.any():
+        has_mol = ~mol_arr.is_null().to_numpy(zero_copy_only=False)
+        row = _first_true(is_control & has_mol)
+        if row is not None:
+            raise SchemaError(
+                name,
+                "molecule_id",
+                row,
+                f"control well (is_control true) has molecule_id {mol_arr[row].as_py()!r}; "
+                "controls must have a null molecule_id",
+            )
     conc_arr = _combine(cols["concentration_um"])
     conc = conc_arr.to_numpy(zero_copy_only=False).astype(np.float64)
     null = conc_arr.is_null().to_numpy(zero_copy_only=False)
