@@ -203,6 +203,13 @@ def test_bootstrap_contains_estimate_and_is_deterministic():
     walk(a["active"])
     for pc in a["per_concentration"].values():
         walk(pc["all"])
+    # the multinomial draw equals resampling query indices in distribution: compare percentiles
+    # with a direct resampling (both with many draws; the grid step is 1/400)
+    big = metrics_from_ranks(ranks, n, conc, act, n_bootstrap=4000, seed=1)["all"]["ci95"]
+    idx = np.random.default_rng(11).integers(0, len(ranks), size=(4000, len(ranks)))
+    for key, k in (("top1", 10), ("top5", 50)):
+        direct = np.percentile((ranks < k)[idx].mean(axis=1), [2.5, 97.5])
+        np.testing.assert_allclose(big[key], direct, atol=0.006)
 
 
 def test_concentration_keys():

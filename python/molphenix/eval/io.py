@@ -17,6 +17,7 @@ import numpy as np
 
 __all__ = [
     "SCHEMA_VERSION",
+    "atomic_write_bytes",
     "read_metrics",
     "read_query_ranks",
     "write_metrics",
