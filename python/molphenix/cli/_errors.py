@@ -128,10 +128,16 @@ def data_error(flag: Optional[str], message: str) -> NoReturn:
 
 
 def _bounded_int(minimum: int) -> Callable[..., Optional[int]]:
-    def check(value: Optional[int]) -> Optional[int]:
-        if value is not None and value < minimum:
-            raise typer.BadParameter(f"must be >= {minimum}, got {value}")
-        return value
+    def check(value: Any) -> Optional[int]:
+        if value is None:
+            return None
+        try:
+            number = int(value)  # an un-annotated parameter arrives as a string
+        except (TypeError, ValueError):
+            raise typer.BadParameter(f"must be an integer, got {value!r}") from None
+        if number < minimum:
+            raise typer.BadParameter(f"must be >= {minimum}, got {number}")
+        return number
 
     check.__doc__ = f"typer callback: reject an integer option below {minimum} (``None`` passes)."
     return check

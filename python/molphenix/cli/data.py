@@ -80,11 +80,16 @@ def simulate_command(
     except ValueError as exc:
         _reraise_with_flag(exc, _SIMULATE_FLAGS)
     t0 = time.perf_counter()
+    existed = out.exists()
     try:
         root = simulate(out, seed=seed, call_activity=calls, return_dataset=False, overwrite=overwrite,
                         progress=progress, **params)
-    except ValueError as exc:  # e.g. more molecules than the bundled libraries hold
-        _reraise_with_flag(exc, _SIMULATE_FLAGS)
+    except BaseException as exc:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # leave no empty directory behind a failed run
+        if isinstance(exc, ValueError):  # e.g. more molecules than the bundled libraries hold
+            _reraise_with_flag(exc, _SIMULATE_FLAGS)
+        raise
     typer.echo(summary(root, time.perf_counter() - t0))
 
 
