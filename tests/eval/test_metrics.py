@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from molphenix import ops
 from molphenix.eval import (
@@ -310,3 +313,35 @@ def test_average_queries():
         sel = np.array([mm == m for mm in mol]) & (conc == c)
         np.testing.assert_allclose(out["x"][g], x[sel].astype(np.float64).mean(0), rtol=1e-6)
     assert out["x"].dtype == np.float32
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_mol=st.integers(1, 25), d=st.integers(1, 4), seed=st.integers(0, 2**31 - 1),
+       f=st.sampled_from([0.01, 0.05, 0.07, 0.2, 0.5, 1.0]))
+def test_property_small_integer_data(n_mol, d, seed, f):
+    # small integers and dot products: every score is exact, ties are frequent
+    rng = np.random.default_rng(seed)
+    mols = [f"m{i}" for i in range(n_mol)]
+    cm = [m for m in mols for _ in (1.0, 3.0)]
+    cc = [c for _ in mols for c in (1.0, 3.0)]
+    cand = rng.integers(-2, 3, size=(len(cm), d)).astype(np.float32)
+    q = rng.integers(-2, 3, size=(len(cm), d)).astype(np.float32)
+    act = rng.random(len(cm)) < 0.5
+    m, t = evaluate_embeddings(q, cm, cc, act, cand, cm, cc, metric="dot", fractions=(f,),
+                               n_bootstrap=200, return_ranks=True)
+    ranks = bf_ranks(q, cand, np.arange(len(cm)), "dot")
+    np.testing.assert_array_equal(t["rank"], ranks)
+    n = len(cm)
+    k = max(1, math.ceil(Fraction(repr(f)) * n))
+    key = fraction_key(f)
+    for grp, sel in (("all", np.ones(n, bool)), ("active", act)):
+        g = m[grp]
+        assert g["n_queries"] == int(sel.sum())
+        assert g["chance"] == {key: k / n}
+        if sel.any():
+            assert g[key] == float(np.mean(ranks[sel] < k))
+            lo, hi = g["ci95"][key]
+            assert 0 <= lo <= g[key] <= hi <= 1
+        else:
+            assert g[key] is None
+    json.dumps(m, allow_nan=False)

@@ -206,3 +206,11 @@ def test_cuda_index_matches_cpu():
     s2, i2 = gpu.search(q, k=5)  # numpy queries against a CUDA index: numpy back
     assert isinstance(s2, np.ndarray)
     np.testing.assert_array_equal(i2, ic)
+
+
+def test_zero_queries():
+    q, c = data()
+    ix = Index(c, [f"m{i}" for i in range(len(c))])
+    s, i = ix.search(q[:0], k=3)
+    assert s.shape == (0, 3) and i.shape == (0, 3)
+    assert ix.rank(q[:0], []).shape == (0,)

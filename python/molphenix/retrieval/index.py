@@ -205,9 +205,9 @@ class Index:
 
     @staticmethod
     def _out(t: torch.Tensor, kind: str, device: Optional[torch.device]) -> Any:
-        if kind == "torch":
-            return t.to(device)
-        return C.from_torch(t, kind)
+        if kind in ("torch", "cupy"):  # back on the queries' device (cupy lives on a GPU)
+            t = t.to(device)
+        return t if kind == "torch" else C.from_torch(t, kind)
 
     def search(self, queries: Any, k: Optional[int] = None, *, fraction: Optional[float] = None,
                backend: str = "auto", num_threads: Optional[int] = None) -> Tuple[Any, np.ndarray]:
