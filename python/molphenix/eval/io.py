@@ -11,7 +11,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 
@@ -121,7 +121,8 @@ def read_metrics(path: PathLike) -> Dict[str, Any]:
     return data
 
 
-def write_query_ranks(path: PathLike, ranks: Mapping[str, Any], *, split: str = None) -> Path:
+def write_query_ranks(path: PathLike, ranks: Mapping[str, Any], *,
+                      split: Optional[str] = None) -> Path:
     """Write per-query ranks atomically as Parquet (``.parquet``) or CSV (any other suffix).
 
     Args:
