@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .._warnings import external_stacklevel
 from .schema import (
     DataFileError,
     InvalidSmilesReport,
@@ -384,7 +385,7 @@ def from_tables(
         if calls is not None:
             calls = validate_calls(calls)
         if report.count:
-            warnings.warn(f"molphenix.data: {report}", stacklevel=3)
+            warnings.warn(f"molphenix.data: {report}", stacklevel=external_stacklevel())
     return Dataset(
         wells=wells,
         molecules=molecules,

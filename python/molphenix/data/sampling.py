@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
+from .._warnings import external_stacklevel
 from .activity import DEFAULT_CUTOFF
 from .preprocess import control_statistics, encode_labels, fit_tvn
 
@@ -134,7 +135,7 @@ class ReplicateSampler:
             need = np.unique(codes[rows])
             bad = need[counts[need] == 0]
             if bad.size:
-                raise ValueError(f"batch {names[bad[0]]!r} has no control wells; cannot centre its wells")
+                raise ValueError(f"batch {str(names[bad[0]])!r} has no control wells; cannot centre its wells")
             mean = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
             self._x = x[rows] - mean[codes[rows]]
             if normalize == "tvn":
@@ -161,7 +162,8 @@ class ReplicateSampler:
         calls = calls if calls is not None else getattr(dataset, "calls", None)
         p = np.full(len(keys), np.nan)
         if calls is None:
-            warnings.warn("ReplicateSampler: no activity calls; every sample counts as active", stacklevel=2)
+            warnings.warn("ReplicateSampler: no activity calls; every sample counts as active",
+                          stacklevel=external_stacklevel())
             self._active = np.ones(len(keys), bool)
         else:
             cm = calls.column("molecule_id").to_pylist()
@@ -173,7 +175,7 @@ class ReplicateSampler:
             if missing:
                 warnings.warn(
                     f"ReplicateSampler: {missing} samples have no activity call; treated as inactive",
-                    stacklevel=2,
+                    stacklevel=external_stacklevel(),
                 )
             self._active = p < self.p_cutoff
         self.p_value = p

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..._warnings import external_stacklevel
 from ..schema import SchemaError
 
 
@@ -104,7 +105,8 @@ def report_drops(report: dict[str, Any], loader: str) -> None:
     """Warn about every non-zero drop count (nothing is dropped silently)."""
     dropped = {k: v for k, v in report.items() if k != "rows" and isinstance(v, int) and v}
     if dropped:
-        warnings.warn(f"{loader}: skipped (of {report.get('rows')} rows): {dropped}", stacklevel=3)
+        warnings.warn(f"{loader}: skipped (of {report.get('rows')} rows): {dropped}",
+                      stacklevel=external_stacklevel())
 
 
 def strip_cxsmiles(s: str | None) -> str | None:
