@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from molphenix import _ext
+from molphenix._warnings import external_stacklevel
 
 BACKENDS = ("auto", "cpu", "cuda", "reference")
 METRICS = ("cosine", "dot", "arctan_l2")
@@ -241,7 +242,7 @@ def resolve_backend(op: str, backend: Any, device: torch.device, dtype: torch.dt
     if key not in _warned:
         _warned.add(key)
         warnings.warn(f"molphenix.ops.{op}: using the slow reference implementation because {why}",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=external_stacklevel())
     return "reference"
 
 
