@@ -79,7 +79,7 @@ def centre_wells(
     need = np.unique(codes[rows])
     bad = need[counts[need] == 0]
     if bad.size:
-        raise ValueError(f"batch {names[bad[0]]!r} has no control wells; cannot centre its wells")
+        raise ValueError(f"batch {str(names[bad[0]])!r} has no control wells; cannot centre its wells")
     mean = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
     out = x[rows].astype(np.float32, copy=False) - mean[codes[rows]]
     if normalize == "tvn":

@@ -42,6 +42,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
+from .._warnings import external_stacklevel
 from .checkpoint import CHECKPOINT_FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig
 from .inputs import MolFeatures, MolTable, centre_wells, dataset_fingerprint
@@ -306,7 +307,7 @@ class _Trainer:
                                  "contrastive training needs at least 2")
             warnings.warn(f"batch_size {cfg.batch_size} exceeds the expected epoch size "
                           f"({expected:.0f} samples after undersampling); using batches of {bs}",
-                          stacklevel=3)
+                          stacklevel=external_stacklevel())
             sampler.batch_size = bs
         self.sampler = sampler
 
@@ -510,6 +511,8 @@ class _Trainer:
                     q = model.encode_molecules(mol, conc)
                 p, q = p.float(), q.float()
                 u = x / self.sigma if (self.sigma is not None and loss_fn.needs_u) else None
+                if not bool(torch.isfinite(p).all() & torch.isfinite(q).all()):
+                    raise ValueError(self._nonfinite_msg(step, None, p, q, None))
                 out = loss_fn(p, q, u)
                 loss = out.loss
                 if not torch.isfinite(loss):
@@ -616,8 +619,8 @@ class _Trainer:
 
         for name, t in (("p (phenomic embeddings)", p), ("q (molecular embeddings)", q), ("u (similarity inputs)", u)):
             if t is not None and not bool(torch.isfinite(t).all()):
-                return f"non-finite {name} at step {step}: the loss is {float(loss)}; lower lr or check the inputs"
-        return f"non-finite loss ({float(loss)}) at step {step}; lower lr or check the inputs"
+                return f"non-finite {name} at step {step}; lower lr or check the inputs"
+        return f"non-finite loss ({float(loss.detach())}) at step {step}; lower lr or check the inputs"
 
     def _nonfinite_grad_msg(self, step: int) -> str:
         import torch
