@@ -235,10 +235,10 @@ def test_gradients_flow_float32(name):
 def test_inits():
     for name in ("s2l", "siglip"):
         loss = L.create_loss(name)
-        assert float(loss.logit_scale) == pytest.approx(math.log(10.0))
-        assert float(loss.logit_bias) == -10.0
+        assert loss.logit_scale.item() == pytest.approx(math.log(10.0))
+        assert loss.logit_bias.item() == -10.0
     for name in ("clip", "cwcl"):
-        assert float(torch.exp(L.create_loss(name).logit_scale)) == pytest.approx(1 / 0.07, rel=1e-6)
+        assert torch.exp(L.create_loss(name).logit_scale).item() == pytest.approx(1 / 0.07, rel=1e-6)
     for name in ("infoloob", "cloome"):
         assert list(L.create_loss(name).parameters()) == []
     assert L.create_loss("cloome").beta == 14.3 and L.create_loss("cloome").kappa == 14.3
@@ -259,11 +259,11 @@ def test_sigmoid_clamps(name):
         loss.logit_scale.fill_(-3.0)
     assert loss(p, q, u).stats["t"] == pytest.approx(1.0)
     loss.clamp_parameters_()
-    assert float(loss.logit_scale) == 0.0
+    assert loss.logit_scale.item() == 0.0
     with torch.no_grad():
         loss.logit_scale.fill_(9.0)
     loss.clamp_parameters_()
-    assert float(loss.logit_scale) == pytest.approx(math.log(100.0))
+    assert loss.logit_scale.item() == pytest.approx(math.log(100.0))
 
 
 @pytest.mark.parametrize("name", ["clip", "cwcl"])
@@ -277,7 +277,7 @@ def test_softmax_temperature_clamp(name):
     out.loss.backward()
     assert float(loss.logit_scale.grad) == 0.0
     loss.clamp_parameters_()
-    assert float(loss.logit_scale) == pytest.approx(math.log(100.0))
+    assert loss.logit_scale.item() == pytest.approx(math.log(100.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,3 +378,59 @@ def test_random_data_float32_reference_backend_agrees():
     a = L.create_loss("s2l")(p, q, u).loss
     b = L.create_loss("s2l", backend="reference")(p, q, u).loss
     assert_close(a, b, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# the cosine soft-label ablation
+# ---------------------------------------------------------------------------------------------
+
+
+def direct_cosine_labels(u, threshold=0.75):
+    n = u.shape[0]
+    s = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        for j in range(n):
+            cos = float(u[i] @ u[j]) / (float(u[i].norm()) * float(u[j].norm()))
+            s[i, j] = cos if (threshold is None or cos >= threshold) else 0.0
+        s[i, i] = 1.0
+    return s
+
+
+def cosine_case(seed):
+    p, q, _ = case(seed)
+    base = randn((3, E), seed=seed + 5)
+    u = base[torch.arange(B) % 3] + 0.3 * randn((B, E), seed=seed + 6)  # 3 direction clusters
+    return p, q, u
+
+
+@pytest.mark.parametrize("diagonal", ["soft", "hard"])
+def test_s2l_cosine_matches_formula(diagonal):
+    p, q, u = cosine_case(30)
+    loss = L.create_loss("s2l", similarity="cosine", diagonal=diagonal)
+    out = loss(p, q, u)
+    s = direct_cosine_labels(u)
+    n_pos = int((s > 0).sum()) - B
+    assert 0 < n_pos < B * (B - 1)
+    expected = direct_s2l(p, q, torch.exp(loss.logit_scale).double(), loss.logit_bias.double(), s,
+                          diagonal=diagonal)
+    assert_close(out.loss, expected, dtype=torch.float64)
+    assert out.stats["soft_pos_frac"] == pytest.approx(n_pos / (B * (B - 1)), abs=1e-12)
+    params = [p, q, loss.logit_scale, loss.logit_bias]
+    for g, e in zip(grads(out.loss, params), grads(expected, params)):
+        assert_close(g, e.to(g.dtype), dtype=torch.float64, kind="grad")
+    # scale-invariant: dividing u by sigma changes nothing
+    assert_close(loss(p, q, u / 7.0).loss, out.loss, dtype=torch.float64)
+
+
+def test_cwcl_cosine_matches_formula():
+    p, q, u = cosine_case(31)
+    loss = L.create_loss("cwcl", similarity="cosine")
+    out = loss(p, q, u)
+    expected = direct_cwcl(p, q, torch.exp(loss.logit_scale).double(), direct_cosine_labels(u))
+    assert_close(out.loss, expected, dtype=torch.float64)
+
+
+def test_bad_similarity():
+    for name in ("s2l", "cwcl"):
+        with pytest.raises(ValueError, match="^similarity:"):
+            L.create_loss(name, similarity="dot")

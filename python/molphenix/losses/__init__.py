@@ -20,7 +20,14 @@ from typing import Any, Dict, Type
 
 from molphenix.losses.base import ContrastiveLoss, LossOutput
 from molphenix.losses.scale import fit_similarity_scale, soft_label_window
-from molphenix.losses.sigmoid import SIM_SPACES, S2LLoss, SigLIPLoss, soft_positive_fraction
+from molphenix.losses.sigmoid import (
+    SIM_SPACES,
+    SIMILARITIES,
+    S2LLoss,
+    SigLIPLoss,
+    cosine_soft_labels,
+    soft_positive_fraction,
+)
 from molphenix.losses.softmax import (
     CLIPLoss,
     CLOOMELoss,
@@ -33,6 +40,8 @@ from molphenix.losses.softmax import (
 __all__ = [
     "LOSSES",
     "SIM_SPACES",
+    "SIMILARITIES",
+    "cosine_soft_labels",
     "ContrastiveLoss",
     "LossOutput",
     "S2LLoss",
@@ -68,7 +77,7 @@ def create_loss(name: str, **kw: Any) -> ContrastiveLoss:
     Args:
         name: One of :data:`LOSSES`.
         **kw: Options of that loss's class (e.g. ``S2LLoss``: ``c``, ``threshold``, ``gamma``,
-            ``delta``, ``diagonal``, ``sim_space``, ``init_t``, ``init_b``, ``backend``).
+            ``delta``, ``diagonal``, ``sim_space``, ``similarity``, ``init_t``, ``init_b``, ``backend``).
 
     Returns:
         A :class:`ContrastiveLoss` (an ``nn.Module``; its parameters are the learnable

@@ -7,14 +7,18 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from molphenix.losses.base import ContrastiveLoss, LossOutput
 
-__all__ = ["S2LLoss", "SigLIPLoss", "soft_positive_fraction", "SIM_SPACES"]
+__all__ = ["S2LLoss", "SigLIPLoss", "soft_positive_fraction", "cosine_soft_labels", "SIM_SPACES",
+           "SIMILARITIES"]
 
 #: Where S2L / CWCL soft labels come from: the given ``u`` ("input"), the detached projected ``p``
 #: ("projected"), or nowhere ("none": identity labels, S2L only).
 SIM_SPACES = ("input", "projected", "none")
+#: The soft-label similarity: arctan-L2 (DESIGN.md section 2, the default) or cosine (an ablation).
+SIMILARITIES = ("arctan_l2", "cosine")
 
 _T_MIN_LOG, _T_MAX_LOG = 0.0, math.log(100.0)
 
@@ -50,6 +54,45 @@ def soft_positive_fraction(u: torch.Tensor, *, c: float = 0.3, threshold: Option
     s = arctan_l2_similarity(us, us, c=c, threshold=threshold, backend=backend)
     pos = (s > 0).sum() - (torch.diagonal(s) > 0).sum()
     return float(pos.item()) / float(m * (m - 1))
+
+
+@torch.no_grad()
+def cosine_soft_labels(u: torch.Tensor, threshold: Optional[float] = 0.75) -> torch.Tensor:
+    """Cosine soft labels ``s_ij = cos(u_i, u_j)`` where ``>= threshold``, else 0; ``s_ii = 1``.
+
+    The ablation of the arctan-L2 labels (DESIGN.md section 2: cosine cannot separate
+    inactive-inactive from active-inactive pairs). Scale-invariant, so the dataset scale
+    ``sigma`` has no effect. A zero row has cosine 0 with every other row.
+
+    Args:
+        u: Similarity-space rows.
+        threshold: Labels below it are zeroed (None: no threshold).
+
+    Returns:
+        ``s`` in float32 (float64 for float64 ``u``), materialised ``B x B``.
+
+    Shapes:
+        u: [B, E] -> [B, B]
+    """
+    un = F.normalize(u.to(torch.float64 if u.dtype == torch.float64 else torch.float32), dim=1)
+    s = un @ un.T
+    if threshold is not None:
+        s = torch.where(s >= threshold, s, torch.zeros_like(s))
+    s.fill_diagonal_(1.0)
+    return s
+
+
+def _s2l_from_labels(p: torch.Tensor, q: torch.Tensor, t: torch.Tensor, b: torch.Tensor, s: torch.Tensor,
+                     gamma: float, delta: float, diagonal: str) -> torch.Tensor:
+    """S2L on an explicit label matrix (pure torch, materialised; stable softplus form)."""
+    wide = torch.float64 if p.dtype == torch.float64 else torch.float32
+    z = t.to(wide) * (p.to(wide) @ q.to(wide).T) + b.to(wide)
+    w_pos, w_neg = s.to(wide), gamma - delta * s.to(wide)
+    if diagonal == "hard":
+        eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+        w_pos = w_pos.masked_fill(eye, 1.0)
+        w_neg = w_neg.masked_fill(eye, 0.0)
+    return (((w_pos + w_neg) * F.softplus(z) - w_pos * z).sum() / p.shape[0]).to(p.dtype)
 
 
 class _SigmoidBase(ContrastiveLoss):
@@ -127,8 +170,11 @@ class S2LLoss(_SigmoidBase):
             for cosine-style soft labels pass row-normalised inputs divided by their own
             fitted scale), ``"projected"`` (``u = p.detach()``; a given ``u`` is ignored) or
             ``"none"`` (identity labels: with ``gamma = delta = 1`` this is SigLIP).
+        similarity: ``"arctan_l2"`` (default; the fused op) or ``"cosine"`` (the ablation:
+            ``s = cos(u_i, u_j)`` thresholded at ``threshold``, see :func:`cosine_soft_labels`;
+            computed in plain torch with the ``B x B`` matrix materialised; ``c`` unused).
         init_t, init_b, learn_t, learn_b, backend: as :class:`SigLIPLoss`.
-        stats_rows: Row cap for the ``soft_pos_frac`` statistic.
+        stats_rows: Row cap for the ``soft_pos_frac`` statistic (arctan_l2; cosine is exact).
 
     Attributes:
         needs_u: True for ``sim_space="input"``.
@@ -145,8 +191,11 @@ class S2LLoss(_SigmoidBase):
     def __init__(self, *, c: float = 0.3, threshold: Optional[float] = 0.75, gamma: float = 1.75,
                  delta: float = 0.75, diagonal: str = "soft", sim_space: str = "input",
                  init_t: float = 10.0, init_b: float = -10.0, learn_t: bool = True, learn_b: bool = True,
-                 backend: str = "auto", stats_rows: int = 1024) -> None:
+                 backend: str = "auto", stats_rows: int = 1024, similarity: str = "arctan_l2") -> None:
         super().__init__(init_t, init_b, learn_t=learn_t, learn_b=learn_b, backend=backend)
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity: expected one of {list(SIMILARITIES)}, got {similarity!r}")
+        self.similarity = similarity
         if not (isinstance(c, (int, float)) and c > 0 and math.isfinite(c)):
             raise ValueError(f"c: must be a finite number > 0, got {c!r}")
         if threshold is not None and not (isinstance(threshold, (int, float)) and -1.0 <= threshold <= 1.0):
@@ -190,13 +239,19 @@ class S2LLoss(_SigmoidBase):
             self._check_pq(p, q, None)
             us = None
         t, b = self.scale_bias()
-        loss = s2l_loss(p, q, t, b, us, c=self.c, threshold=self.threshold, gamma=self.gamma,
-                        delta=self.delta, diagonal=self.diagonal, backend=self.backend)
-        frac = 0.0 if us is None else soft_positive_fraction(
-            us, c=self.c, threshold=self.threshold, max_rows=self.stats_rows, backend=self.backend)
+        if us is not None and self.similarity == "cosine":
+            s = cosine_soft_labels(us, self.threshold)
+            loss = _s2l_from_labels(p, q, t, b, s, self.gamma, self.delta, self.diagonal)
+            n = s.shape[0]
+            frac = 0.0 if n < 2 else float(((s > 0).sum() - n).item()) / float(n * (n - 1))
+        else:
+            loss = s2l_loss(p, q, t, b, us, c=self.c, threshold=self.threshold, gamma=self.gamma,
+                            delta=self.delta, diagonal=self.diagonal, backend=self.backend)
+            frac = 0.0 if us is None else soft_positive_fraction(
+                us, c=self.c, threshold=self.threshold, max_rows=self.stats_rows, backend=self.backend)
         return LossOutput(loss, {"t": float(t.detach()), "b": float(b.detach()), "soft_pos_frac": frac})
 
     def extra_repr(self) -> str:
         """Options."""
         return (f"c={self.c}, threshold={self.threshold}, gamma={self.gamma}, delta={self.delta}, "
-                f"diagonal={self.diagonal!r}, sim_space={self.sim_space!r}")
+                f"diagonal={self.diagonal!r}, sim_space={self.sim_space!r}, similarity={self.similarity!r}")

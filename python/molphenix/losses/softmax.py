@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from molphenix.losses.base import ContrastiveLoss, LossOutput
-from molphenix.losses.sigmoid import SIM_SPACES
+from molphenix.losses.sigmoid import SIM_SPACES, SIMILARITIES, cosine_soft_labels
 
 __all__ = ["CLIPLoss", "InfoLOOBLoss", "CLOOMELoss", "CWCLLoss", "infoloob", "hopfield_retrieval"]
 
@@ -212,6 +212,9 @@ class CWCLLoss(_LearnedTemperature):
         c, threshold: As :class:`~molphenix.losses.S2LLoss`.
         sim_space: ``"input"`` (``u`` required) or ``"projected"`` (``u = p.detach()``).
         init_t, learn_t: As :class:`CLIPLoss` (init 1/0.07, clamp ``t <= 100``).
+        backend: Backend of :func:`molphenix.ops.arctan_l2_similarity`.
+        similarity: ``"arctan_l2"`` (default) or ``"cosine"`` (see
+            :func:`~molphenix.losses.cosine_soft_labels`).
 
     Shapes:
         forward(p [B, D], q [B, D], u [B, E] | None) -> LossOutput(loss [], {"t", "soft_pos_frac"})
@@ -223,8 +226,12 @@ class CWCLLoss(_LearnedTemperature):
     name = "cwcl"
 
     def __init__(self, *, c: float = 0.3, threshold: Optional[float] = 0.75, sim_space: str = "input",
-                 init_t: float = 1.0 / 0.07, learn_t: bool = True, backend: str = "auto") -> None:
+                 init_t: float = 1.0 / 0.07, learn_t: bool = True, backend: str = "auto",
+                 similarity: str = "arctan_l2") -> None:
         super().__init__(init_t, learn_t)
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity: expected one of {list(SIMILARITIES)}, got {similarity!r}")
+        self.similarity = similarity
         if not (isinstance(c, (int, float)) and c > 0 and math.isfinite(c)):
             raise ValueError(f"c: must be a finite number > 0, got {c!r}")
         if threshold is not None and not (isinstance(threshold, (int, float)) and -1.0 <= threshold <= 1.0):
@@ -261,7 +268,10 @@ class CWCLLoss(_LearnedTemperature):
         n = p.shape[0]
         with torch.no_grad():
             us = us.to(torch.float64 if p.dtype == torch.float64 else torch.float32)
-            s = arctan_l2_similarity(us, us, c=self.c, threshold=self.threshold, backend=self.backend)
+            if self.similarity == "cosine":
+                s = cosine_soft_labels(us, self.threshold)
+            else:
+                s = arctan_l2_similarity(us, us, c=self.c, threshold=self.threshold, backend=self.backend)
             w = s.clamp_min(0.0)
             eye = torch.eye(n, dtype=torch.bool, device=w.device)
             w = w.masked_fill(eye, 1.0)
@@ -277,4 +287,5 @@ class CWCLLoss(_LearnedTemperature):
 
     def extra_repr(self) -> str:
         """Options."""
-        return f"c={self.c}, threshold={self.threshold}, sim_space={self.sim_space!r}"
+        return (f"c={self.c}, threshold={self.threshold}, sim_space={self.sim_space!r}, "
+                f"similarity={self.similarity!r}")
