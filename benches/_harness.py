@@ -1,15 +1,12 @@
-"""The benchmark harness every ``benches/bench_*.py`` uses.
+"""The command line shared by every ``benches/bench_*.py`` (CPU and GPU), on top of the one harness
+in :mod:`molphenix.benchmark` (timing, memory, CSV layout) and the op definitions in
+:mod:`molphenix.benchmark.cases`.
 
-    from _harness import measure, parser, finish, matmul_gflops
+    from _harness import parser, open_run, run_op
 
-* ``measure(...)`` runs a correctness-checked provider: warm-up, repeated timings (median and
-  spread; CUDA events on GPU), and one extra call for the peak memory beyond what was allocated
-  before it.
-* ``finish(rows, ...)`` prints a markdown table and appends the rows, with their conditions
-  (sizes, dtype, threads, versions, git sha, machine), to ``benches/results/<machine>.csv``.
-
-All providers of one run use the same thread count (``torch.set_num_threads`` and the kernels'
-``num_threads``), recorded per row.
+``open_run(args)`` starts a run (results directory with ``results.csv`` + ``run.log``, the
+conditions, torch.mm's rate measured first); ``run_op(run, spec, cases, args)`` runs the op's
+correctness check (a failure ends the script with exit status 1) and then every case.
 """
 
 from __future__ import annotations
@@ -18,9 +15,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
-
-import torch
+from typing import Any, Dict, List, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
 try:  # prefer the installed package; fall back to the checkout (with a dev-built _C)
@@ -28,104 +23,73 @@ try:  # prefer the installed package; fall back to the checkout (with a dev-buil
 except ImportError:
     sys.path.insert(0, str(HERE.parent / "python"))
 
-from molphenix.benchmark import (  # noqa: E402
-    Measurement,
-    append_csv,
-    machine_tag,
-    markdown_table,
-    matmul_gflops,
-    peak_memory_bytes,
-    time_call,
-)
+from molphenix.benchmark import CheckFailed, Run, default_results_dir, run_case, run_checks  # noqa: E402
 
-__all__ = ["measure", "parser", "setup", "finish", "matmul_gflops", "Measurement", "results_path",
-           "set_threads"]
+__all__ = ["parser", "open_run", "run_op", "parse_sizes", "CheckFailed", "RESULTS"]
+
+RESULTS = HERE / "results"
 
 
-def set_threads(n: Optional[int]) -> int:
-    """Use ``n`` threads for torch, faiss and our kernels (default: all cores)."""
-    n = n or os.cpu_count() or 1
-    torch.set_num_threads(n)
-    os.environ.setdefault("OMP_NUM_THREADS", str(n))
-    try:  # faiss keeps its own OpenMP thread count
-        import faiss
-
-        faiss.omp_set_num_threads(n)
-    except ImportError:
-        pass
-    return n
-
-
-def measure(op: str, provider: str, case: Dict[str, Any], fn: Callable[[], Any], *, dtype: str,
-            threads: int, device: str = "cpu", flops: Optional[float] = None,
-            work: Optional[float] = None, work_unit: str = "", warmup: int = 1, repeats: int = 5,
-            max_seconds: Optional[float] = None, memory: bool = True, notes: str = "",
-            extra_bytes: int = 0) -> Measurement:
-    """Time ``fn`` (after warm-up) and measure its peak memory.
-
-    ``extra_bytes`` is subtracted from the memory reading (e.g. the outputs and gradients that
-    are part of the op's contract), so ``peak_mem`` is the working memory beyond inputs and
-    outputs.
-    """
-    m = Measurement(op=op, provider=provider, case=dict(case), dtype=dtype, threads=threads,
-                    device=device, flops=flops, work=work, work_unit=work_unit, notes=notes)
-    m.times = time_call(fn, device=device, warmup=warmup, repeats=repeats, max_seconds=max_seconds)
-    if memory:
-        peak = peak_memory_bytes(fn, device=device)
-        m.peak_mem_bytes = None if peak is None else max(0, peak - extra_bytes)
-    print(f"  {op:22s} {provider:14s} {m.median:9.4f} s"
-          + (f"  {m.gflops:8.1f} GFLOP/s" if m.gflops else "")
-          + (f"  peak {m.peak_mem_bytes / 2**20:8.1f} MB" if m.peak_mem_bytes is not None else ""),
-          flush=True)
-    return m
-
-
-def parser(description: str, *, sizes: str = "", default_sizes: Sequence[Sequence[int]] = (),
-           quick_sizes: Sequence[Sequence[int]] = ()) -> argparse.ArgumentParser:
-    """The common command line. ``sizes`` names the case layout (e.g. "BxDxE"); the defaults
-    are used without ``--sizes`` (``quick_sizes`` with ``--quick``)."""
+def parser(description: str, *, sizes: str = "", default_sizes: str = "") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="small sizes (seconds), for smoke runs")
-    p.add_argument("--threads", type=int, default=None, help="threads for every provider (default: all cores)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--providers", default=None, help="comma-separated subset of providers")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--out", type=Path, default=None,
-                   help="CSV to append to (default benches/results/<machine>.csv; '-' for none)")
+    p.add_argument("--dtype", default=None, help="float32 (CPU default) | bfloat16 (GPU default) | float16")
+    p.add_argument("--threads", type=int, default=None, help="threads for every provider (default: all cores)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls per provider (the same for all)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed calls per provider, interleaved across providers (the same for all)")
+    p.add_argument("--providers", default=None, help="comma-separated subset, e.g. naive,chunked,ours,faiss")
+    p.add_argument("--variants", action="store_true", help="also the ours-<mode> kernel variants (GPU)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--results-dir", type=Path, default=None,
+                   help="directory for results.csv and run.log (default benches/results/<machine>-<date>)")
+    p.add_argument("--no-save", action="store_true", help="print only")
+    p.add_argument("--mem-cap-gb", type=float, default=None,
+                   help="skip providers whose estimated memory exceeds this (CPU default 9)")
     if sizes:
-        fmt = ",".join("x".join(map(str, c)) for c in default_sizes)
-        p.add_argument("--sizes", default=None, help=f"comma-separated {sizes} cases (default {fmt})")
-    p.set_defaults(_default_sizes=[tuple(c) for c in default_sizes],
-                   _quick_sizes=[tuple(c) for c in quick_sizes])
+        p.add_argument("--sizes", default=None, help=f"comma-separated {sizes} cases (default {default_sizes})")
     return p
 
 
-def setup(args: argparse.Namespace, providers: Sequence[str]):
-    """Threads (applied to torch and the kernels), the selected providers and the cases."""
-    threads = set_threads(args.threads)
-    selected = args.providers.split(",") if args.providers else list(providers)
-    unknown = set(selected) - set(providers)
-    if unknown:
-        raise SystemExit(f"--providers: unknown {sorted(unknown)}; choose from {list(providers)}")
-    if getattr(args, "sizes", None):
-        cases = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+def parse_sizes(text: str, names: Sequence[str]) -> List[Dict[str, int]]:
+    out = []
+    for item in text.split(","):
+        vals = [int(v) for v in item.lower().split("x")]
+        if len(vals) != len(names):
+            raise SystemExit(f"--sizes: {item!r} is not {'x'.join(names)}")
+        out.append(dict(zip(names, vals)))
+    return out
+
+
+def open_run(args: argparse.Namespace, *, title: str) -> Run:
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no CUDA device")
+    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    if args.no_save:
+        rdir = None
     else:
-        cases = args._quick_sizes if args.quick else args._default_sizes
-    return threads, selected, cases
+        rdir = args.results_dir or default_results_dir(args.device, RESULTS)
+    cap = args.mem_cap_gb if args.mem_cap_gb is not None else (None if args.device == "cuda" else 9.0)
+    run = Run(device=args.device, threads=args.threads, results_dir=rdir, title=title,
+              mem_cap_bytes=int(cap * 2**30) if cap else None)
+    run.measure_matmul()
+    return run
 
 
-def results_path(device: str = "cpu") -> Path:
-    return HERE / "results" / f"{machine_tag(device)}.csv"
-
-
-def finish(rows: Sequence[Measurement], *, out: Optional[Path] = None, matmul: Optional[float] = None,
-           device: str = "cpu") -> None:
-    print()
-    print(markdown_table(rows, matmul=matmul))
-    if matmul:
-        print(f"\ntorch.mm rate on this machine: {matmul:.1f} GFLOP/s")
-    if str(out) == "-":
-        return
-    path = out or results_path(device)
-    append_csv(path, rows, matmul=matmul)
-    print(f"appended {len(rows)} rows to {path}")
+def run_op(run: Run, spec, cases: Sequence[Dict[str, Any]], args: argparse.Namespace, *,
+           repeats: Optional[int] = None) -> None:
+    only = args.providers.split(",") if args.providers else None
+    print(f"\n## {spec.op} ({args.dtype}, {run.threads} threads, device {run.device})", flush=True)
+    try:
+        run_checks(run, spec, dtype=args.dtype, only=only)
+    except CheckFailed as e:
+        print(f"CHECK FAILED: {e}", flush=True)
+        run.close(table=False)
+        raise SystemExit(1)
+    for params in cases:
+        run_case(run, spec, params, dtype=args.dtype, only=only, warmup=args.warmup,
+                 repeats=repeats or args.repeats, memory=not args.no_memory, variants=args.variants)

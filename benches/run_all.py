@@ -1,0 +1,72 @@
+"""Every op benchmark in one run: one results directory (results.csv + run.log), one torch.mm
+yardstick (measured at the start, and again at the end for the log), the README's cases.
+
+    python benches/run_all.py                        # the README's CPU cases (about 15 min on 2 cores)
+    python benches/run_all.py --quick --no-save      # seconds
+    python benches/run_all.py --only s2l_loss,retrieval_ranks
+    python benches/run_all.py --device cuda          # the same cases on a GPU (bf16); see bench_gpu.py
+
+Cases (CPU, float32): s2l_loss B = 4096 and 16384 (D = 256, E = 384); retrieval_ranks and
+topk_retrieve (k = 5%) at Q = N = 50,000, D = 256; arctan_l2_similarity N = M = 8192, E = 384
+(forward and forward + backward, threshold none and 0.75). Every provider of a case gets the same
+warm-up and the same interleaved repeats; the cases marked big (one call of the slowest provider
+takes tens of seconds) run with ``--big-warmup`` (default 0) warm-up calls for every provider.
+"""
+
+from __future__ import annotations
+
+from _harness import CheckFailed, open_run, parser
+from bench_arctan_l2_similarity import expand
+
+from molphenix.benchmark import run_case, run_checks
+from molphenix.benchmark.cases import ARCTAN, RANKS, S2L, TOPK
+
+FULL = [  # (spec, params, big)
+    (S2L, {"B": 4096, "D": 256, "E": 384}, False),
+    (S2L, {"B": 16384, "D": 256, "E": 384}, True),
+    *[(ARCTAN, c, False) for c in expand([{"N": 8192, "M": 8192, "E": 384}])],
+    (RANKS, {"Q": 50000, "N": 50000, "D": 256}, True),
+    (TOPK, {"Q": 50000, "N": 50000, "D": 256, "fraction": 0.05}, True),
+]
+QUICK = [
+    (S2L, {"B": 1024, "D": 64, "E": 32}, False),
+    *[(ARCTAN, c, False) for c in expand([{"N": 1024, "M": 1024, "E": 64}])],
+    (RANKS, {"Q": 2000, "N": 2000, "D": 64}, False),
+    (TOPK, {"Q": 2000, "N": 2000, "D": 64, "fraction": 0.05}, False),
+]
+
+
+def main(argv=None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--only", default=None, help="comma-separated ops (default: all)")
+    p.add_argument("--big-warmup", type=int, default=0, help="warm-up calls in the big cases (every provider)")
+    args = p.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.only:
+        keep = set(args.only.split(","))
+        plan = [x for x in plan if x[0].op in keep]
+    only = args.providers.split(",") if args.providers else None
+    run = open_run(args, title="benches/run_all.py")
+    status = 0
+    with run:
+        for spec in dict.fromkeys(s for s, _, _ in plan):
+            try:
+                run_checks(run, spec, dtype=args.dtype, only=only)
+            except CheckFailed as e:
+                print(f"CHECK FAILED: {e}", flush=True)
+                status = 1
+        if status:
+            print("# correctness check failed: nothing timed")
+            return status
+        for spec, params, big in plan:
+            print(flush=True)
+            run_case(run, spec, params, dtype=args.dtype, only=only,
+                     warmup=args.big_warmup if big else args.warmup, repeats=args.repeats,
+                     memory=not args.no_memory, variants=args.variants)
+        print()
+        run.measure_matmul(when="end")  # the log shows the drift
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
