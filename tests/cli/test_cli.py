@@ -30,11 +30,14 @@ def test_bench_tiny_writes_csv(tmp_path, capsys):
     out = tmp_path / "bench.csv"
     assert main(["bench", "--tiny", "--threads", "2", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "retrieval ranks identical to the reference: True" in text
+    assert "check retrieval_ranks: ours float32: ranks identical to the reference" in text
     rows = list(csv.DictReader(out.open()))
+    assert [r["provider"] for r in rows if r["op"] == "matmul"] == ["torch.mm"]  # the yardstick
+    rows = [r for r in rows if r["op"] != "matmul"]
     ops = {r["op"] for r in rows}
     assert ops == {"s2l_loss", "retrieval_ranks", "topk_retrieve", "arctan_l2_similarity"}
-    assert {r["provider"] for r in rows} == {"reference", "cpu"}
+    assert {r["provider"] for r in rows} == {"naive", "ours"}
+    assert all(r["repeats"] == "3" and r["warmup"] == "1" and r["status"] == "ok" for r in rows)
     assert all(float(r["median_s"]) > 0 for r in rows)
     assert all(r["threads"] == "2" for r in rows)
 
