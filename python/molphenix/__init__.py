@@ -13,7 +13,7 @@ from molphenix._ext import build_info, has_cuda, has_extension
 from molphenix._version import __version__
 
 __all__ = ["__version__", "build_info", "has_cuda", "has_extension", "ops", "data", "nn", "losses",
-           "list_models", "create_model"]
+           "list_models", "create_model", "load_run"]
 
 
 def __getattr__(name: str):  # lazy subpackages: keep `import molphenix` light
@@ -25,4 +25,8 @@ def __getattr__(name: str):  # lazy subpackages: keep `import molphenix` light
         from molphenix import nn as _nn
 
         return getattr(_nn, name)
+    if name == "load_run":  # molphenix.train.load_run (imports torch on first use)
+        from molphenix.train import load_run
+
+        return load_run
     raise AttributeError(f"module 'molphenix' has no attribute {name!r}")

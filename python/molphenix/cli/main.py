@@ -88,6 +88,17 @@ def _register_data_commands() -> None:
 _register_data_commands()
 
 
+def _register_train_commands() -> None:
+    try:
+        from molphenix.cli.train import register
+    except ImportError:  # the training stack's dependencies are missing
+        return
+    register(app)
+
+
+_register_train_commands()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the CLI in-process (tests call ``main([...])``); returns the exit code.
 
