@@ -18,6 +18,6 @@ if [ ! -f "$bdir/CMakeCache.txt" ]; then
     -DMOLPHENIX_WITH_CUDA="$cuda" -DMOLPHENIX_CUDA_ARCHS="$archs" >/dev/null
 fi
 cmake --build "$bdir" -j "${JOBS:-2}"
-so=$(ls "$bdir"/_C*.so)
+so=$(ls "$bdir"/csrc/_C*.so)
 ln -sf "$so" "$root/python/molphenix/$(basename "$so")"
 echo "built $so"

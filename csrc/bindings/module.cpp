@@ -24,6 +24,9 @@
 #ifndef MOLPHENIX_CUDA_ARCHS
 #define MOLPHENIX_CUDA_ARCHS ""
 #endif
+#ifndef MOLPHENIX_CUDA_REASON
+#define MOLPHENIX_CUDA_REASON ""  // why CUDA was (not) built: cmake/options.cmake
+#endif
 
 namespace py = pybind11;
 using namespace molphenix;
@@ -430,6 +433,7 @@ py::dict build_info() {
   d["cuda_runtime_version"] = py::none();
   d["cuda_runtime_linkage"] = py::none();
 #endif
+  d["cuda_reason"] = MOLPHENIX_CUDA_REASON;
   return d;
 }
 
