@@ -308,6 +308,8 @@ class MolphenixGroup(typer.core.TyperGroup):
                 raise typer.Abort() from e
         except typer.Exit as e:
             return int(e.exit_code or 0)
+        except SystemExit as e:  # a command called sys.exit(...)
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         except _NO_ARGS_HELP as e:
             text = e.format_message()
             if text:  # typer's rich help prints itself and leaves the message empty
