@@ -410,7 +410,7 @@ def fit_ridge(dataset, splits=None, *, config: Optional[RidgeConfig] = None,
         cfg_d = asdict(cfg)
         cfg_d["alphas"] = list(cfg.alphas)
         (out_path / "ridge_fit.json").write_text(json.dumps(cfg_d, indent=2) + "\n")
-        tmp = out_path / (METRICS_FILE + ".tmp")
-        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-        os.replace(tmp, out_path / METRICS_FILE)
+        from molphenix.eval import write_metrics
+
+        write_metrics(out_path / METRICS_FILE, metrics)
     return RidgeResult(model=model, metrics=metrics, grid=grid, out=out_path)
