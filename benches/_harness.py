@@ -23,9 +23,18 @@ try:  # prefer the installed package; fall back to the checkout (with a dev-buil
 except ImportError:
     sys.path.insert(0, str(HERE.parent / "python"))
 
-from molphenix.benchmark import CheckFailed, Run, default_results_dir, run_case, run_checks  # noqa: E402
+from molphenix.benchmark import (  # noqa: E402
+    CheckFailed,
+    Provider,
+    Row,
+    Run,
+    default_results_dir,
+    run_case,
+    run_checks,
+    time_interleaved,
+)
 
-__all__ = ["parser", "open_run", "run_op", "parse_sizes", "CheckFailed", "RESULTS"]
+__all__ = ["parser", "open_run", "run_op", "parse_sizes", "time_provider", "CheckFailed", "Row", "RESULTS"]
 
 RESULTS = HERE / "results"
 
@@ -62,7 +71,7 @@ def parse_sizes(text: str, names: Sequence[str]) -> List[Dict[str, int]]:
     return out
 
 
-def open_run(args: argparse.Namespace, *, title: str) -> Run:
+def open_run(args: argparse.Namespace, *, title: str, matmul: bool = True) -> Run:
     if args.device == "cuda":
         import torch
 
@@ -76,7 +85,8 @@ def open_run(args: argparse.Namespace, *, title: str) -> Run:
     cap = args.mem_cap_gb if args.mem_cap_gb is not None else (None if args.device == "cuda" else 9.0)
     run = Run(device=args.device, threads=args.threads, results_dir=rdir, title=title,
               mem_cap_bytes=int(cap * 2**30) if cap else None)
-    run.measure_matmul()
+    if matmul:
+        run.measure_matmul()
     return run
 
 
@@ -93,3 +103,18 @@ def run_op(run: Run, spec, cases: Sequence[Dict[str, Any]], args: argparse.Names
     for params in cases:
         run_case(run, spec, params, dtype=args.dtype, only=only, warmup=args.warmup,
                  repeats=repeats or args.repeats, memory=not args.no_memory, variants=args.variants)
+
+
+def time_provider(run: Run, op: str, provider: str, case: Dict[str, Any], fn, *, work: Optional[float] = None,
+                  unit: str = "", warmup: int = 1, repeats: int = 3, dtype: str = "float32", notes: str = "",
+                  peak_bytes: Optional[int] = None, mem_counted: str = "") -> Row:
+    """A single-provider row (the data-layer benchmarks): warm-up, repeats, median; memory as the
+    caller measured it (``mem_counted`` says what)."""
+    t = time_interleaved([Provider(provider, fn)], device=run.device, warmup=warmup, repeats=repeats)[provider]
+    row = Row(op=op, provider=provider, case=dict(case), dtype=dtype, device=run.device, threads=run.threads,
+              warmup=warmup, times=t, work=work, unit=unit, peak_mem_bytes=peak_bytes, mem_counted=mem_counted,
+              notes=notes)
+    print(f"  {op:22s} {provider:14s} median {row.median:9.4f} s (min {min(t):.4f}, max {max(t):.4f}, n={len(t)})",
+          flush=True)
+    run.add(row)
+    return row

@@ -4,8 +4,8 @@
     python benches/bench_featurize.py --quick   # 300 molecules
 
 Providers: morgan (r=2, 2048 counts), maccs, rdkit2d (all 2D descriptors), graph (atom/bond
-features) and morgan_cached (a warm Parquet cache lookup). Rows are appended to
-benches/results/<machine>.csv through the shared harness.
+features) and morgan_cached (a warm Parquet cache lookup). Rows go to the run's results directory
+(results.csv + run.log) through the shared harness; no memory is measured.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import finish, measure, parser, set_threads  # noqa: E402
+from _harness import open_run, parser, time_provider  # noqa: E402
 
 from molphenix.data import featurize as F  # noqa: E402
 from molphenix.data.simulator import LIBRARY_A, _clean, load_library_smiles  # noqa: E402
@@ -40,39 +40,42 @@ def main(argv=None) -> int:
     p = parser(__doc__.split("\n")[0])
     p.add_argument("--molecules", type=int, default=None)
     a = p.parse_args(argv)
-    threads = set_threads(a.threads)
+    a.device = "cpu"
     n = a.molecules or (300 if a.quick else 2000)
     smiles = molecules(n)
     case = {"molecules": len(smiles)}
-    rows = []
     feats = {
         "morgan": F.MorganCounts(radius=2, n_bits=2048),
         "maccs": F.MACCSKeys(),
         "rdkit2d": F.RDKitDescriptors(),
     }
-    for name, f in feats.items():
-        x = f(smiles)  # correctness before timing
-        assert x.shape == (len(smiles), f.dim) and np.isfinite(x).all()
-        rows.append(measure("featurize", name, case, lambda f=f: f(smiles), dtype="float32", threads=threads,
-                            work=len(smiles), work_unit="mol/s", warmup=0, repeats=a.repeats, memory=False))
     g = F.GraphFeaturizer()
 
     def graphs():
         return F.collate_graphs(g(smiles))
 
-    assert graphs().num_graphs == len(smiles)
-    rows.append(measure("featurize", "graph", case, graphs, dtype="float32", threads=threads,
-                        work=len(smiles), work_unit="mol/s", warmup=0, repeats=a.repeats, memory=False))
-    tmp = Path(tempfile.mkdtemp(prefix="bench-feat-"))
-    try:
-        F.featurize(smiles, feats["morgan"], cache_dir=tmp)  # fill the cache
-        rows.append(measure("featurize", "morgan_cached", case,
-                            lambda: F.featurize(smiles, feats["morgan"], cache_dir=tmp), dtype="float32",
-                            threads=threads, work=len(smiles), work_unit="mol/s", warmup=1,
-                            repeats=a.repeats, memory=False))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    finish(rows, out=a.out)
+    # correctness before timing
+    for name, f in feats.items():
+        x = f(smiles)
+        if not (x.shape == (len(smiles), f.dim) and np.isfinite(x).all()):
+            print(f"CHECK FAILED: featurizer {name} gave shape {x.shape} or non-finite values")
+            return 1
+    if graphs().num_graphs != len(smiles):
+        print("CHECK FAILED: graph featurizer lost molecules")
+        return 1
+    run = open_run(a, title="bench_featurize", matmul=False)
+    with run:
+        kw = dict(work=len(smiles), unit="mol/s", warmup=1, repeats=a.repeats)
+        for name, f in feats.items():
+            time_provider(run, "featurize", name, case, lambda f=f: f(smiles), **kw)
+        time_provider(run, "featurize", "graph", case, graphs, **kw)
+        tmp = Path(tempfile.mkdtemp(prefix="bench-feat-"))
+        try:
+            F.featurize(smiles, feats["morgan"], cache_dir=tmp)  # fill the cache
+            time_provider(run, "featurize", "morgan_cached", case,
+                          lambda: F.featurize(smiles, feats["morgan"], cache_dir=tmp), **kw)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -1,386 +1,117 @@
-"""GPU benchmarks of the molphenix CUDA kernels (the issue's targets), one run < ~2 minutes on an H100.
+"""GPU benchmarks of the molphenix CUDA kernels: the same harness, op definitions and CSV layout as
+the CPU benchmarks (``molphenix.benchmark``), at GPU sizes, bfloat16, with the kernel variants.
 
-Providers: ``naive`` (the torch reference, materialising B x B), ``chunked`` (torch in row
-chunks), ``ours`` (molphenix backend="cuda"), ``matmul`` (torch.matmul's bf16 rate on a GEMM with
-the op's inner dimension; its row reports the time the op's useful FLOPs take at that rate).
-Timing: CUDA events, warm-up, median of repeats; peak memory from torch.cuda.max_memory_allocated.
-Rows are appended to --out (CSV) and printed as a markdown table.
+Providers per case: ``naive`` (the torch reference; skipped, with a row saying so, where it does
+not fit the free GPU memory), ``chunked`` (torch in row blocks), ``ours`` (backend="cuda") and the
+variants ``ours-simple`` (the 64x64 WMMA mainloop), and for S2L ``ours-atomic`` (float atomics for
+dQ), ``ours-1blk`` (1 block/SM) and ``ours-uSIMT`` (u.v^T on fp32 SIMT). Every provider of a case:
+the same warm-up and interleaved repeats (CUDA events), peak memory from torch's allocator
+counters. torch.mm's bf16 rate (8192^3) is measured first in the same run ("% of mm"). Each op's
+correctness check runs first: a failure is logged, that op is not timed, and the script exits 1
+after the other ops ran. The big S2L batch (``--big-b``) runs ``ours`` alone, at the largest power
+of two below it whose three calls fit ``--big-budget-s`` (estimated from the first case).
 
-    python benches/bench_gpu.py --out benches/results/h100.csv [--quick]
+    python benches/bench_gpu.py --results-dir OUT [--quick]      # OUT/results.csv + OUT/run.log
+    python benches/bench_gpu.py --device cpu --quick --no-save    # the same code path on the CPU
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import math
-import os
-import statistics
-import subprocess
 import sys
 import time
+import traceback
 
-import torch
+from _harness import open_run, parser
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "python"))
+from molphenix.benchmark import CheckFailed, run_case, run_checks
+from molphenix.benchmark.cases import ARCTAN, RANKS, S2L, TOPK
 
-import molphenix.ops as ops  # noqa: E402
-from molphenix.ops import _reference as R  # noqa: E402
-
-DEV = "cuda"
-ROWS = []
-T_START = time.time()
-
-
-_SHA = None
+SIZES = {
+    "full": dict(s2l=(32768, 256, 384), ranks=(1_000_000, 1_000_000, 256), topk=(10_000, 1_000_000, 256),
+                 arctan=(8192, 384)),
+    "quick": dict(s2l=(4096, 256, 384), ranks=(20_000, 50_000, 256), topk=(1000, 50_000, 256), arctan=(2048, 384)),
+    "cpu": dict(s2l=(512, 64, 32), ranks=(1000, 2000, 64), topk=(200, 2000, 64), arctan=(256, 64)),
+}
 
 
-def git_sha() -> str:
-    """Commit of the checkout, once. The GPU machine's copy of the tree can carry a .git without
-    history (run 1: `fatal: Needed a single revision` on every call), so stderr is silenced and
-    MOLPHENIX_GIT_SHA (set by scripts/gpu_validate.sh from the host checkout) is the fallback."""
-    global _SHA
-    if _SHA is None:
-        _SHA = os.environ.get("MOLPHENIX_GIT_SHA", "") or "unknown"
+def main(argv=None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.set_defaults(device="cuda")
+    p.add_argument("--only", default="s2l,topk,arctan,ranks", help="comma-separated: s2l,topk,arctan,ranks")
+    p.add_argument("--big-b", type=int, default=1 << 20, help="the big S2L batch (ours only)")
+    p.add_argument("--big-budget-s", type=float, default=60.0, help="time budget of the big S2L batch")
+    args = p.parse_args(argv)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("no CUDA GPU: nothing to benchmark (use --device cpu to exercise this script)")
+            return 0
+    sz = SIZES["cpu" if args.device == "cpu" else "quick" if args.quick else "full"]
+    big_b = min(args.big_b, 8 * sz["s2l"][0]) if (args.quick or args.device == "cpu") else args.big_b
+    only = args.providers.split(",") if args.providers else None
+    args.variants = True
+    t_start = time.time()
+    run = open_run(args, title="benches/bench_gpu.py")
+    status = 0
+
+    def step(spec, cases, warmup):
+        nonlocal status
         try:
-            out = subprocess.run(["git", "rev-parse", "--verify", "-q", "--short=12", "HEAD"],
-                                 cwd=ROOT, text=True, capture_output=True, timeout=10)
-            if out.returncode == 0 and out.stdout.strip():
-                _SHA = out.stdout.strip()
-        except Exception:
-            pass
-    return _SHA
+            run_checks(run, spec, dtype=args.dtype, only=only)
+        except CheckFailed as e:
+            print(f"CHECK FAILED: {e}", flush=True)
+            status = 1
+            return []
+        rows = []
+        for params in cases:
+            rows += run_case(run, spec, params, dtype=args.dtype, only=only, warmup=warmup,
+                             repeats=args.repeats, memory=not args.no_memory, variants=True)
+        return rows
 
+    with run:
+        steps = [s for s in args.only.split(",") if s]
+        for name in steps:
+            print(f"\n## {name}", flush=True)
+            try:
+                if name == "s2l":
+                    B, D, E = sz["s2l"]
+                    rows = step(S2L, [{"B": B, "D": D, "E": E}], args.warmup)
+                    ours = [r for r in rows if r.provider == "ours" and r.times]
+                    if ours and big_b > B:
+                        bb = big_b
+                        while bb > B and 3 * ours[0].median * (bb / B) ** 2 > args.big_budget_s:
+                            bb //= 2
+                        est = ours[0].median * (bb / B) ** 2
+                        print(f"big batch: B={big_b} asked, B={bb} fits the budget ({args.big_budget_s:.0f} s "
+                              f"for 3 calls; about {est:.1f} s each)", flush=True)
+                        if bb > B:
+                            run_case(run, S2L, {"B": bb, "D": D, "E": E}, dtype=args.dtype, only=["ours"],
+                                     warmup=0, repeats=args.repeats, memory=not args.no_memory)
+                elif name == "topk":
+                    Q, N, D = sz["topk"]
+                    step(TOPK, [{"Q": Q, "N": N, "D": D, "fraction": 0.01}], args.warmup)
+                elif name == "arctan":
+                    N, E = sz["arctan"]
+                    step(ARCTAN, [{"N": N, "M": N, "E": E, "threshold": 0.75, "pass": "fwd+bwd"}], args.warmup)
+                elif name == "ranks":
+                    Q, N, D = sz["ranks"]
+                    # one call takes seconds at 1M x 1M: no warm-up call (the same for every provider)
+                    step(RANKS, [{"Q": Q, "N": N, "D": D}], 0 if Q * N >= 1e11 else args.warmup)
+                else:
+                    print(f"unknown step {name!r}")
+                    status = 1
+            except Exception as e:  # one failing benchmark must not hide the others
+                print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
+                traceback.print_exc(file=sys.stdout)
+                status = 1
+                if args.device == "cuda":
+                    import torch
 
-def mainloop(mode):
-    """MOLPHENIX_CUDA_MAINLOOP for the bf16/f16 engines: "fast" (default) or "simple"."""
-    os.environ["MOLPHENIX_CUDA_MAINLOOP"] = mode
-
-
-def timed(fn, reps=3, warmup=1):
-    """Median seconds over ``reps`` CUDA-event timings, and the peak memory (MB) of one call."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    peak = torch.cuda.max_memory_allocated() / 2**20
-    return statistics.median(times), peak, base / 2**20
-
-
-def add(op, provider, sizes, dtype, sec, flops, peak_mb, note=""):
-    row = dict(op=op, provider=provider, sizes=sizes, dtype=str(dtype).replace("torch.", ""),
-               median_s=f"{sec:.6g}" if sec is not None else "",
-               tflops=f"{flops / sec / 1e12:.2f}" if (sec and flops) else "",
-               peak_mb=f"{peak_mb:.0f}" if peak_mb is not None else "", note=note)
-    ROWS.append(row)
-    print(f"  {op:22s} {provider:14s} {sizes:28s} {row['median_s']:>10s} s {row['tflops']:>8s} TFLOP/s "
-          f"peak {row['peak_mb']:>7s} MB {note}", flush=True)
-
-
-def matmul_rate(k_inner: int, dtype=torch.bfloat16, m=16384) -> float:
-    """torch.matmul FLOP/s on [m, k] @ [k, m] (the limit the op is compared with)."""
-    a = torch.randn(m, k_inner, device=DEV, dtype=dtype)
-    b = torch.randn(k_inner, m, device=DEV, dtype=dtype)
-    sec, _, _ = timed(lambda: a @ b, reps=5, warmup=2)
-    del a, b
-    torch.cuda.empty_cache()
-    return 2.0 * m * m * k_inner / sec
-
-
-def oom_safe(fn):
-    try:
-        return fn()
-    except torch.cuda.OutOfMemoryError as e:  # report, do not abort the run
-        torch.cuda.empty_cache()
-        return e
-
-
-# ---------------------------------------------------------------------------------------------
-def bench_s2l(B, D, E, dtype, big_b, budget_big_s):
-    print(f"\n## s2l_loss forward+backward, {dtype}, B={B}, D={D}, E={E}")
-    g = torch.Generator(device=DEV).manual_seed(0)
-    p = torch.nn.functional.normalize(torch.randn(B, D, device=DEV, generator=g), dim=1).to(dtype)
-    q = torch.nn.functional.normalize(torch.randn(B, D, device=DEV, generator=g), dim=1).to(dtype)
-    u = 0.011 * torch.randn(B, E, device=DEV, generator=g)
-    flops = 2.0 * B * B * (3 * D + E)
-    sizes = f"B={B} D={D} E={E}"
-
-    # correctness check before timing (small slice vs the float64 reference)
-    n = min(B, 1024)
-    ours_small = ops.s2l_loss(p[:n], q[:n], 10.0, -10.0, u[:n], backend="cuda")
-    ref_small = R.s2l_loss(p[:n].double(), q[:n].double(), 10.0, -10.0, u[:n].double())
-    err = abs(float(ours_small) - float(ref_small)) / max(1.0, abs(float(ref_small)))
-    print(f"  check: |loss - ref| / max(1, |ref|) = {err:.2e} at B={n}")
-
-    def leaf():
-        return (p.clone().requires_grad_(), q.clone().requires_grad_(),
-                torch.tensor(10.0, device=DEV, requires_grad=True),
-                torch.tensor(-10.0, device=DEV, requires_grad=True))
-
-    def naive():
-        pp, qq, t, b = leaf()
-        R.s2l_loss(pp, qq, t, b, u).backward()
-
-    def chunked(chunk=4096):
-        pp, qq, t, b = leaf()
-        for r0 in range(0, B, chunk):
-            r1 = min(B, r0 + chunk)
-            R.s2l_loss(pp[r0:r1], qq, t, b, u[r0:r1], u_cols=u, diag_offset=r0,
-                       normalizer=float(B)).backward()
-
-    def ours(det=True):
-        pp, qq, t, b = leaf()
-        ops.s2l_loss(pp, qq, t, b, u, backend="cuda", deterministic=det).backward()
-
-    for name, fn in (("naive", naive), ("chunked", chunked)):
-        res = oom_safe(lambda: timed(fn, reps=2))
-        if isinstance(res, Exception):
-            add("s2l_loss", name, sizes, dtype, None, flops, None, "OOM: " + str(res).split("\n")[0][:80])
-        else:
-            add("s2l_loss", name, sizes, dtype, res[0], flops, res[1])
-    t_ours = None
-    base = {r["provider"]: float(r["median_s"]) for r in ROWS
-            if r["op"] == "s2l_loss" and r["sizes"] == sizes and r["median_s"]}
-    rate = matmul_rate(3 * D + E, dtype)
-    best = None
-    fastest = None
-    for name, mode, occ, det in (("ours", "fast", "2", True), ("ours-atomic", "fast", "2", False),
-                                 ("ours-1blk", "fast", "1", True), ("ours-simple", "simple", "1", True)):
-        mainloop(mode)
-        os.environ["MOLPHENIX_S2L_BLOCKS_PER_SM"] = occ
-        sec, peak, _ = timed(lambda: ours(det), reps=3)
-        vs = ", ".join(f"{base[k] / sec:.2f}x {k}" for k in ("naive", "chunked") if k in base)
-        add("s2l_loss", name, sizes, dtype, sec, flops, peak,
-            f"{mode} engine, {occ} block/SM, " +
-            ("deterministic" if det else "fast mode: float atomics for dQ") +
-            f"; {vs}; {100 * flops / sec / rate:.1f}% of matmul rate")
-        if det and (best is None or sec < best[0]):
-            best = (sec, mode, occ)
-        if fastest is None or sec < fastest[0]:
-            fastest = (sec, mode, occ, det)
-    t_det = best[0]
-    # The big batch runs in the fastest measured configuration (the atomic mode when it wins).
-    t_ours, best_mode, best_occ, big_det = fastest
-    mainloop(best_mode)
-    os.environ["MOLPHENIX_S2L_BLOCKS_PER_SM"] = best_occ
-    if dtype in (torch.bfloat16, torch.float16):
-        os.environ["MOLPHENIX_S2L_U_SIMT"] = "1"
-        sec, peak, _ = timed(lambda: ours(True), reps=2)
-        del os.environ["MOLPHENIX_S2L_U_SIMT"]
-        add("s2l_loss", "ours-uSIMT", sizes, dtype, sec, flops, peak, "u.v^T on fp32 SIMT")
-    add("s2l_loss", "matmul", sizes, dtype, flops / rate, flops, None,
-        f"torch.matmul {dtype} rate on K={3 * D + E}")
-    del p, q, u
-    torch.cuda.empty_cache()
-
-    # the big batch: no B x B storage; shrink B if the estimated time exceeds the budget
-    bb = big_b
-    est = t_ours * (bb / B) ** 2
-    print(f"  B={big_b}: estimated {est:.0f} s from B={B} ({'deterministic' if big_det else 'atomic'}; "
-          f"deterministic {t_det * (bb / B) ** 2:.0f} s; budget {budget_big_s:.0f} s)")
-    while bb > B and t_ours * (bb / B) ** 2 > budget_big_s:
-        bb //= 2
-    if bb < big_b:
-        print(f"  B={big_b} NOT run (over the budget); running B={bb}")
-    if bb <= B:
-        print("  (big-batch run skipped: over the time budget)")
-        return
-    p = torch.nn.functional.normalize(torch.randn(bb, D, device=DEV, generator=g), dim=1).to(dtype)
-    q = torch.nn.functional.normalize(torch.randn(bb, D, device=DEV, generator=g), dim=1).to(dtype)
-    u = 0.011 * torch.randn(bb, E, device=DEV, generator=g)
-    B = bb
-
-    def big():
-        pp, qq = p.requires_grad_(), q.requires_grad_()
-        pp.grad = None
-        qq.grad = None
-        ops.s2l_loss(pp, qq, 10.0, -10.0, u, backend="cuda", deterministic=big_det).backward()
-
-    torch.cuda.synchronize()
-    inputs_mb = torch.cuda.memory_allocated() / 2**20
-    sec, peak, _ = timed(big, reps=1, warmup=0)
-    add("s2l_loss", "ours", f"B={bb} D={D} E={E}", dtype, sec, 2.0 * bb * bb * (3 * D + E), peak,
-        f"{best_mode} engine, {best_occ} block/SM, {'deterministic' if big_det else 'atomic dQ'}; no BxB storage; inputs {inputs_mb:.0f} MB; B*B*4 bytes would be {bb * bb * 4 / 2**30:.0f} GiB")
-    del p, q, u
-    mainloop("fast")
-    os.environ.pop("MOLPHENIX_S2L_BLOCKS_PER_SM", None)
-    torch.cuda.empty_cache()
-
-
-def bench_ranks(Q, N, D, dtype):
-    print(f"\n## retrieval_ranks, {dtype}, Q={Q}, N={N}, D={D}")
-    g = torch.Generator(device=DEV).manual_seed(1)
-    q = torch.nn.functional.normalize(torch.randn(Q, D, device=DEV, generator=g), dim=1).to(dtype)
-    c = torch.nn.functional.normalize(torch.randn(N, D, device=DEV, generator=g), dim=1).to(dtype)
-    t = torch.randint(0, N, (Q,), device=DEV, generator=g)
-    flops = 2.0 * Q * N * D
-    sizes = f"Q={Q} N={N} D={D}"
-    # correctness check on a slice
-    qs, ts = q[:256], t[:256]
-    r_ours = ops.retrieval_ranks(qs, c, ts, metric="dot", backend="cuda")
-    keys = qs.float() @ c.float().T
-    tk = keys.gather(1, ts[:, None])
-    r_ref = (keys >= tk).sum(1) - 1
-    print(f"  check: ranks differ from an fp32 torch recount at {int((r_ours != r_ref).sum())} of 256 "
-          f"queries (near-ties only)")
-
-    def ours():
-        ops.retrieval_ranks(q, c, t, metric="dot", backend="cuda")
-
-    def chunked(chunk=4096):
-        out = torch.empty(Q, dtype=torch.int64, device=DEV)
-        for r0 in range(0, Q, chunk):
-            s = q[r0:r0 + chunk] @ c.T
-            tk = s.gather(1, t[r0:r0 + chunk, None])
-            out[r0:r0 + chunk] = (s >= tk).sum(1) - 1
-        return out
-
-    rate = matmul_rate(D, dtype)
-    t_ch, peak_ch, _ = timed(chunked, reps=1, warmup=0)
-    for mode in ("fast", "simple"):
-        mainloop(mode)
-        sec, peak, _ = timed(ours, reps=1, warmup=1 if mode == "fast" else 0)
-        add("retrieval_ranks", "ours" if mode == "fast" else "ours-simple", sizes, dtype, sec, flops,
-            peak, f"{mode} mainloop; {t_ch / sec:.2f}x chunked; {100 * flops / sec / rate:.1f}% of matmul rate")
-    mainloop("fast")
-    add("retrieval_ranks", "chunked", sizes, dtype, t_ch, flops, peak_ch, "torch matmul + compare, 4096-row chunks")
-    add("retrieval_ranks", "matmul", sizes, dtype, flops / rate, flops, None, f"torch.matmul rate on K={D}")
-    del q, c, t
-    torch.cuda.empty_cache()
-
-
-def bench_topk(Q, N, D, frac, dtype):
-    k = max(1, math.ceil(frac * N))
-    print(f"\n## topk_retrieve, {dtype}, Q={Q}, N={N}, D={D}, k={k}")
-    g = torch.Generator(device=DEV).manual_seed(2)
-    q = torch.randn(Q, D, device=DEV, generator=g).to(dtype)
-    c = torch.randn(N, D, device=DEV, generator=g).to(dtype)
-    sizes = f"Q={Q} N={N} D={D} k={k}"
-    flops = 2.0 * Q * N * D
-    s_o, i_o = ops.topk_retrieve(q[:8], c, k=k, metric="dot", backend="cuda")
-    ref = torch.topk(q[:8].float() @ c.float().T, k, dim=1)
-    agree = float((torch.sort(i_o, 1).values == torch.sort(ref.indices, 1).values).float().mean())
-    print(f"  check: index sets agree with torch.topk (fp32) on {agree * 100:.3f}% of entries")
-
-    def ours():
-        ops.topk_retrieve(q, c, k=k, metric="dot", backend="cuda")
-
-    def chunked(chunk=1024):
-        for r0 in range(0, Q, chunk):
-            torch.topk(q[r0:r0 + chunk] @ c.T, k, dim=1)
-
-    for mode in ("fast", "simple"):
-        mainloop(mode)
-        sec, peak, _ = timed(ours, reps=1 if mode == "simple" else 3, warmup=1 if mode == "fast" else 0)
-        add("topk_retrieve", "ours" if mode == "fast" else "ours-simple", sizes, dtype, sec, flops,
-            peak, f"{mode} mainloop; {Q / sec:,.0f} queries/s")
-    mainloop("fast")
-    sec, peak, _ = timed(chunked, reps=1, warmup=0)
-    add("topk_retrieve", "chunked", sizes, dtype, sec, flops, peak,
-        f"torch matmul + torch.topk; {Q / sec:,.0f} queries/s")
-    del q, c
-    torch.cuda.empty_cache()
-
-
-def bench_arctan(N, E, dtype):
-    print(f"\n## arctan_l2_similarity forward+backward, {dtype}, N=M={N}, E={E}")
-    g = torch.Generator(device=DEV).manual_seed(3)
-    a = (0.011 * torch.randn(N, E, device=DEV, generator=g)).to(dtype)
-    b = (0.011 * torch.randn(N, E, device=DEV, generator=g)).to(dtype)
-    gout = torch.randn(N, N, device=DEV, generator=g).to(dtype)
-    flops = 2.0 * N * N * E * 3
-    sizes = f"N=M={N} E={E}"
-
-    def run(backend):
-        aa, bb = a.clone().requires_grad_(), b.clone().requires_grad_()
-        if backend == "naive":
-            s = R.arctan_l2_similarity(aa, bb, threshold=0.75)
-        else:
-            s = ops.arctan_l2_similarity(aa, bb, threshold=0.75, backend="cuda")
-        s.backward(gout)
-
-    for name in ("naive", "ours"):
-        sec, peak, _ = timed(lambda: run(name), reps=3)
-        add("arctan_l2_similarity", name, sizes, dtype, sec, flops, peak)
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default=None, help="CSV file to append rows to")
-    ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
-    ap.add_argument("--only", default="s2l,ranks,topk,arctan")
-    ap.add_argument("--big-b", type=int, default=1 << 20)
-    ap.add_argument("--big-budget-s", type=float, default=100.0)
-    args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("no CUDA GPU: nothing to benchmark")
-        return 0
-    gpu = torch.cuda.get_device_name(0)
-    print(f"# molphenix GPU benchmarks on {gpu}; torch {torch.__version__} (CUDA {torch.version.cuda}); "
-          f"git {git_sha()}")
-    only = set(args.only.split(","))
-    if args.quick:
-        sizes = dict(s2l=(4096, 256, 384), big=8192, ranks=(20000, 50000, 256), topk=(1000, 50000),
-                     arctan=(2048, 384))
-    else:
-        sizes = dict(s2l=(32768, 256, 384), big=args.big_b, ranks=(1_000_000, 1_000_000, 256),
-                     topk=(10_000, 1_000_000), arctan=(8192, 384))
-    steps = []
-    if "s2l" in only:
-        steps.append(lambda: bench_s2l(*sizes["s2l"], torch.bfloat16, sizes["big"], args.big_budget_s))
-    if "topk" in only:
-        steps.append(lambda: bench_topk(sizes["topk"][0], sizes["topk"][1], 256, 0.01, torch.bfloat16))
-    if "arctan" in only:
-        steps.append(lambda: bench_arctan(*sizes["arctan"], torch.bfloat16))
-    if "ranks" in only:
-        steps.append(lambda: bench_ranks(*sizes["ranks"], torch.bfloat16))
-    for step in steps:
-        try:
-            step()
-        except Exception as e:  # one failing benchmark must not hide the others
-            print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
-            torch.cuda.empty_cache()
-        finally:
-            flush_csv(args.out, gpu)
-
-    print("\n| op | provider | sizes | dtype | median s | TFLOP/s | peak MB | note |")
-    print("|---|---|---|---|---:|---:|---:|---|")
-    for r in ROWS:
-        print(f"| {r['op']} | {r['provider']} | {r['sizes']} | {r['dtype']} | {r['median_s']} | "
-              f"{r['tflops']} | {r['peak_mb']} | {r['note']} |")
-    print(f"\ntotal bench time {time.time() - T_START:.0f} s")
-    return 0
-
-
-_WRITTEN = 0
-
-
-def flush_csv(path, gpu):
-    global _WRITTEN
-    if not path or _WRITTEN == len(ROWS):
-        return
-    new = not os.path.exists(path)
-    fields = ["op", "provider", "sizes", "dtype", "median_s", "tflops", "peak_mb", "note", "gpu",
-              "torch", "cuda", "git_sha"]
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        if new:
-            w.writeheader()
-        for r in ROWS[_WRITTEN:]:
-            w.writerow(dict(r, gpu=gpu, torch=torch.__version__, cuda=torch.version.cuda,
-                            git_sha=git_sha()))
-    _WRITTEN = len(ROWS)
+                    torch.cuda.empty_cache()
+        print(f"\ntotal bench time {time.time() - t_start:.0f} s")
+    return status
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -5,7 +5,8 @@
 #   build.log       the CMake/nvcc build
 #   pytest.log      python -m pytest tests/ops (summary line copied into gpu_run.log)
 #   sanitizer.log   compute-sanitizer --tool memcheck on the `small` CUDA tests
-#   bench.log       benches/bench_gpu.py (markdown table); gpu_bench.csv its rows
+#   bench.log       benches/bench_gpu.py's output; results.csv its rows and run.log its raw log
+#                   (the one benchmark layout of benches/results: molphenix.benchmark.CSV_FIELDS)
 # Each stage has a time limit and the script goes on when one fails, so one run yields as much as
 # possible. Usage:  scripts/gpu_validate.sh OUTDIR   (env: ARCH=90-real, PYTHON=python3,
 # STAGES="build test sanitize bench", BENCH_ARGS=..., T_BUILD/T_CUDA_TESTS/T_OTHER_TESTS/
@@ -108,7 +109,7 @@ fi
 if has bench; then
   say "bench: benches/bench_gpu.py"
   t0=$(date +%s)
-  timeout ${T_BENCH:-200} $py benches/bench_gpu.py --out "$out/gpu_bench.csv" ${BENCH_ARGS:-} > "$out/bench.log" 2>&1
+  timeout ${T_BENCH:-200} $py benches/bench_gpu.py --results-dir "$out" ${BENCH_ARGS:-} > "$out/bench.log" 2>&1
   rc=$?
   say "bench: rc=$rc in $(( $(date +%s) - t0 )) s"
   cat "$out/bench.log" >> "$log"

@@ -556,7 +556,12 @@ def run_checks(run: Run, spec, *, dtype: str, only: Optional[Sequence[str]] = No
         print(f"  check {spec.op}: {line}", flush=True)
 
 
-def _avail_bytes() -> Optional[int]:
+def _avail_bytes(device: str = "cpu") -> Optional[int]:
+    if device.startswith("cuda"):
+        try:
+            return int(torch.cuda.mem_get_info()[0])
+        except Exception:
+            return None
     try:
         import psutil
 
@@ -583,7 +588,7 @@ def run_case(run: Run, spec, params: Dict[str, Any], *, dtype: str, only: Option
           flush=True)
     rows: Dict[str, Row] = {}
     runnable: List[Provider] = []
-    avail = _avail_bytes() if not run.device.startswith("cuda") else None
+    avail = _avail_bytes(run.device)
     for p in provs:
         row = Row(op=case.op, provider=p.name, case=dict(case.sizes), dtype=dtype, device=run.device,
                   threads=run.threads, warmup=warmup, flops=case.flops, work=case.work, unit=case.unit,
