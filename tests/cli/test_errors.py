@@ -64,6 +64,9 @@ def test_version(capsys):
         (["call-activity", "x", "--cutoff", "2"], "error: --cutoff: must lie in (0, 1]"),
         (["no-such-command"], "error: no such command 'no-such-command'"),
         (["simulate", "--out", "x", "extra"], "error: got unexpected extra argument"),
+        (["simulate", "--out", "x", "--effect-scale", "nan"], "error: --effect-scale: must be finite and >= 0"),
+        (["call-activity", "x", "--cutoff", "nan"], "error: --cutoff: must lie in (0, 1]"),
+        (["call-activity", "x", "--n-null", "0"], "error: --n-null: must be >= 1, got 0"),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(capsys, tmp_path, monkeypatch, argv, expected):
@@ -92,6 +95,13 @@ def test_overwrite_replaces(capsys, tmp_path, tiny_dataset):
                                      "--embedding-dim", "8", "--no-calls", "--overwrite", "--no-progress"])
     assert code == 0, err
     assert "wrote" in stdout
+
+
+def test_dataset_without_its_files_names_the_argument(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, ["call-activity", str(tmp_path / "empty")])
+    assert code == 2
+    assert_one_line(err, f"error: DATASET: {tmp_path / 'empty' / 'wells.parquet'} is missing")
 
 
 def test_out_is_a_file(capsys, tmp_path):

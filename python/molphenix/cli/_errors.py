@@ -69,6 +69,7 @@ __all__ = [
     "CLIError",
     "MolphenixGroup",
     "data_error",
+    "describe_os_error",
     "format_error",
     "non_negative_int",
     "positive_int",
@@ -198,7 +199,8 @@ def _param_flag(param: Any) -> Optional[str]:
     return f"--{name.replace('_', '-')}" if name else None
 
 
-def _os_message(exc: OSError) -> str:
+def describe_os_error(exc: OSError) -> str:
+    """``"<file>: <reason>"`` for an ``OSError`` (``str(exc)`` when it names no file)."""
     if exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror[:1].lower()}{exc.strerror[1:]}"
     return str(exc)
@@ -253,11 +255,11 @@ def format_error(exc: BaseException) -> Optional[Tuple[str, int]]:
     if SchemaError and isinstance(exc, SchemaError):
         return _join(None, str(exc)), 1
     if isinstance(exc, (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)):
-        return _join(None, _os_message(exc)), 2
+        return _join(None, describe_os_error(exc)), 2
     if isinstance(exc, PermissionError):
-        return _join(None, _os_message(exc)), 1
+        return _join(None, describe_os_error(exc)), 1
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return _join(None, _os_message(exc)), 1
+        return _join(None, describe_os_error(exc)), 1
     if isinstance(exc, ValueError):
         return _join(None, str(exc)), 2
     return None

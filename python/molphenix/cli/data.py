@@ -7,6 +7,7 @@ Registered on the app by :func:`register`; errors follow :mod:`molphenix.cli._er
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from molphenix.cli._errors import non_negative_int, positive_int, usage_error
+from molphenix.cli._errors import describe_os_error, non_negative_int, positive_int, usage_error
 from molphenix.data.activity import DEFAULT_CUTOFF
 from molphenix.data.simulator import SimulatorConfig as _D
 
@@ -75,6 +76,8 @@ def simulate_command(
     params = dict(n_molecules=molecules, min_replicates=min_replicates, max_replicates=max_replicates,
                   embedding_dim=embedding_dim, effect_scale=effect_scale,
                   second_library_fraction=second_library_fraction)
+    if not (math.isfinite(effect_scale) and effect_scale >= 0):
+        usage_error("--effect-scale", f"must be finite and >= 0, got {effect_scale}")
     try:
         _D(**params)  # validate before anything is written
     except ValueError as exc:
@@ -87,6 +90,8 @@ def simulate_command(
     except BaseException as exc:
         if not existed and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # leave no empty directory behind a failed run
+        if isinstance(exc, (FileNotFoundError, NotADirectoryError, PermissionError)):
+            usage_error("--out", f"cannot write the dataset: {describe_os_error(exc)}")
         if isinstance(exc, ValueError):  # e.g. more molecules than the bundled libraries hold
             _reraise_with_flag(exc, _SIMULATE_FLAGS)
         raise
@@ -108,7 +113,10 @@ def call_activity_command(
         usage_error("--cutoff", f"must lie in (0, 1], got {cutoff}")
     if not dataset.is_dir():
         usage_error("DATASET", f"{dataset}: dataset directory not found")
-    ds = load_dataset(dataset)
+    try:
+        ds = load_dataset(dataset)
+    except FileNotFoundError as exc:  # a required file of the dataset is missing
+        usage_error("DATASET", str(exc))
     try:
         calls = call_activity(ds, cutoff=cutoff, n_null=n_null, seed=seed)
     except ValueError as exc:
