@@ -99,6 +99,19 @@ def _register_train_commands() -> None:
 _register_train_commands()
 
 
+def _register_demo_commands() -> None:
+    try:
+        from molphenix.cli.demo import register as register_demo
+        from molphenix.cli.retrieve import register as register_retrieve
+    except ImportError:  # the training stack's dependencies are missing
+        return
+    register_retrieve(app)
+    register_demo(app)
+
+
+_register_demo_commands()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the CLI in-process (tests call ``main([...])``); returns the exit code.
 
