@@ -77,3 +77,26 @@ def test_warn_helper_at_any_depth(depth):
     _, rec = _caught(lambda: nested(depth))
     assert len(rec) == 1 and rec[0].category is RuntimeWarning
     assert str(Path(rec[0].filename).resolve()) == THIS
+
+
+def test_every_warning_in_the_package_uses_external_stacklevel():
+    # a fixed stacklevel is right for one call path only; see molphenix/_warnings.py
+    import ast
+
+    import molphenix
+
+    root = Path(molphenix.__file__).resolve().parent
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "warn" and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "warnings"):
+                continue
+            level = next((k.value for k in node.keywords if k.arg == "stacklevel"), None)
+            ok = (isinstance(level, ast.Call) and getattr(level.func, "id", getattr(level.func, "attr", None))
+                  == "external_stacklevel")
+            if not ok and path.name != "_warnings.py":
+                bad.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not bad, f"warnings.warn without stacklevel=external_stacklevel(): {bad}"
