@@ -6,6 +6,10 @@ Markers:
                         machine WITH a GPU these tests are never skipped: if the build lacks CUDA
                         they fail, and if any is skipped anyway the session fails.
     slow                longer tests (still run by default)
+
+MOLPHENIX_REQUIRE_EXTENSION=1 (set by .ci/run): the compiled extension must import; the session
+stops at start with the import error if it does not, and a requires_extension test that would be
+skipped fails instead.
 """
 
 from __future__ import annotations
@@ -38,6 +42,20 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: longer tests")
 
 
+def _require_extension() -> bool:
+    return os.environ.get("MOLPHENIX_REQUIRE_EXTENSION", "") == "1"
+
+
+def pytest_sessionstart(session):
+    if _require_extension():
+        import molphenix
+        from molphenix import _ext
+
+        if not molphenix.has_extension():
+            pytest.exit("MOLPHENIX_REQUIRE_EXTENSION=1 but the compiled extension molphenix._C "
+                        f"does not import: {_ext.import_error()}", returncode=1)
+
+
 def pytest_runtest_setup(item):
     if item.get_closest_marker("requires_extension") or item.get_closest_marker("requires_cuda"):
         import molphenix
@@ -48,6 +66,9 @@ def pytest_runtest_setup(item):
             if item.get_closest_marker("requires_cuda") and _gpu_present():
                 pytest.fail("requires_cuda test on a GPU machine, but the compiled extension "
                             f"molphenix._C is not importable: {_ext.import_error()}", pytrace=False)
+            if _require_extension():
+                pytest.fail("MOLPHENIX_REQUIRE_EXTENSION=1 but molphenix._C is not importable: "
+                            f"{_ext.import_error()}", pytrace=False)
             pytest.skip(f"molphenix._C is not importable: {_ext.import_error()}")
     if item.get_closest_marker("requires_cuda"):
         import molphenix
