@@ -70,7 +70,8 @@ CSV_FIELDS = [
 ]
 
 MEM_CPU = ("peak RSS increase during one call in a fresh process, above that process's RSS with "
-           "the inputs allocated (after a warm-up on a small instance); outputs included")
+           "the inputs allocated (after a warm-up on a small instance; glibc returns freed memory: "
+           "MALLOC_MMAP_THRESHOLD_=65536, malloc_trim before the baseline); outputs included")
 MEM_CUDA = ("torch.cuda.max_memory_allocated during one call (peak stats reset) minus "
             "memory_allocated before it (inputs); outputs included")
 
@@ -117,7 +118,8 @@ _SHA: Optional[str] = None
 
 
 def git_sha() -> str:
-    """The checkout's commit (``-dirty`` when tracked files differ); ``MOLPHENIX_GIT_SHA`` when
+    """The checkout's commit (``-dirty`` when tracked files under csrc/, python/molphenix/ops,
+    python/molphenix/benchmark, benches/ or CMakeLists.txt differ from it); ``MOLPHENIX_GIT_SHA`` when
     git gives none (a copied tree without history); else ``unknown``."""
     global _SHA
     if _SHA is not None:
@@ -128,9 +130,11 @@ def git_sha() -> str:
         out = subprocess.run(["git", "rev-parse", "--verify", "-q", "--short=12", "HEAD"], cwd=root,
                              capture_output=True, text=True, timeout=10)
         sha = out.stdout.strip() if out.returncode == 0 else ""
-        if sha:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
+        if sha:  # dirty: uncommitted changes to what the benchmarks run (kernels, ops, harness)
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "csrc",
+                                    "python/molphenix/ops", "python/molphenix/benchmark", "benches",
+                                    "CMakeLists.txt"], cwd=root, capture_output=True, text=True,
+                                   timeout=10).stdout.strip()
             sha += "-dirty" if dirty else ""
     except Exception:
         sha = ""
@@ -308,9 +312,21 @@ def _status_kb(key: str) -> Optional[int]:
     return None
 
 
+def _malloc_trim() -> None:
+    """Hand freed heap memory back to the OS (glibc), so that memory freed before the baseline
+    cannot be reused by the measured call without counting."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except Exception:
+        pass
+
+
 def _cpu_peak_of_call(fn: Callable[[], Any]) -> Dict[str, Any]:
     """RSS high-water mark increase of one call, in this process."""
     gc.collect()
+    _malloc_trim()
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")  # reset VmHWM to the current RSS
@@ -379,6 +395,9 @@ def _memory_in_child(spec_ref: str, params: Dict[str, Any], name: str, dtype: st
     extra += [p for p in sys.path if p and p.endswith("benches")]
     env["PYTHONPATH"] = os.pathsep.join(extra + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["OMP_NUM_THREADS"] = str(threads)
+    # every large allocation its own mapping, returned on free (no dynamic threshold): a buffer
+    # freed before the baseline cannot stay resident and be reused by the measured call for free
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     cmd = [sys.executable, "-m", "molphenix.benchmark", "--memory-child", spec_ref, json.dumps(params),
            name, dtype, str(threads)]
     try:

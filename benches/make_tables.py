@@ -1,0 +1,142 @@
+"""The README's benchmark tables, generated from a committed results directory.
+
+    python benches/make_tables.py benches/results/<run>                  # print the markdown
+    python benches/make_tables.py benches/results/<run> --update README.md   # rewrite the table
+    python benches/make_tables.py benches/results/<run> --check README.md    # exit 1 if it differs
+
+Reads ``results.csv`` (the layout of ``molphenix.benchmark.CSV_FIELDS``); where a (op, case,
+dtype, provider) was measured more than once in the directory the latest row wins. The table in
+the README sits between ``<!-- bench-table START -->`` and ``<!-- bench-table END -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+START, END = "<!-- bench-table START -->", "<!-- bench-table END -->"
+ORDER = ["ours", "naive", "chunked", "faiss"]
+OP_ORDER = ["s2l_loss", "arctan_l2_similarity", "retrieval_ranks", "topk_retrieve"]
+
+
+def load(run_dir: Path) -> List[Dict[str, str]]:
+    with (run_dir / "results.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    latest: Dict[tuple, Dict[str, str]] = {}
+    for r in rows:
+        latest[(r["op"], r["case"], r["dtype"], r["provider"])] = r
+    return list(latest.values())
+
+
+def _case_text(op: str, case: Dict) -> str:
+    c = dict(case)
+    if op == "arctan_l2_similarity":
+        thr = c.pop("threshold", None)
+        ps = c.pop("pass", "fwd")
+        n, m = c.pop("N"), c.pop("M")
+        head = f"N=M={n:,}" if n == m else f"N={n:,}, M={m:,}"
+        return f"{ps}, {head}, E={c.pop('E')}, " + ("no threshold" if thr is None else f"threshold {thr}")
+    if op in ("retrieval_ranks", "topk_retrieve") and c.get("Q") == c.get("N"):
+        q = c.pop("Q")
+        c.pop("N")
+        return ", ".join([f"Q=N={q:,}"] + [f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in c.items()])
+    return ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in c.items())
+
+
+def _sec(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def table(rows: List[Dict[str, str]], run_dir: Path) -> str:
+    mm = [r for r in rows if r["op"] == "matmul"]
+    ops = [r for r in rows if r["op"] != "matmul"]
+    first = ops[0] if ops else rows[0]
+    mm_start = next((r for r in mm if "start" in r["notes"]), mm[0] if mm else None)
+    mm_end = next((r for r in mm if "end" in r["notes"]), None)
+    mem = sorted({r["mem_counted"] for r in ops if r["mem_counted"]})
+    loads = sorted({r["load_avg_start"] for r in rows})
+    shas = sorted({r["git_sha"] for r in rows})
+    stamps = sorted(r["timestamp"] for r in rows)
+    out = []
+    out.append(f"Run `{run_dir.as_posix()}` ({stamps[0][:16]}Z to {stamps[-1][:16]}Z UTC): "
+               f"{first['device_name']}, {first['threads']} threads for every provider, {first['dtype']}; "
+               f"python {first['python']}, torch {first['torch']}, faiss {first['faiss'] or '-'}, "
+               f"molphenix {first['molphenix']} at git `{', '.join(shas)}`; load average at start "
+               f"{'; '.join(loads)} (1/5/15 min).")
+    if mm_start:
+        out[-1] += (f" torch.mm {mm_start['matmul_case'] or '4096^3 float32'}: {float(mm_start['gflops']):.0f} "
+                    f"GFLOP/s at the start" + (f", {float(mm_end['gflops']):.0f} at the end" if mm_end else "")
+                    + " (the \"% of mm\" yardstick is the start figure).")
+    out.append("")
+    out.append("| op | case | provider | median s (min–max), repeats | time / ours | GFLOP/s (% of mm) | peak MB | status |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    groups: Dict[tuple, List[Dict[str, str]]] = {}
+    for r in ops:
+        groups.setdefault((r["op"], r["case"], r["dtype"]), []).append(r)
+
+    def gkey(k):
+        op, case, _ = k
+        c = json.loads(case)
+        return (OP_ORDER.index(op) if op in OP_ORDER else 99, c.get("pass", ""), json.dumps(c, sort_keys=True))
+
+    for k in sorted(groups, key=gkey):
+        op, case, _ = k
+        g = sorted(groups[k], key=lambda r: (ORDER.index(r["provider"]) if r["provider"] in ORDER else
+                                             0.5 if r["provider"].startswith("ours") else 9, r["provider"]))
+        ours = next((float(r["median_s"]) for r in g if r["provider"] == "ours" and r["median_s"]), None)
+        ctext = _case_text(op, json.loads(case))
+        for r in g:
+            if r["median_s"]:
+                t = float(r["median_s"])
+                timing = f"{_sec(t)} ({_sec(float(r['min_s']))}–{_sec(float(r['max_s']))}), {r['repeats']}"
+                ratio = "1" if r["provider"] == "ours" else (f"{t / ours:.2f}" if ours else "")
+                gf = f"{float(r['gflops']):.0f} ({float(r['pct_of_matmul']):.0f}%)" if r["gflops"] and r["pct_of_matmul"] else ""
+            else:
+                timing, ratio, gf = "—", "", ""
+            mb = f"{float(r['peak_mem_mb']):.0f}" if r["peak_mem_mb"] else "—"
+            status = r["status"] if r["status"] != "ok" else ""
+            out.append(f"| `{op}` | {ctext} | {r['provider']} | {timing} | {ratio} | {gf} | {mb} | {status} |")
+    out.append("")
+    out.append("Warm-up calls per provider: " + ", ".join(sorted({f'{r["warmup"]}' for r in ops})) +
+               " (the same for every provider of a case; see the CSV's `warmup` column); repeats interleaved "
+               "across providers. Peak MB: " + "; ".join(mem) + ". Outputs (gradients, ranks, top-k lists) "
+               "are in the CSV's `outputs_mb` column.")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path)
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--update", type=Path, help="rewrite the table between the markers in this file")
+    g.add_argument("--check", type=Path, help="exit 1 unless this file's table equals the generated one")
+    a = ap.parse_args(argv)
+    text = table(load(a.run_dir), a.run_dir)
+    target = a.update or a.check
+    if target is None:
+        print(text)
+        return 0
+    doc = target.read_text()
+    if START not in doc or END not in doc:
+        print(f"{target}: no {START} ... {END} markers", file=sys.stderr)
+        return 1
+    head, rest = doc.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = head + START + "\n" + text + "\n" + END + tail
+    if a.check:
+        if new != doc:
+            print(f"{target}: the benchmark table differs from {a.run_dir}/results.csv", file=sys.stderr)
+            return 1
+        print(f"{target}: the benchmark table matches {a.run_dir}/results.csv")
+        return 0
+    target.write_text(new)
+    print(f"{target}: table regenerated from {a.run_dir}/results.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
