@@ -74,8 +74,8 @@ class DemoProfile:
 #: ``default``: <= 10 minutes on 2 CPU cores; ``quick``: <= 2 minutes; ``tiny``: seconds (tests).
 #: Times measured by benches/bench_demo.py (benches/results/).
 PROFILES: Dict[str, DemoProfile] = {
-    "default": DemoProfile("default", n_molecules=1000, samples=16384),
-    "quick": DemoProfile("quick", n_molecules=400, samples=2048, n_bootstrap=500),
+    "default": DemoProfile("default", n_molecules=1500, samples=49152),
+    "quick": DemoProfile("quick", n_molecules=500, samples=6144, n_bootstrap=500),
     "tiny": DemoProfile("tiny", n_molecules=60, samples=128, batch_size=32, eval_points=2,
                         n_bootstrap=20, sim_overrides={"min_replicates": 2, "max_replicates": 2}),
 }
