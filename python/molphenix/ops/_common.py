@@ -105,8 +105,25 @@ def check_float_matrix(t: torch.Tensor, name: str, *, allow_empty_rows: bool = T
     check_finite(t, name)
 
 
+_FINITE_CHUNK = 1 << 20  # elements per isfinite pass: bounds the check's temporaries (~6 MB)
+
+
 def check_finite(t: torch.Tensor, name: str) -> None:
-    if t.numel() and not bool(torch.isfinite(t).all()):
+    """ValueError naming ``name`` and the first bad index if ``t`` holds NaN or Inf.
+
+    ``torch.isfinite`` allocates several temporaries of ``t``'s size, so large arrays are checked
+    in row chunks of about a million elements (one host sync in all).
+    """
+    if not t.numel():
+        return
+    if t.numel() <= _FINITE_CHUNK or t.dim() == 0:
+        ok = bool(torch.isfinite(t).all())
+    else:
+        flat = t.reshape(t.shape[0], -1) if t.dim() > 1 else t.reshape(-1, 1)
+        rows = max(1, _FINITE_CHUNK // max(1, flat.shape[1]))
+        ok = bool(torch.stack([torch.isfinite(flat[i:i + rows]).all()
+                               for i in range(0, flat.shape[0], rows)]).all())
+    if not ok:
         bad = (~torch.isfinite(t)).nonzero()[0].tolist()
         raise ValueError(f"{name}: contains NaN or Inf (first at index {tuple(bad)})")
 
@@ -171,17 +188,44 @@ def check_metric(metric: Any) -> str:
     return metric
 
 
-def fraction_to_k(fraction: Any, n: int, name: str = "fraction") -> int:
-    """``k = max(1, ceil(f * n))`` computed exactly from the decimal value of ``f``.
+_SHORT_FLOAT_DTYPES = {np.dtype(np.float32): np.float32, np.dtype(np.float16): np.float16}
 
-    ``Fraction(repr(f))`` reads 0.07 as 7/100, so 0.07 * 100 gives 7, never 8.
+
+def fraction_value(fraction: Any, name: str = "fraction") -> Tuple[float, Fraction]:
+    """A fraction in (0, 1] as ``(python_float, exact_decimal)``.
+
+    The value is read as its shortest decimal representation *in its own precision*: a Python
+    float 0.07 and a numpy / torch float32 scalar 0.07 both read as 7/100 (the float32 one is
+    not widened to 0.07000000029802322 first). ``python_float`` is that decimal as a Python
+    float (0.07), suitable as a dictionary key.
     """
-    if isinstance(fraction, bool):
+    if isinstance(fraction, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a real number in (0, 1], got bool")
     f = check_real(fraction, name)
     if not 0.0 < f <= 1.0:
         raise ValueError(f"{name}: expected a value in (0, 1], got {f}")
-    exact = Fraction(repr(f))
+    dtype = None
+    if isinstance(fraction, (np.generic, np.ndarray)):
+        dtype = np.dtype(fraction.dtype)
+    elif isinstance(fraction, torch.Tensor):
+        # bfloat16 values are exactly float32 values: read them at float32 precision
+        dtype = {torch.float32: np.dtype(np.float32), torch.bfloat16: np.dtype(np.float32),
+                 torch.float16: np.dtype(np.float16)}.get(fraction.dtype)
+    if dtype in _SHORT_FLOAT_DTYPES:
+        text = np.format_float_positional(_SHORT_FLOAT_DTYPES[dtype](f), unique=True, trim="-")
+    else:
+        text = repr(f)
+    exact = Fraction(text)
+    return float(exact), exact
+
+
+def fraction_to_k(fraction: Any, n: int, name: str = "fraction") -> int:
+    """``k = max(1, ceil(f * n))`` computed exactly from the decimal value of ``f``.
+
+    ``Fraction(repr(f))`` reads 0.07 as 7/100, so 0.07 * 100 gives 7, never 8; float32 / float16
+    scalars are read as their own shortest decimal (``np.float32(0.07)`` is 0.07 too).
+    """
+    _, exact = fraction_value(fraction, name)
     return max(1, math.ceil(exact * n))
 
 
@@ -268,6 +312,59 @@ def workspace(nbytes: int, like: torch.Tensor) -> Optional[torch.Tensor]:
     if nbytes <= 0:
         return None
     return torch.empty(int(nbytes), dtype=torch.uint8, device=like.device)
+
+
+def is_eager(t: torch.Tensor) -> bool:
+    """True for a plain tensor in eager mode; False while torch.compile / AOT traces the op
+    (fake or functional tensors), where in-place tricks on saved tensors are not allowed."""
+    if type(t) is not torch.Tensor:  # FakeTensor, FunctionalTensor and other subclasses
+        return False
+    if torch._is_functional_tensor(t):
+        return False
+    return not torch.compiler.is_compiling()
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on gradients computed by a compiled kernel; differentiating through it raises.
+
+    The compiled backward passes are first-order: they are not built from differentiable torch
+    operations, so a second derivative through them would silently miss terms (or be zero).
+    Under ``create_graph=True`` the ops route their gradients through this node, connected to
+    the op's differentiable inputs, so that a second-order gradient raises a clear error
+    instead (first-order results are unaffected).
+    """
+
+    @staticmethod
+    def forward(ctx, op, n, *args):  # noqa: D102 - args: n gradients, then the op's inputs
+        ctx.op = op
+        return tuple(g.view_as(g) for g in args[:n])
+
+    @staticmethod
+    def backward(ctx, *unused):  # noqa: D102
+        raise ValueError(
+            f"{ctx.op}: second-order gradients (double backward) are not supported by the compiled "
+            f"kernels; use backend='reference' to differentiate {ctx.op} more than once")
+
+
+def first_order_only(op: str, grads: Sequence[Optional[torch.Tensor]],
+                     inputs: Sequence[Any]) -> Tuple[Optional[torch.Tensor], ...]:
+    """``grads`` unchanged, except under ``create_graph=True`` (grad mode on inside a backward):
+    then each is tied to the differentiable ``inputs`` of ``op`` through a node whose backward
+    raises ``ValueError`` naming ``op``."""
+    grads = tuple(grads)
+    if not torch.is_grad_enabled():
+        return grads
+    live = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    present = [i for i, g in enumerate(grads) if g is not None]
+    if not present or not live:
+        return grads
+    tied = _FirstOrderOnly.apply(op, len(present), *[grads[i] for i in present], *live)
+    if isinstance(tied, torch.Tensor):
+        tied = (tied,)
+    out = list(grads)
+    for i, t in zip(present, tied):
+        out[i] = t
+    return tuple(out)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

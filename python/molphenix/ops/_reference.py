@@ -83,6 +83,8 @@ def s2l_loss(
 ) -> torch.Tensor:
     """Naive S2L loss (materialises ``B1 x B2``); see :func:`molphenix.ops.s2l_loss`.
 
+    ``u`` and ``u_cols`` are constants (detached), as on every backend.
+
     Shapes:
         p: [B1, D], q: [B2, D], u: [B1, E], u_cols: [B2, E] -> scalar
     """
@@ -90,6 +92,9 @@ def s2l_loss(
     compute = torch.float64 if p.dtype == torch.float64 else torch.float32
     z = scale * (p.to(compute) @ q.to(compute).T) + bias
     pos = _positive_mask(b1, b2, diag_offset, p.device)
+    # u and u_cols are constants (as on the compiled backends): no gradient flows to them.
+    u = None if u is None else u.detach()
+    u_cols = None if u_cols is None else u_cols.detach()
     if u is None:
         s = pos.to(compute)
     else:
@@ -208,7 +213,7 @@ def topk_retrieve(
     """Exact top-k candidates per query, best first, ties broken by the lower candidate index.
 
     Scores: cosine / dot similarity, or for ``arctan_l2`` the similarity ``1 - (4/pi) atan(d2/0.3)``
-    (ordered by ``d2``, so saturation creates no ties).
+    (ordered by ``d2``, so saturation creates no ties). Scores never require grad.
 
     Shapes:
         queries: [Q, D], candidates: [N, D] -> scores [Q, k], indices [Q, k] int64
@@ -218,7 +223,8 @@ def topk_retrieve(
         if fraction is None:
             raise ValueError("k/fraction: give exactly one of k or fraction")
         k = fraction_to_k(fraction, n)
-    keys = _keys(queries, candidates, metric)
+    # A listing: scores never require grad (as on the compiled backends).
+    keys = _keys(queries.detach(), candidates.detach(), metric)
     # Stable sort on the key (descending) keeps lower indices first among equal keys.
     order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :k]
     top = keys.gather(1, order)

@@ -54,7 +54,10 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     a, b = ctx.saved_tensors
-    ga, gb = _bwd(grad, a, b, *ctx.params)
+    # The compiled backward is first-order: under create_graph=True its results are tied to a
+    # node that raises on a second derivative (instead of silently dropping terms).
+    ga, gb = _bwd(grad.detach(), a.detach(), b.detach(), *ctx.params)
+    ga, gb = C.first_order_only("arctan_l2_similarity", (ga, gb), (a, b))
     return (ga if ctx.needs_input_grad[0] else None, gb if ctx.needs_input_grad[1] else None,
             None, None, None, None)
 
@@ -76,7 +79,8 @@ def arctan_l2_similarity(
 
     ``d2_ij = max(|a_i|^2 + |b_j|^2 - 2<a_i, b_j>, 0)`` is accumulated in float32 or wider. With a
     ``threshold``, entries below it are set to 0 (their gradient is 0). Differentiable in ``a``
-    and ``b``.
+    and ``b``; the compiled backends give first-order gradients only (a second derivative
+    raises ``ValueError``; use ``backend="reference"`` for higher orders).
 
     Args:
         a: rows (torch, numpy or cupy; float32/float64, plus bfloat16/float16 on CUDA).
@@ -94,7 +98,8 @@ def arctan_l2_similarity(
 
     Raises:
         TypeError: non-floating or mismatched dtypes. ValueError: wrong rank or width, NaN/Inf,
-            mixed devices, c <= 0, threshold outside [-1, 1], unknown backend.
+            mixed devices, c <= 0, threshold outside [-1, 1], unknown backend; a second-order
+            gradient through a compiled backend (raised by the second backward pass).
     """
     kind = C.result_kind(a, b)
     at, bt = C.to_torch(a, "a"), C.to_torch(b, "b")

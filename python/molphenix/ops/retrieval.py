@@ -110,6 +110,10 @@ def retrieval_ranks(
 
     ``rank_i = #{j != t(i): f(i, j) >= f(i, t(i))}`` -- ties count against the query, so recall is
     never overstated. The target's score comes from the same arithmetic as every other score.
+    The guarantee is about the *computed* scores: equal computed scores count against the
+    query, and identical candidate rows always tie. Distinct candidates whose scores are equal
+    only mathematically (e.g. parallel rows ``c`` and ``2 c`` under cosine) can get different
+    float scores after normalisation and rounding, and then do not tie.
     Metrics: ``cosine`` (default), ``dot``, ``arctan_l2`` (ranks by squared L2 distance,
     ascending, so arctan saturation creates no false ties).
 
@@ -199,7 +203,11 @@ def _reference_target_keys(qt, ct, tt, st, metric):
 
 
 def k_for_fraction(fraction: float, num_candidates: int) -> int:
-    """``k = max(1, ceil(fraction * N))``, exact for decimal fractions (0.07 * 100 -> 7)."""
+    """``k = max(1, ceil(fraction * N))``, exact for decimal fractions (0.07 * 100 -> 7).
+
+    A float32 / float16 fraction (numpy or torch scalar) is read as its own shortest decimal:
+    ``np.float32(0.07)`` gives k = 7 at N = 100, like the Python float 0.07.
+    """
     return C.fraction_to_k(fraction, C.check_int(num_candidates, "num_candidates"))
 
 
@@ -228,7 +236,8 @@ def topk_retrieve(
 
     Returns:
         (scores [Q, k], indices [Q, k] int64) as the queries' array kind; scores are float32
-        (float64 for float64 inputs).
+        (float64 for float64 inputs) and never require grad on any backend (a listing is not
+        differentiable; rank with :func:`retrieval_ranks`, train with the losses).
 
     Raises:
         TypeError / ValueError: as :func:`retrieval_ranks`, plus k / fraction out of range or
@@ -255,7 +264,7 @@ def topk_retrieve(
         scores, idx = _topk_op(qt.detach(), ct.detach(), k, _METRIC_CODE[metric], nt)
         if metric == "arctan_l2":  # the kernel returns squared distances
             scores = (1.0 - (4.0 / math.pi) * torch.atan(scores.double() / 0.3)).to(scores.dtype)
-    return C.from_torch(scores, kind), C.from_torch(idx, kind)
+    return C.from_torch(scores.detach(), kind), C.from_torch(idx, kind)
 
 
 def recall_at_fraction(
@@ -271,7 +280,9 @@ def recall_at_fraction(
         fractions: the fractions f (0 < f <= 1), e.g. (0.01, 0.05) for top-1% and top-5%.
 
     Returns:
-        ``{f: recall}`` with recall in [0, 1] (NaN when there are no queries).
+        ``{f: recall}`` with recall in [0, 1] (NaN when there are no queries). Keys are Python
+        floats: a float32 fraction ``np.float32(0.07)`` is read as its shortest decimal, so its
+        key is ``0.07`` and its k is that of 0.07.
 
     Raises:
         TypeError: non-integer ranks. ValueError: negative ranks or ranks >= N, bad N or f.
@@ -287,10 +298,12 @@ def recall_at_fraction(
     r = r.detach().to("cpu", torch.int64)
     if r.numel() and (int(r.min()) < 0 or int(r.max()) >= n):
         raise ValueError(f"ranks: expected values in [0, {n}), got min {int(r.min())}, max {int(r.max())}")
-    if isinstance(fractions, (int, float)):
+    if isinstance(fractions, (int, float, np.generic)) or (
+            isinstance(fractions, (np.ndarray, torch.Tensor)) and fractions.ndim == 0):
         fractions = (fractions,)
     out: Dict[float, float] = {}
     for f in fractions:
-        k = C.fraction_to_k(f, n)
-        out[float(f)] = float((r < k).double().mean()) if r.numel() else float("nan")
+        key, exact = C.fraction_value(f)
+        k = max(1, math.ceil(exact * n))
+        out[key] = float((r < k).double().mean()) if r.numel() else float("nan")
     return out

@@ -3,7 +3,8 @@
 The compiled kernel computes the loss *and* the gradients for p, q, scale and bias in one tiled
 pass without allocating ``B1 x B2``. The torch op ``molphenix::s2l_loss_fwd`` returns
 ``(stats[3] float64 = (loss, dL/dscale, dL/dbias), dL/dp, dL/dq)``; its registered backward
-only rescales those saved gradients by the incoming gradient (first-order only).
+only rescales those gradients by the incoming gradient, in place (first-order only: a second
+derivative through it raises ``ValueError``; ``backend="reference"`` supports higher orders).
 """
 
 from __future__ import annotations
@@ -79,25 +80,54 @@ def _(p, q, scale, bias, u, u_cols, c, has_threshold, threshold, gamma, delta, h
     return stats, p.new_empty(0), q.new_empty(0)
 
 
+_TENSOR_INPUTS = (0, 1, 2, 3, 4, 5)  # p, q, scale, bias, u, u_cols
+
+
 def _setup_context(ctx, inputs, output):
     stats, grad_p, grad_q = output
-    scale, bias = inputs[2], inputs[3]
-    ctx.save_for_backward(stats, grad_p, grad_q)
-    ctx.scale_meta = (scale.dtype, bias.dtype)
+    # dL/dp and dL/dq are by-products of the forward pass, not differentiable outputs; unused
+    # output gradients are not materialised (no B x D zeros in the backward pass).
+    ctx.mark_non_differentiable(grad_p, grad_q)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(stats, grad_p, grad_q, *(inputs[i] for i in _TENSOR_INPUTS))
+    ctx.params = tuple(inputs[6:])
+    ctx.first = True
     ctx.compute_grad = inputs[14]
 
 
 def _backward(ctx, g_stats, g_grad_p, g_grad_q):
-    stats, grad_p, grad_q = ctx.saved_tensors
-    if not ctx.compute_grad and any(ctx.needs_input_grad[:4]):
-        raise RuntimeError("molphenix::s2l_loss_fwd was run with compute_grad=False; "
-                           "call it with gradients enabled to differentiate")
-    g = g_stats[0]
-    dp = (g.to(grad_p.dtype) * grad_p) if ctx.needs_input_grad[0] else None
-    dq = (g.to(grad_q.dtype) * grad_q) if ctx.needs_input_grad[1] else None
-    s_dtype, b_dtype = ctx.scale_meta
+    stats, grad_p, grad_q, *tensor_inputs = ctx.saved_tensors
+    if g_stats is None or not any(ctx.needs_input_grad[:4]):
+        return (None,) * 17
+    if not ctx.compute_grad:
+        raise ValueError("s2l_loss: the compiled op was run with compute_grad=False; "
+                         "call it with gradients enabled to differentiate")
+    g = g_stats[0].detach()
+    if not C.is_eager(grad_p):  # traced (torch.compile / opcheck): plain out-of-place products
+        dp = grad_p * g if ctx.needs_input_grad[0] else None
+        dq = grad_q * g if ctx.needs_input_grad[1] else None
+    elif ctx.first:
+        # Scale the kernel's gradients in place, through `.data` (a fresh version counter, so
+        # the saved tensors stay valid) and hand them over: autograd stores them as p.grad /
+        # q.grad without a copy, so the backward pass allocates nothing of size B x D.
+        ctx.first = False
+        grad_p, grad_q = grad_p.data, grad_q.data
+        dp = grad_p.mul_(g) if ctx.needs_input_grad[0] else None
+        dq = grad_q.mul_(g) if ctx.needs_input_grad[1] else None
+    else:
+        # A second backward through this node (retain_graph=True): the first one handed the
+        # buffers out, so recompute them (the kernel is deterministic: identical results).
+        _, grad_p, grad_q = _s2l_loss_fwd(*(t.detach() if t is not None else None
+                                            for t in tensor_inputs), *ctx.params)
+        dp = grad_p.mul_(g) if ctx.needs_input_grad[0] else None
+        dq = grad_q.mul_(g) if ctx.needs_input_grad[1] else None
+    s_dtype, b_dtype = tensor_inputs[2].dtype, tensor_inputs[3].dtype
     ds = (g * stats[1]).to(s_dtype) if ctx.needs_input_grad[2] else None
     db = (g * stats[2]).to(b_dtype) if ctx.needs_input_grad[3] else None
+    # siglip_loss is this op with identity labels and gamma = delta = 1: name it in the error.
+    name = ("siglip_loss" if tensor_inputs[4] is None and ctx.params[3] == ctx.params[4] == 1.0
+            else "s2l_loss")
+    dp, dq, ds, db = C.first_order_only(name, (dp, dq, ds, db), tensor_inputs[:4])
     return dp, dq, ds, db, None, None, None, None, None, None, None, None, None, None, None, None, None
 
 
@@ -137,8 +167,10 @@ def _prepare(op, p, q, scale, bias, u, u_cols, c, threshold, gamma, delta, diago
     C.check_same_dtype(pt, "p", qt, "q")
     C.check_same_width(pt, "p", qt, "q")
     C.check_same_device(pt, "p", (qt, "q"))
-    ut = None if u is None else C.to_torch(u, "u")
-    uct = None if u_cols is None else C.to_torch(u_cols, "u_cols")
+    # u and u_cols are constants on every backend: one that requires grad is accepted and
+    # detached (no gradient flows to it, as the fused kernels compute none).
+    ut = None if u is None else C.to_torch(u, "u").detach()
+    uct = None if u_cols is None else C.to_torch(u_cols, "u_cols").detach()
     b1, b2 = pt.shape[0], qt.shape[0]
     if ut is None and uct is not None:
         raise ValueError("u_cols: given without u; pass u (rows) as well, or neither")
@@ -219,13 +251,15 @@ def s2l_loss(
         q: column embeddings (molecular head output), same dtype/device as ``p``.
         scale: the multiplier ``t > 0`` (float or 0-dim tensor; differentiable).
         bias: the bias ``b`` (float or 0-dim tensor; differentiable).
-        u: similarity-space rows (a constant: no gradient). None: identity labels.
+        u: similarity-space rows. A constant on every backend: a ``u`` that requires grad is
+            accepted and detached (no gradient flows to it). None: identity labels.
         c: arctan width (> 0).
         threshold: soft-label threshold in [-1, 1], or None for no thresholding.
         gamma, delta: negative weights ``w- = gamma - delta s``.
         diagonal: "soft" (the positive pair is weighted like any pair, with s = 1) or "hard"
             (w+ = 1, w- = 0 on the positive pair).
-        u_cols: similarity-space columns; None means ``u`` (then B1 must equal B2).
+        u_cols: similarity-space columns (a constant, like ``u``); None means ``u`` (then B1
+            must equal B2).
         diag_offset: row i's positive is column ``i + diag_offset`` (none when out of range).
         normalizer: the pair sum is divided by this (default B1). Blocks of a split batch with
             the same normalizer sum exactly to the whole-batch loss.
@@ -236,7 +270,17 @@ def s2l_loss(
 
     Returns:
         The scalar loss: a 0-dim tensor of ``p``'s dtype (a 0-dim numpy / cupy array for those
-        inputs). With the compiled backends the gradients are first-order only.
+        inputs). With the compiled backends the gradients are first-order only: a second
+        derivative (``create_graph=True`` and differentiating again) raises ``ValueError``;
+        ``backend="reference"`` supports higher orders.
+
+    Memory:
+        The compiled CPU backend never allocates ``B1 x B2``. Beyond the inputs and the
+        gradients it returns (which autograd keeps as ``p.grad`` / ``q.grad`` without a copy),
+        its working memory is the squared norms of ``u`` rows and columns, ``2 tile^2`` values
+        per thread (tile edge <= 512), 24 bytes per row sweep of tiles (``ceil(B1 / tile)``
+        times at most 16 groups), and for very rectangular shapes at most 32 MiB of partial
+        gradients; ``molphenix._C.cpu_workspace_stats()`` reports the peak.
 
     Shapes:
         p: [B1, D], q: [B2, D], u: [B1, E], u_cols: [B2, E] -> []
@@ -244,7 +288,8 @@ def s2l_loss(
     Raises:
         TypeError: non-floating or mismatched dtypes, non-array inputs.
         ValueError: wrong ranks or widths, empty batches, NaN/Inf, mixed devices, c <= 0,
-            threshold outside [-1, 1], scale <= 0, normalizer <= 0, unknown diagonal/backend.
+            threshold outside [-1, 1], scale <= 0, normalizer <= 0, unknown diagonal/backend;
+            a second-order gradient through a compiled backend (raised by the second backward).
     """
     a = _prepare("s2l_loss", p, q, scale, bias, u, u_cols, c, threshold, gamma, delta, diagonal,
                  diag_offset, normalizer, backend, num_threads)
