@@ -60,7 +60,8 @@ def build_info() -> Dict[str, Any]:
 
     Returns a dict with ``version``, ``extension`` (bool), ``extension_error``, and, when the
     extension is present, the compiled ``ops``, ``simd_compiled`` / ``simd_level``, ``openmp``,
-    ``compiler``, ``cuda`` (bool), ``cuda_archs`` and ``cuda_runtime_version``.
+    ``compiler``, ``cuda`` (bool), ``cuda_reason`` (why the build has / lacks the CUDA kernels:
+    the MOLPHENIX_WITH_CUDA decision), ``cuda_archs`` and ``cuda_runtime_version``.
     """
     from molphenix._version import __version__
 

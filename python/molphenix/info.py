@@ -87,7 +87,8 @@ def format_report(info: Dict[str, Any]) -> str:
             ("path", b.get("extension_path")), ("ops", ", ".join(b.get("ops", ()))),
             ("SIMD compiled", b.get("simd_compiled")), ("SIMD level in use", b.get("simd_level")),
             ("OpenMP", b.get("openmp")), ("compiler", b.get("compiler")),
-            ("CUDA kernels", b.get("cuda")), ("CUDA architectures", b.get("cuda_archs") or "-"),
+            ("CUDA kernels", b.get("cuda")), ("CUDA: why", b.get("cuda_reason") or "-"),
+            ("CUDA architectures", b.get("cuda_archs") or "-"),
             ("CUDA runtime (static)", b.get("cuda_runtime_version") or "-"),
         ]
         lines += [f"  {k:24s} {v}" for k, v in pairs]
