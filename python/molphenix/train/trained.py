@@ -25,8 +25,9 @@ def load_run(path: str | os.PathLike, checkpoint: str = "best", *, device: str |
 
     Args:
         path: The run directory.
-        checkpoint: ``"best"`` (highest validation recall; the default) or ``"last"``, or a
-            path to a ``.pt`` checkpoint of this run.
+        checkpoint: ``"best"`` (highest validation recall; the default; ``last.pt`` with a
+            warning while no validation has run yet) or ``"last"``, or a path to a ``.pt``
+            checkpoint of this run.
         device: Where to put the model (default: ``"cpu"``).
 
     Returns:
@@ -45,6 +46,11 @@ def load_run(path: str | os.PathLike, checkpoint: str = "best", *, device: str |
         ck = Path(checkpoint)
     else:
         raise ValueError(f"checkpoint: expected 'best', 'last' or a .pt path, got {checkpoint!r}")
+    if checkpoint == "best" and not ck.is_file() and (run / "checkpoints" / "last.pt").is_file():
+        import warnings
+
+        warnings.warn(f"{ck} does not exist yet (no validation has run); loading last.pt", stacklevel=2)
+        ck = run / "checkpoints" / "last.pt"
     if not ck.is_file():
         raise FileNotFoundError(f"checkpoint: {ck} not found (has the run saved a checkpoint yet?)")
     meta = json.loads((run / "run.json").read_text())
