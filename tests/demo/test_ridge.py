@@ -115,7 +115,7 @@ def test_ridge_alpha_is_chosen_on_validation(linear_dataset):
     res = fit_ridge(ds, splits, config=RidgeConfig(alphas=(1e-9, 1e6), n_bootstrap=0))
     assert [e["alpha"] for e in res.grid["entries"]] == [1e-9, 1e6]
     assert res.grid["chosen_alpha"] in (1e-9, 1e6)
-    assert set(res.metrics) <= {"unseen_wells", "unseen_molecules", "unseen_dataset"}
+    assert set(res.metrics) <= {"val", "unseen_wells", "unseen_molecules", "unseen_dataset"}
 
 
 def test_ridge_config_errors():

@@ -45,8 +45,8 @@ __all__ = ["RidgeConfig", "RidgeModel", "RidgeResult", "fit_ridge", "solve_ridge
 
 #: The alpha grid (lambda = alpha * tr(K) / n), chosen on the validation split.
 DEFAULT_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
-#: Splits written to metrics.json (those the data can form).
-EVAL_SPLITS = ("unseen_wells", "unseen_molecules", "unseen_dataset")
+#: Splits written to metrics.json (those the data can form; as molphenix.eval.run.evaluate_run).
+EVAL_SPLITS = ("val", "unseen_wells", "unseen_molecules", "unseen_dataset")
 MODEL_FILE = "ridge.pt"
 CONFIG_FILE = "ridge_config.json"
 GRID_FILE = "ridge_grid.json"

@@ -1,4 +1,7 @@
-"""Evaluate a trained run on every split (the demo's glue to the training package)."""
+"""The demo's glue to trained runs: their split's queries, molecule embeddings, recall curves.
+
+(Metrics come from :func:`molphenix.eval.run.evaluate_run`; :func:`evaluate_trained` is the same
+recipe in memory, for callers that do not want files written.)"""
 
 from __future__ import annotations
 

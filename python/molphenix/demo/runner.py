@@ -76,7 +76,7 @@ class DemoProfile:
 PROFILES: Dict[str, DemoProfile] = {
     "default": DemoProfile("default", n_molecules=1500, samples=49152),
     "quick": DemoProfile("quick", n_molecules=500, samples=6144, n_bootstrap=500),
-    "tiny": DemoProfile("tiny", n_molecules=60, samples=128, batch_size=32, eval_points=2,
+    "tiny": DemoProfile("tiny", n_molecules=40, samples=64, batch_size=16, eval_points=1,
                         n_bootstrap=20, sim_overrides={"min_replicates": 2, "max_replicates": 2}),
 }
 
@@ -166,11 +166,11 @@ def _unit_scale(ds, seed: int) -> float:
 
 
 def _train_and_evaluate(out: Path, method: str, ds, profile: DemoProfile, seed: int, say) -> Dict[str, Any]:
-    from molphenix.eval import read_metrics, write_metrics
+    from molphenix.eval import read_metrics
+    from molphenix.eval.run import evaluate_run
     from molphenix.train import fit
 
     from ._cosine import unit_s2l_loss_available
-    from ._evaluate import evaluate_trained
 
     mpath = out / method / "metrics.json"
     if mpath.is_file():
@@ -184,8 +184,8 @@ def _train_and_evaluate(out: Path, method: str, ds, profile: DemoProfile, seed: 
     with unit_s2l_loss_available():
         run = fit(cfg, log=lambda m: None)
     t1 = time.perf_counter()
-    metrics, _ = evaluate_trained(run, ds, n_bootstrap=profile.n_bootstrap, seed=seed)
-    write_metrics(mpath, metrics)
+    metrics = evaluate_run(run, out / "data", out=mpath, ranks_out=False,
+                           n_bootstrap=profile.n_bootstrap, seed=seed)
     um = metrics.get("unseen_molecules", {}).get("active", {})
     say(f"{method}: trained {cfg.total_steps} steps ({profile.samples} samples) in {t1 - t0:.1f} s, "
         f"evaluated in {time.perf_counter() - t1:.1f} s; unseen_molecules active top-1% "
