@@ -52,28 +52,31 @@ def _sec(x: float) -> str:
 
 
 def table(rows: List[Dict[str, str]], run_dir: Path) -> str:
-    mm = [r for r in rows if r["op"] == "matmul"]
+    mm = sorted((r for r in rows if r["op"] == "matmul"), key=lambda r: r["timestamp"])
     ops = [r for r in rows if r["op"] != "matmul"]
     first = ops[0] if ops else rows[0]
-    mm_start = next((r for r in mm if "start" in r["notes"]), mm[0] if mm else None)
-    mm_end = next((r for r in mm if "end" in r["notes"]), None)
     mem = sorted({r["mem_counted"] for r in ops if r["mem_counted"]})
-    loads = sorted({r["load_avg_start"] for r in rows})
-    shas = sorted({r["git_sha"] for r in rows})
     stamps = sorted(r["timestamp"] for r in rows)
-    out = []
-    out.append(f"Run `{run_dir.as_posix()}` ({stamps[0][:16]}Z to {stamps[-1][:16]}Z UTC): "
-               f"{first['device_name']}, {first['threads']} threads for every provider, {first['dtype']}; "
-               f"python {first['python']}, torch {first['torch']}, faiss {first['faiss'] or '-'}, "
-               f"molphenix {first['molphenix']} at git `{', '.join(shas)}`; load average at start "
-               f"{'; '.join(loads)} (1/5/15 min).")
-    if mm_start:
-        out[-1] += (f" torch.mm {mm_start['matmul_case'] or '4096^3 float32'}: {float(mm_start['gflops']):.0f} "
-                    f"GFLOP/s at the start" + (f", {float(mm_end['gflops']):.0f} at the end" if mm_end else "")
-                    + " (the \"% of mm\" yardstick is the start figure).")
+    runs: Dict[str, Dict[str, str]] = {}  # one entry per run (its load average at start)
+    for r in sorted(rows, key=lambda r: r["timestamp"]):
+        runs.setdefault(r["load_avg_start"] + r["command"], r)
+    out = [f"Results `{run_dir.as_posix()}/results.csv` and log `{run_dir.as_posix()}/run.log` "
+           f"({stamps[0][:16]}Z to {stamps[-1][:16]}Z): {first['device_name']}, {first['threads']} threads "
+           f"for every provider, {first['dtype']}; python {first['python']}, torch {first['torch']}, "
+           f"faiss {first['faiss'] or '-'}, molphenix {first['molphenix']}; git commit per row in the table."]
     out.append("")
-    out.append("| op | case | provider | median s (min–max), repeats | time / ours | GFLOP/s (% of mm) | peak MB | status |")
-    out.append("|---|---|---|---|---|---|---|---|")
+    for r in runs.values():
+        line = f"- run `{r['command']}` started {r['timestamp'][:16]}Z, load average {r['load_avg_start']} (1/5/15 min)"
+        m = [x for x in mm if x["load_avg_start"] + x["command"] == r["load_avg_start"] + r["command"]]
+        if m:
+            line += "; torch.mm " + (m[0]["matmul_case"] or "") + ": " + ", ".join(
+                f"{float(x['gflops']):.0f} GFLOP/s ({'start' if 'start' in x['notes'] else 'end'})" for x in m)
+        out.append(line)
+    out.append("")
+    out.append("\"% of mm\" compares with torch.mm measured at the start of the same run.")
+    out.append("")
+    out.append("| op | case | provider | median s (min–max), warm-up+timed calls | time / ours | GFLOP/s (% of mm) | peak MB | git | status |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
     groups: Dict[tuple, List[Dict[str, str]]] = {}
     for r in ops:
         groups.setdefault((r["op"], r["case"], r["dtype"]), []).append(r)
@@ -92,19 +95,19 @@ def table(rows: List[Dict[str, str]], run_dir: Path) -> str:
         for r in g:
             if r["median_s"]:
                 t = float(r["median_s"])
-                timing = f"{_sec(t)} ({_sec(float(r['min_s']))}–{_sec(float(r['max_s']))}), {r['repeats']}"
+                timing = f"{_sec(t)} ({_sec(float(r['min_s']))}–{_sec(float(r['max_s']))}), {r['warmup']}+{r['repeats']}"
                 ratio = "1" if r["provider"] == "ours" else (f"{t / ours:.2f}" if ours else "")
                 gf = f"{float(r['gflops']):.0f} ({float(r['pct_of_matmul']):.0f}%)" if r["gflops"] and r["pct_of_matmul"] else ""
             else:
                 timing, ratio, gf = "—", "", ""
             mb = f"{float(r['peak_mem_mb']):.0f}" if r["peak_mem_mb"] else "—"
             status = r["status"] if r["status"] != "ok" else ""
-            out.append(f"| `{op}` | {ctext} | {r['provider']} | {timing} | {ratio} | {gf} | {mb} | {status} |")
+            out.append(f"| `{op}` | {ctext} | {r['provider']} | {timing} | {ratio} | {gf} | {mb} | "
+                       f"`{r['git_sha'][:7]}`{'-dirty' if r['git_sha'].endswith('-dirty') else ''} | {status} |")
     out.append("")
-    out.append("Warm-up calls per provider: " + ", ".join(sorted({f'{r["warmup"]}' for r in ops})) +
-               " (the same for every provider of a case; see the CSV's `warmup` column); repeats interleaved "
-               "across providers. Peak MB: " + "; ".join(mem) + ". Outputs (gradients, ranks, top-k lists) "
-               "are in the CSV's `outputs_mb` column.")
+    out.append("Every provider of a case: the same warm-up and number of timed calls, interleaved across the "
+               "providers. Peak MB: " + "; ".join(mem) + ". The outputs' own size (gradients, ranks, top-k "
+               "lists) is the CSV's `outputs_mb` column. Time / ours > 1: ours is faster by that factor.")
     return "\n".join(out)
 
 
