@@ -185,3 +185,22 @@ def test_other_losses_train(tiny_data, tmp_path):
     for loss in ("clip", "cloome", "cwcl"):
         run = fit(tiny_config(tiny_data, tmp_path / loss, steps=2, loss=loss, eval_every=0))
         assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_progress_bar_and_threads_restored(tiny_data, tmp_path, capsys):
+    from molphenix.train import fit
+
+    before = torch.get_num_threads()
+    fit(tiny_config(tiny_data, tmp_path / "r", steps=3, progress=True, threads=1, eval_every=0))
+    assert torch.get_num_threads() == before
+    assert "train" in capsys.readouterr().err  # the tqdm bar went to stderr
+
+
+def test_best_falls_back_to_last_before_validation(tiny_data, tmp_path):
+    from molphenix.train import fit, load_run
+
+    run = fit(tiny_config(tiny_data, tmp_path / "r", steps=3, eval_every=0))
+    (run / "checkpoints" / "best.pt").unlink()
+    with pytest.warns(UserWarning, match="last.pt"):
+        tm = load_run(run)
+    assert tm.step == 3
