@@ -167,6 +167,16 @@ def write_report(out: Path, results: Mapping[str, Mapping[str, Any]], plots: Map
                  "with the same soft-positive fraction). `ridge` is a linear anchor (closed-form "
                  "ridge regression from Morgan counts x dose to the control-centred phenotype, "
                  "retrieved by cosine; alpha chosen on validation).")
+    grid_file = out / "ridge" / "ridge_grid.json"
+    if grid_file.is_file():
+        grid = json.loads(grid_file.read_text())
+        lines.append("")
+        lines.append(f"Ridge: alpha = {grid['chosen_alpha']:g} (lambda = alpha x mean diagonal of the "
+                     f"centred Gram matrix) chosen from {{{', '.join(f'{a:g}' for a in grid['alphas'])}}} "
+                     f"on the validation split ({grid['selection']}); numbers in `ridge/ridge_grid.json`.")
+    lines.append("")
+    lines.append("*chance* is k / N, the expected recall of a random ranking (k = max(1, ceil(f N)) "
+                 "of the N candidates).")
     for split in _SPLIT_ORDER:
         if not any(split in r for r in results.values()):
             continue
