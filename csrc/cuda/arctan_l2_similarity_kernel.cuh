@@ -8,6 +8,8 @@
 //   float32/float64 accumulate in place in the output (owned rows, fixed order: deterministic);
 //   bf16/f16 accumulate in fp32 shared memory, E in chunks of at most 512 columns (the tile
 //   products are recomputed per chunk when E > 512).
+#pragma once
+// Kernels and host drivers; the entry points are in arctan_l2_similarity_fwd.cu and _bwd.cu.
 #include <algorithm>
 #include <cmath>
 
@@ -293,37 +295,5 @@ void run_bwd(const void* g, const void* a, const void* b, int64_t N, int64_t M, 
 }
 
 }  // namespace
-
-void launch_arctan_l2_similarity_fwd(DType dtype, const void* a, const void* b, int64_t N,
-                                     int64_t M, int64_t E, double c, bool has_threshold,
-                                     double threshold, void* out, void* stream) {
-  if (N <= 0 || M <= 0) return;
-  DeviceGuard guard(a);
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
-  dispatch_dtype(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    run_fwd<T>(a, b, N, M, E, c, has_threshold, threshold, out, st);
-  });
-}
-
-void launch_arctan_l2_similarity_bwd(DType dtype, const void* grad_out, const void* a,
-                                     const void* b, int64_t N, int64_t M, int64_t E, double c,
-                                     bool has_threshold, double threshold, void* grad_a,
-                                     void* grad_b, void* stream) {
-  if (E <= 0) return;
-  DeviceGuard guard(a != nullptr ? a : b);
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
-  dispatch_dtype(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    if (N == 0 || M == 0) {
-      // No pairs: the gradients are zero.
-      if (N > 0) check_cuda(cudaMemsetAsync(grad_a, 0, sizeof(T) * N * E, st), "memset grad_a");
-      if (M > 0) check_cuda(cudaMemsetAsync(grad_b, 0, sizeof(T) * M * E, st), "memset grad_b");
-      return;
-    }
-    run_bwd<T>(grad_out, a, b, N, M, E, c, has_threshold, threshold, grad_a, grad_b, st);
-  });
-}
-
 }  // namespace cuda
 }  // namespace molphenix

@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include "molphenix/common.h"
+
 namespace molphenix {
 namespace cuda {
 
@@ -25,6 +27,19 @@ std::string device_name(int device) {
     return std::string();
   }
   return std::string(prop.name);
+}
+
+// Host copy of a small device array for the bindings' validation (e.g. retrieval targets, which
+// the kernels use as indices): async copy on the caller's stream, then wait for that stream.
+void copy_to_host(void* dst, const void* src, size_t bytes, void* stream) {
+  auto st = static_cast<cudaStream_t>(stream);
+  cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, st);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(st);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw ValueError(std::string("could not read an index array from the device: ") +
+                     cudaGetErrorString(e));
+  }
 }
 
 }  // namespace cuda

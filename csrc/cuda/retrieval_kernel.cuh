@@ -20,6 +20,8 @@
 // tile, columns in increasing order) writes the keys better than T and the first `need` keys
 // equal to T in increasing candidate index. A stable segmented radix sort (cub) orders each
 // query's k entries best first; stability keeps equal keys in index order.
+#pragma once
+// Kernels and host drivers; the entry points are in retrieval_ranks.cu and topk_retrieve.cu.
 #include <cub/device/device_segmented_radix_sort.cuh>
 
 #include <algorithm>
@@ -1168,62 +1170,5 @@ void run_topk(const void* queries, const void* candidates, int64_t Q, int64_t N,
 }
 
 }  // namespace
-
-size_t retrieval_ranks_workspace_bytes(DType dtype, int64_t Q, int64_t N, int64_t D,
-                                       Metric metric) {
-  (void)D;
-  if (metric != Metric::kSqL2) return 0;
-  Carve cv(nullptr);
-  if (dtype == DType::kFloat64) {
-    cv.take<double>(static_cast<size_t>(Q));
-    cv.take<double>(static_cast<size_t>(N));
-  } else {
-    cv.take<float>(static_cast<size_t>(Q));
-    cv.take<float>(static_cast<size_t>(N));
-  }
-  return align_up(cv.off, 256);
-}
-
-void launch_retrieval_ranks(DType dtype, const void* queries, const void* candidates, int64_t Q,
-                            int64_t N, int64_t D, const int64_t* targets, double* target_scores,
-                            Metric metric, int64_t* ranks, void* workspace,
-                            size_t workspace_bytes, void* stream) {
-  if (Q <= 0) return;
-  MPX_CHECK_VALUE(N > 0, "retrieval_ranks: the candidate set is empty");
-  DeviceGuard guard(queries);
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
-  dispatch_dtype(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    run_ranks<T>(queries, candidates, Q, N, D, targets, target_scores, metric, ranks, workspace,
-                 workspace_bytes, st);
-  });
-}
-
-size_t topk_retrieve_workspace_bytes(DType dtype, int64_t Q, int64_t N, int64_t D, int64_t k,
-                                     Metric metric) {
-  (void)D;
-  if (Q <= 0 || k <= 0) return 0;
-  const bool sql2 = metric == Metric::kSqL2;
-  if (dtype == DType::kFloat64) return topk_carve<double>(nullptr, Q, N, k, sql2, false).total;
-  const bool is16 = dtype == DType::kBFloat16 || dtype == DType::kFloat16;
-  return topk_carve<float>(nullptr, Q, N, k, sql2, is16).total;
-}
-
-void launch_topk_retrieve(DType dtype, const void* queries, const void* candidates, int64_t Q,
-                          int64_t N, int64_t D, int64_t k, Metric metric, void* out_scores,
-                          int64_t* out_indices, void* workspace, size_t workspace_bytes,
-                          void* stream) {
-  if (Q <= 0) return;
-  MPX_CHECK_VALUE(N > 0, "topk_retrieve: the candidate set is empty");
-  MPX_CHECK_VALUE(k >= 1 && k <= N, "topk_retrieve: k must be in [1, N]");
-  DeviceGuard guard(queries);
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
-  dispatch_dtype(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    run_topk<T>(queries, candidates, Q, N, D, k, metric, out_scores, out_indices, workspace,
-                workspace_bytes, st);
-  });
-}
-
 }  // namespace cuda
 }  // namespace molphenix

@@ -14,6 +14,10 @@
 // Workspace (Acc = float, double for float64): accP [B1p, Dp], accQ [B2p, Dp] (when
 // compute_grad; B?p, Dp rounded up to 64), |u_i|^2 [B1p], |v_j|^2 [B2p] (with u), and one double
 // triple per row tile. Peak at B = 2^20, D = 256: 2 GiB (float32 accumulators).
+#pragma once
+// Kernels and the host driver run_s2l<T>; included by s2l_loss.cu (public entry points, float32
+// and float64) and by s2l_loss_bf16.cu / s2l_loss_f16.cu, so the instantiations compile in
+// parallel.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -367,12 +371,16 @@ void run_s2l(const void* p, const void* q, const void* u, const void* uc, int64_
       check_launch(what);
     };
     if (tf32u) {
+      // tf32u implies Traits<T>::kMMA; the guard only keeps float / double from instantiating
+      // kernels they can never launch.
+      if constexpr (Traits<T>::kMMA) {
       if (atomic_q)
         launch(s2l_kernel<T, true, true, true, kF, kO>, rt, "s2l_kernel (rows)");
       else
         launch(s2l_kernel<T, true, false, true, kF, kO>, rt, "s2l_kernel (rows)");
       if (prm.compute_grad && prm.deterministic)
         launch(s2l_kernel<T, false, false, true, kF, kO>, ct, "s2l_kernel (columns)");
+      }
     } else {
       if (atomic_q)
         launch(s2l_kernel<T, true, true, false, kF, kO>, rt, "s2l_kernel (rows)");
@@ -408,33 +416,18 @@ void run_s2l(const void* p, const void* q, const void* u, const void* uc, int64_
 
 }  // namespace
 
-size_t s2l_loss_workspace_bytes(DType dtype, int64_t B1, int64_t B2, int64_t D, int64_t E,
-                                const S2LParams& prm) {
-  (void)E;
-  size_t bytes = 0;
-  if (dtype == DType::kFloat64)
-    carve<double>(nullptr, B1, B2, D, prm, &bytes);
-  else
-    carve<float>(nullptr, B1, B2, D, prm, &bytes);
-  return bytes;
-}
-
-void launch_s2l_loss_fwd(DType dtype, const void* p, const void* q, const void* u,
-                         const void* u_cols, int64_t B1, int64_t B2, int64_t D, int64_t E,
-                         const S2LParams& prm, double* stats, void* grad_p, void* grad_q,
-                         void* workspace, size_t workspace_bytes, void* stream) {
-  MPX_CHECK_VALUE(B1 > 0 && B2 > 0, "s2l_loss: empty batch");
-  MPX_CHECK_VALUE(!prm.has_u || (u != nullptr && u_cols != nullptr), "s2l_loss: u is null");
-  MPX_CHECK_VALUE(!prm.compute_grad || (grad_p != nullptr && grad_q != nullptr),
-                  "s2l_loss: gradient outputs are null");
-  DeviceGuard guard(p);
-  cudaStream_t st = static_cast<cudaStream_t>(stream);
-  dispatch_dtype(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    run_s2l<T>(p, q, u, u_cols, B1, B2, D, prm.has_u ? E : 0, prm, stats, grad_p, grad_q,
-               workspace, workspace_bytes, st);
-  });
-}
+// run_s2l<T> for one dtype each (float, double: s2l_loss.cu; __nv_bfloat16: s2l_loss_bf16.cu;
+// __half: s2l_loss_f16.cu); the first argument is the dtype tag.
+#define MPX_S2L_RUN_PARAMS                                                                        \
+  const void *p, const void *q, const void *u, const void *uc, int64_t B1, int64_t B2, int64_t D, \
+      int64_t E, const S2LParams &prm, double *stats, void *grad_p, void *grad_q, void *workspace, \
+      size_t workspace_bytes, cudaStream_t st
+#define MPX_S2L_RUN_ARGS \
+  p, q, u, uc, B1, B2, D, E, prm, stats, grad_p, grad_q, workspace, workspace_bytes, st
+void s2l_run(float, MPX_S2L_RUN_PARAMS);
+void s2l_run(double, MPX_S2L_RUN_PARAMS);
+void s2l_run(__nv_bfloat16, MPX_S2L_RUN_PARAMS);
+void s2l_run(__half, MPX_S2L_RUN_PARAMS);
 
 }  // namespace cuda
 }  // namespace molphenix
