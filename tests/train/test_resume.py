@@ -25,7 +25,7 @@ import json, sys, time
 import torch
 _step = torch.optim.AdamW.step
 def _slow(self, *a, **k):
-    time.sleep(0.03)
+    time.sleep(0.05)
     return _step(self, *a, **k)
 torch.optim.AdamW.step = _slow
 from molphenix.train import TrainConfig, fit
@@ -70,7 +70,7 @@ def test_sigkill_resume_is_bitwise_equal(tiny_data, tmp_path):
     ref = fit(tiny_config(tiny_data, tmp_path / "ref", **kw))
 
     cfg = tiny_config(tiny_data, tmp_path / "killed", **kw)
-    kill_at = random.Random().randint(3, steps - 8)
+    kill_at = random.Random().randint(3, steps - 12)
     env = dict(os.environ, PYTHONHASHSEED="0")
     child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(cfg.to_dict())], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
