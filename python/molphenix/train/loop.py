@@ -264,6 +264,7 @@ class _Trainer:
         cfg, run = self.cfg, self.run_dir
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device: 'cuda' requested but torch sees no CUDA GPU")
+        _check_names(cfg)
         from molphenix.data import load_dataset
 
         ds = load_dataset(cfg.data)
@@ -630,6 +631,25 @@ class _Trainer:
                 return (f"non-finite gradient of {self.param_names.get(id(prm), '?')} at step {step}; "
                         "lower lr or check the inputs")
         return f"non-finite gradient norm at step {step}; lower lr or check the inputs"
+
+
+def _check_names(cfg: TrainConfig) -> None:
+    """Fail fast, before any data is read, on an unknown model/loss or a bad option of them."""
+    from molphenix.losses import create_loss
+    from molphenix.nn import get_model_config
+
+    try:
+        create_loss(cfg.loss, **cfg.loss_kwargs)
+    except (ValueError, TypeError) as exc:
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith("loss:") else f"loss_kwargs: {msg}") from None
+    try:
+        get_model_config(cfg.model, **cfg.model_overrides)
+    except (ValueError, TypeError) as exc:
+        msg = str(exc)
+        if msg.startswith("name: "):
+            raise ValueError(f"model: {msg[len('name: '):]}") from None
+        raise ValueError(f"model_overrides: {msg}") from None
 
 
 def _fmt(v: Any) -> str:
