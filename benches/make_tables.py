@@ -84,7 +84,8 @@ def table(rows: List[Dict[str, str]], run_dir: Path) -> str:
     def gkey(k):
         op, case, _ = k
         c = json.loads(case)
-        return (OP_ORDER.index(op) if op in OP_ORDER else 99, c.get("pass", ""), json.dumps(c, sort_keys=True))
+        nums = tuple(v for _, v in sorted(c.items()) if isinstance(v, (int, float)) and not isinstance(v, bool))
+        return (OP_ORDER.index(op) if op in OP_ORDER else 99, c.get("pass", ""), str(c.get("threshold")), nums)
 
     for k in sorted(groups, key=gkey):
         op, case, _ = k
