@@ -155,3 +155,14 @@ def test_cli_errors_name_the_flag(tiny_data, tmp_path, capsys, argv, flag):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {flag}:"), err
+
+
+def test_graph_model_takes_its_input_from_the_model_config(tiny_data, tmp_path):
+    from molphenix.train import fit, load_run
+
+    run = fit(tiny_config(tiny_data, tmp_path / "g", model="molphenix-graph-small", steps=2, eval_every=0,
+                          featurizer_kwargs={}, model_overrides=dict(mpnn_hidden=16, embed_dim=16,
+                                                                     phenomic_hidden=32, molecular_hidden=32)))
+    tm = load_run(run)
+    assert tm.features.mol_input == "graph" and tm.model.config.mol_input == "graph"
+    assert tm.embed_molecules(["CCO", "c1ccccc1O"], [1.0, 2.5]).shape == (2, 16)

@@ -54,9 +54,11 @@ class TrainConfig:
             config's (``phenomic_dim``, ``molecular_dim`` and ``doses`` come from the data).
         loss: Loss name (:data:`molphenix.losses.LOSSES`).
         loss_kwargs: Keyword arguments of :func:`molphenix.losses.create_loss`.
-        mol_input: Molecular input: ``"morgan"`` (Morgan count fingerprint from SMILES; the
-            default), ``"rdkit2d"``, ``"maccs"``, ``"graph"`` or ``"column:<name>"`` (a
-            precomputed embedding column of the molecules table).
+        mol_input: Molecular input: ``"morgan"`` (Morgan count fingerprint from SMILES),
+            ``"rdkit2d"``, ``"maccs"``, ``"graph"`` or ``"column:<name>"`` (a precomputed
+            embedding column of the molecules table); ``None`` (default) takes the model
+            config's (``"morgan"`` for ``molphenix-small``, ``"graph"`` for
+            ``molphenix-graph-small``).
         featurizer_kwargs: Arguments of the featurizer (e.g. ``{"radius": 2, "n_bits": 2048}``).
         concentration: Concentration encoding of the molecular head (``"none"``, ``"onehot"``,
             ``"log10"``, ``"sigmoid"`` or ``"+"``-joined); ``None`` keeps the model config's.
@@ -105,7 +107,7 @@ class TrainConfig:
     model_overrides: Dict[str, Any] = field(default_factory=dict)
     loss: str = "s2l"
     loss_kwargs: Dict[str, Any] = field(default_factory=dict)
-    mol_input: str = "morgan"
+    mol_input: Optional[str] = None
     featurizer_kwargs: Dict[str, Any] = field(default_factory=dict)
     concentration: Optional[str] = None
     seed: int = 0
@@ -152,7 +154,9 @@ class TrainConfig:
         Raises:
             ValueError: naming the first offending field.
         """
-        for f in ("model", "loss", "mol_input", "normalize", "device"):
+        if self.mol_input is not None and (not isinstance(self.mol_input, str) or not self.mol_input):
+            raise ValueError(f"mol_input: expected a non-empty string or None, got {self.mol_input!r}")
+        for f in ("model", "loss", "normalize", "device"):
             if not isinstance(getattr(self, f), str) or not getattr(self, f):
                 raise ValueError(f"{f}: expected a non-empty string, got {getattr(self, f)!r}")
         for f in ("model_overrides", "loss_kwargs", "featurizer_kwargs"):

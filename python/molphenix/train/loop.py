@@ -317,7 +317,11 @@ class _Trainer:
         smiles = ds.molecules.column("smiles").to_pylist()
         meta_path = run / "run.json"
         meta = json.loads(meta_path.read_text()) if (resuming and meta_path.is_file()) else None
-        features = MolFeatures(cfg.mol_input, cfg.featurizer_kwargs, cache_dir=run / "cache",
+        from molphenix.nn import get_model_config
+
+        mol_input = meta["features"]["mol_input"] if meta else (
+            cfg.mol_input or get_model_config(cfg.model, **cfg.model_overrides).mol_input)
+        features = MolFeatures(mol_input, cfg.featurizer_kwargs, cache_dir=run / "cache",
                                state=meta["features"] if meta else None)
         if meta is None:
             train_mols = sorted(set(sampler.samples.column("molecule_id").to_pylist()))
@@ -329,14 +333,13 @@ class _Trainer:
             [self.mol_row[m] for m in sampler.samples.column("molecule_id").to_pylist()], dtype=np.int64)
 
         from molphenix.losses import create_loss
-        from molphenix.nn import get_model_config
 
         loss_fn = create_loss(cfg.loss, **cfg.loss_kwargs)
         if meta is None:
             doses = sorted({float(c) for c in ds.wells.column("concentration_um").drop_null().to_pylist()})
             overrides = dict(cfg.model_overrides)
             overrides.update(phenomic_dim=sampler.embedding_dim, molecular_dim=features.dim(ds.molecules),
-                             mol_input=cfg.mol_input, doses=doses)
+                             mol_input=mol_input, doses=doses)
             if cfg.concentration is not None:
                 overrides["concentration"] = cfg.concentration
             model_cfg = get_model_config(cfg.model, **overrides)

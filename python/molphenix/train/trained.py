@@ -76,7 +76,7 @@ class TrainedModel(nn.Module):
     (e.g. replicate averages of centred wells, as evaluation queries are).
 
     The molecular contract (``embed_molecules``): SMILES are featurized with the run's
-    featurizer (``config.mol_input``) and embedded at the given concentrations (µM).
+    featurizer (``run.json``'s ``features``) and embedded at the given concentrations (µM).
 
     Attributes:
         model: The :class:`~molphenix.nn.MolPhenixModel`.
@@ -97,8 +97,10 @@ class TrainedModel(nn.Module):
         self.input_scale = float(meta["input_scale"])
         self.normalize = meta.get("normalize", "center")
         cache = (run_dir / "cache") if run_dir is not None else None
-        self.features = MolFeatures(config.mol_input, config.featurizer_kwargs, cache_dir=cache,
-                                    state=meta.get("features"))
+        fstate = meta.get("features") or {}
+        self.features = MolFeatures(fstate.get("mol_input") or config.mol_input or self.model.config.mol_input,
+                                    fstate.get("kwargs", config.featurizer_kwargs), cache_dir=cache,
+                                    state=fstate)
         self.step = 0
         self.checkpoint: Optional[str] = None
 
@@ -269,7 +271,7 @@ class TrainedModel(nn.Module):
         return pa.table(cols)
 
     def extra_repr(self) -> str:
-        return (f"run={str(self.run_dir)!r}, step={self.step}, mol_input={self.config.mol_input!r}, "
+        return (f"run={str(self.run_dir)!r}, step={self.step}, mol_input={self.features.mol_input!r}, "
                 f"normalize={self.normalize!r}")
 
 
