@@ -265,6 +265,10 @@ class _Trainer:
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device: 'cuda' requested but torch sees no CUDA GPU")
         _check_names(cfg)
+        if cfg.mol_input is None:  # resolved once, so config.json always names the input
+            from molphenix.nn import get_model_config
+
+            cfg = self.cfg = cfg.replace(mol_input=get_model_config(cfg.model, **cfg.model_overrides).mol_input)
         from molphenix.data import load_dataset
 
         ds = load_dataset(cfg.data)
