@@ -91,9 +91,11 @@ def main(argv=None) -> int:
         try:
             r = run_mode(mode, tmp / "out", args.threads)
             verdict = "within" if r["wall_s"] <= LIMITS[mode] else "OVER"
-            lines.append(f"mode={mode} rc={r['rc']} wall_s={r['wall_s']:.1f} cpu_s={r['cpu_s']:.1f} "
-                         f"limit_s={LIMITS[mode]:.0f} ({verdict}) load1_before={r['load_before']:.2f} "
-                         f"load1_after={r['load_after']:.2f}")
+            summary = (f"mode={mode} rc={r['rc']} wall_s={r['wall_s']:.1f} cpu_s={r['cpu_s']:.1f} "
+                       f"limit_s={LIMITS[mode]:.0f} ({verdict}) load1_before={r['load_before']:.2f} "
+                       f"load1_after={r['load_after']:.2f}")
+            lines.append(summary)
+            print(summary, flush=True)
             lines += ["  | " + s for s in r["stdout"].rstrip().splitlines()]
             if r["rc"] != 0:
                 status = 1
@@ -105,7 +107,6 @@ def main(argv=None) -> int:
                 shutil.copytree(tmp / "out", dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        print("\n".join(lines[-1:]), flush=True)
     text = "\n".join(lines) + "\n"
     with open(log, "a") as fh:
         fh.write(text)
