@@ -166,3 +166,32 @@ def test_graph_model_takes_its_input_from_the_model_config(tiny_data, tmp_path):
     tm = load_run(run)
     assert tm.features.mol_input == "graph" and tm.model.config.mol_input == "graph"
     assert tm.embed_molecules(["CCO", "c1ccccc1O"], [1.0, 2.5]).shape == (2, 16)
+
+
+@pytest.mark.parametrize("loader", ["rxrx3_core", "jump"])
+def test_loader_fixtures_train_with_defaults(loader, tmp_path):
+    """Any dataset in the documented schema (here the loaders' fixtures: no calls, few
+    molecules, one or two datasets) trains with the default settings and evaluates."""
+    import warnings
+    from pathlib import Path
+
+    from molphenix.data import load_jump, load_rxrx3_core, save_dataset
+    from molphenix.eval.run import evaluate_run
+    from molphenix.train import TrainConfig, fit
+
+    fx = Path(__file__).resolve().parents[1] / "fixtures"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if loader == "rxrx3_core":
+            ds = load_rxrx3_core(fx / "rxrx3_core" / "metadata_rxrx3_core.csv",
+                                 fx / "rxrx3_core" / "OpenPhenom_rxrx3_core_embeddings.parquet")
+        else:
+            ds = load_jump(fx / "jump" / "profiles.parquet", compounds=fx / "jump" / "compound.csv",
+                           plates=fx / "jump" / "plate.csv", controls=fx / "jump" / "perturbation_control.csv")
+    save_dataset(ds, tmp_path / "ds")
+    msgs = []
+    run = fit(TrainConfig(data=str(tmp_path / "ds"), out=str(tmp_path / "run"), steps=4, threads=1,
+                          progress=False), log=msgs.append)
+    assert (run / "calls.parquet").is_file()  # the fixtures have no calls: computed for the run
+    m = evaluate_run(run, tmp_path / "ds", n_bootstrap=0)
+    assert [k for k in m if k != "schema_version"]

@@ -248,14 +248,22 @@ def fit(config: TrainConfig | Dict[str, Any] | str | os.PathLike, *,
         raise ValueError("out: the run directory is required")
     say = log if log is not None else logger.info
     with _threads(cfg.threads):
-        return _Trainer(cfg, say).run()
+        return _Trainer(cfg, say, user_log=log is not None).run()
 
 
 class _Trainer:
-    def __init__(self, cfg: TrainConfig, say: Callable[[str], None]):
+    def __init__(self, cfg: TrainConfig, say: Callable[[str], None], user_log: bool = False):
         self.cfg = cfg
         self.say = say
+        self.user_log = user_log
         self.run_dir = Path(cfg.out)
+
+    def warn(self, msg: str) -> None:
+        """A warning: through the caller's ``log`` when one was given, else ``warnings.warn``."""
+        if self.user_log:
+            self.say(f"warning: {msg}")
+        else:
+            warnings.warn(msg, stacklevel=external_stacklevel())
 
     # ------------------------------------------------------------------ setup
     def run(self) -> Path:
@@ -310,9 +318,8 @@ class _Trainer:
             if sampler.num_samples < 2:
                 raise ValueError(f"data: the training split has {sampler.num_samples} sample(s); "
                                  "contrastive training needs at least 2")
-            warnings.warn(f"batch_size {cfg.batch_size} exceeds the expected epoch size "
-                          f"({expected:.0f} samples after undersampling); using batches of {bs}",
-                          stacklevel=external_stacklevel())
+            self.warn(f"batch_size {cfg.batch_size} exceeds the expected epoch size "
+                      f"({expected:.0f} samples after undersampling); using batches of {bs}")
             sampler.batch_size = bs
         self.sampler = sampler
 
