@@ -72,7 +72,7 @@ class DemoProfile:
 
 
 #: ``default``: <= 10 minutes on 2 CPU cores; ``quick``: <= 2 minutes; ``tiny``: seconds (tests).
-#: Times measured by benches/bench_demo.py (benches/results/).
+#: Measured by benches/bench_demo.py; log in benches/results/demo-cpu-x86_64-2c.log.
 PROFILES: Dict[str, DemoProfile] = {
     "default": DemoProfile("default", n_molecules=1500, samples=49152),
     "quick": DemoProfile("quick", n_molecules=500, samples=6144, n_bootstrap=500),
