@@ -204,3 +204,22 @@ def test_best_falls_back_to_last_before_validation(tiny_data, tmp_path):
     with pytest.warns(UserWarning, match="last.pt"):
         tm = load_run(run)
     assert tm.step == 3
+
+
+def test_start_killed_before_first_checkpoint_restarts(tiny_data, tmp_path):
+    from molphenix.train import fit
+
+    cfg = tiny_config(tiny_data, tmp_path / "r", steps=3, eval_every=0)
+    run = fit(cfg)
+    first = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    # what a run killed during setup or its first steps leaves: config and setup files, no checkpoint
+    for f in ("checkpoints/last.pt", "checkpoints/best.pt", "run.json"):
+        (run / f).unlink()
+    (run / "train_log.csv").write_text("step,epoch\n1,0\n2,")
+    msgs = []
+    fit(cfg, log=msgs.append)
+    assert not any("resuming" in m for m in msgs)
+    again = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(first[k], again[k]) for k in first)  # same seed, same result
+    with open(run / "train_log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3]
