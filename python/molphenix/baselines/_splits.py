@@ -70,39 +70,17 @@ def split_queries(dataset, splits, name: str, calls, *, p_cutoff: float = 0.1,
         :func:`molphenix.eval.metrics.average_queries` (``x`` [G, E], ``molecule``,
         ``concentration``, ``n_wells``) plus ``active`` bool [G].
     """
+    from molphenix.eval import average_queries
+
     rows = splits.indices(name)
     if rows.size == 0:
         return None
     x = centred if centred is not None else centred_wells(dataset)
     mol = np.asarray(dataset.column("molecule_id"), dtype=object)[rows]
     conc = np.asarray(dataset.column("concentration_um"), dtype=np.float64)[rows]
-    q = _average(x[rows], mol, conc)
+    q = average_queries(x[rows], mol, conc)
     q["active"] = activity_lookup(calls, p_cutoff)(q["molecule"], q["concentration"])
     return q
-
-
-def _average(x: np.ndarray, mol: np.ndarray, conc: np.ndarray) -> Dict[str, np.ndarray]:
-    """Mean of the rows of ``x`` per (molecule, concentration key), groups sorted by key.
-
-    Returns the layout of :func:`molphenix.eval.metrics.average_queries` (``x`` float32 [G, E],
-    ``molecule`` object [G], ``concentration`` float64 [G], ``n_wells`` int64 [G]).
-    """
-    from molphenix.eval.metrics import concentration_key
-
-    keys = [(str(m), float(concentration_key(c))) for m, c in zip(mol, conc)]
-    uniq = sorted(set(keys))
-    pos = {k: i for i, k in enumerate(uniq)}
-    codes = np.fromiter((pos[k] for k in keys), dtype=np.int64, count=len(keys))
-    g = len(uniq)
-    sums = np.zeros((g, x.shape[1]))
-    np.add.at(sums, codes, x.astype(np.float64))
-    counts = np.bincount(codes, minlength=g)
-    first = np.full(g, -1, dtype=np.int64)
-    first[codes[::-1]] = np.arange(len(codes))[::-1]
-    return {"x": (sums / counts[:, None]).astype(np.float32),
-            "molecule": np.asarray([k[0] for k in uniq], dtype=object),
-            "concentration": np.asarray(conc, dtype=np.float64)[first],
-            "n_wells": counts.astype(np.int64)}
 
 
 def evaluate_split_embeddings(query_emb: Any, cand_emb: Any, q: Dict[str, np.ndarray], *,
