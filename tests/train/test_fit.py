@@ -113,7 +113,7 @@ def test_refuses_foreign_directory(tmp_path, tiny_data):
     (tmp_path / "x" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="out: .* holds no molphenix run"):
         fit(tiny_config(tiny_data, tmp_path / "x", overwrite=True))
-    assert (tmp_path / "x" / "notes.txt").exists()
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["notes.txt"]  # untouched
 
 
 def test_nonfinite_names_step(tiny_data, tmp_path):
@@ -223,3 +223,18 @@ def test_start_killed_before_first_checkpoint_restarts(tiny_data, tmp_path):
     assert all(torch.equal(first[k], again[k]) for k in first)  # same seed, same result
     with open(run / "train_log.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3]
+
+
+def test_a_run_in_use_is_refused(tiny_data, tmp_path):
+    import fcntl
+
+    from molphenix.train import fit
+
+    run = tmp_path / "r"
+    run.mkdir()
+    with open(run / ".lock", "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # another trainer holds it
+        with pytest.raises(ValueError, match="being trained by another process"):
+            fit(tiny_config(tiny_data, run, steps=2))
+    fit(tiny_config(tiny_data, run, steps=2, eval_every=0))  # free again
+    assert (run / "checkpoints" / "last.pt").is_file()

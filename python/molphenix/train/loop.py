@@ -140,16 +140,16 @@ def _open_run(run: Path, cfg: TrainConfig, fingerprint: Dict[str, Any]) -> Optio
     Raises:
         ValueError: ``run`` holds something else, or a run with another config or dataset.
     """
-    if run.exists() and not run.is_dir():
-        raise ValueError(f"out: {run} exists and is not a directory")
     is_run = (run / "config.json").is_file()
-    if run.is_dir() and any(run.iterdir()) and not is_run:
+    if any(p.name != _LOCK for p in run.iterdir()) and not is_run:
         raise ValueError(f"out: {run} is not empty and holds no molphenix run (config.json); "
                          "choose another directory")
     if cfg.overwrite and is_run:
-        shutil.rmtree(run)
+        for p in run.iterdir():  # everything but the lock this process holds
+            if p.name == _LOCK:
+                continue
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         is_run = False
-    run.mkdir(parents=True, exist_ok=True)
     (run / "checkpoints").mkdir(exist_ok=True)
     if not is_run:
         return None
@@ -247,8 +247,39 @@ def fit(config: TrainConfig | Dict[str, Any] | str | os.PathLike, *,
     if cfg.out is None:
         raise ValueError("out: the run directory is required")
     say = log if log is not None else logger.info
-    with _threads(cfg.threads):
+    with _threads(cfg.threads), _run_lock(Path(cfg.out)):
         return _Trainer(cfg, say, user_log=log is not None).run()
+
+
+_LOCK = ".lock"
+
+
+@contextmanager
+def _run_lock(run: Path):
+    """Hold an exclusive advisory lock on ``RUN/.lock`` while training (two processes writing
+    one run would interleave checkpoints); the OS drops it when the process dies, even by
+    SIGKILL, so a killed run never leaves a stale lock."""
+    if run.exists() and not run.is_dir():
+        raise ValueError(f"out: {run} exists and is not a directory")
+    if run.is_dir() and not (run / "config.json").is_file() and any(p.name != _LOCK for p in run.iterdir()):
+        raise ValueError(f"out: {run} is not empty and holds no molphenix run (config.json); "
+                         "choose another directory")
+    run.mkdir(parents=True, exist_ok=True)
+    f = open(run / _LOCK, "a+")
+    try:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no advisory locks (Windows): run unlocked
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise ValueError(f"out: {run} is being trained by another process; wait for it "
+                                 "or choose another --out") from None
+        yield
+    finally:
+        f.close()
 
 
 class _Trainer:
