@@ -15,6 +15,7 @@ Run directory layout (``RUN = config.out``)::
     checkpoints/last.pt  the latest state (written at least every checkpoint_every seconds
                        and at the end; ``finished`` marks a completed run)
     checkpoints/best.pt  the model with the best validation recall so far
+    .lock              advisory lock held while a process trains the run
 
 Determinism: the sample order of epoch e comes from the stream (seed, e), the replicate
 averaging of batch b of epoch e from (seed, e, 2, b) (:class:`~molphenix.data.ReplicateSampler`),
