@@ -49,7 +49,10 @@ def load_run(path: str | os.PathLike, checkpoint: str = "best", *, device: str |
     if checkpoint == "best" and not ck.is_file() and (run / "checkpoints" / "last.pt").is_file():
         import warnings
 
-        warnings.warn(f"{ck} does not exist yet (no validation has run); loading last.pt", stacklevel=2)
+        from molphenix._warnings import external_stacklevel
+
+        warnings.warn(f"{ck} does not exist yet (no validation has run); loading last.pt",
+                      stacklevel=external_stacklevel())
         ck = run / "checkpoints" / "last.pt"
     if not ck.is_file():
         raise FileNotFoundError(f"checkpoint: {ck} not found (has the run saved a checkpoint yet?)")
