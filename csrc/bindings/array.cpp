@@ -52,7 +52,9 @@ ArrayView view(py::handle obj, const char* name, bool allow_none) {
     throw ValueError(detail::concat(name, ": unsupported device type ", t.device.device_type));
   }
   v.device_id = t.device.device_id;
-  if (t.strides != nullptr) {
+  bool empty = false;
+  for (int i = 0; i < t.ndim; ++i) empty = empty || t.shape[i] == 0;
+  if (t.strides != nullptr && !empty) {  // an empty array's strides are never dereferenced
     int64_t expected = 1;
     for (int i = t.ndim - 1; i >= 0; --i) {
       if (t.shape[i] != 1) {

@@ -4,12 +4,17 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "array.h"
 #include "molphenix/common.h"
 #include "molphenix/cpu_features.h"
+#include "molphenix/options.h"
+#include "molphenix/workspace.h"
 #include "molphenix/ops/arctan_l2_similarity.h"
 #include "molphenix/ops/retrieval.h"
 #include "molphenix/ops/s2l_loss.h"
@@ -38,6 +43,8 @@ namespace cuda {
 int device_count();          // 0 when there is no driver or no device (never throws)
 int runtime_version();       // CUDART_VERSION the module was built with
 std::string device_name(int device);
+// Copies `bytes` from device memory to the host on `stream` and waits for it (validation only).
+void copy_to_host(void* dst, const void* src, size_t bytes, void* stream);
 }  // namespace cuda
 }  // namespace molphenix
 #endif
@@ -63,6 +70,49 @@ void check_workspace(const ArrayView& ws, size_t need, const char* op) {
   for (int64_t s : ws.shape) have *= static_cast<size_t>(s);
   have *= ws.dtype.bits / 8;
   MPX_CHECK_VALUE(have >= need, op, ": workspace: expected at least ", need, " bytes, got ", have);
+}
+
+// Retrieval targets index the candidates: each must be in [0, N) or -1 ("not in this set").
+void check_targets(const int64_t* t, int64_t Q, int64_t N) {
+  for (int64_t i = 0; i < Q; ++i)
+    MPX_CHECK_VALUE(t[i] >= -1 && t[i] < N, "targets: entry ", i, " is ", t[i],
+                    "; expected an index in [0, ", N, ") or -1 (not in this candidate set)");
+}
+
+// ---------------------------------------------------------------------------------------------
+// run-time settings and workspace accounting
+// ---------------------------------------------------------------------------------------------
+py::dict get_options() {
+  const RuntimeOptions o = runtime_options();
+  py::dict d;
+  d["simd"] = o.simd;
+  d["s2l_tile"] = o.s2l_tile;
+  d["cuda_mainloop"] = o.cuda_mainloop;
+  d["s2l_blocks_per_sm"] = o.s2l_blocks_per_sm;
+  d["s2l_u_simt"] = o.s2l_u_simt;
+  d["topk_prefilter"] = o.topk_prefilter;
+  return d;
+}
+
+void set_options(int simd, int s2l_tile, int cuda_mainloop, int s2l_blocks_per_sm,
+                 bool s2l_u_simt, int topk_prefilter) {
+  MPX_CHECK_VALUE(simd >= -1 && simd <= 2, "simd: expected -1 (best), 0 (scalar), 1 (avx2) or 2 (avx512), got ", simd);
+  MPX_CHECK_VALUE(s2l_tile == 0 || s2l_tile == 64 || s2l_tile == 128 || s2l_tile == 256 || s2l_tile == 512,
+                  "s2l_tile: expected 0 (automatic), 64, 128, 256 or 512, got ", s2l_tile);
+  MPX_CHECK_VALUE(cuda_mainloop == 0 || cuda_mainloop == 1,
+                  "cuda_mainloop: expected 0 (fast) or 1 (simple), got ", cuda_mainloop);
+  MPX_CHECK_VALUE(s2l_blocks_per_sm == 1 || s2l_blocks_per_sm == 2,
+                  "s2l_blocks_per_sm: expected 1 or 2, got ", s2l_blocks_per_sm);
+  MPX_CHECK_VALUE(topk_prefilter >= 0 && topk_prefilter <= 2,
+                  "topk_prefilter: expected 0 (off), 1 (on) or 2 (fallback), got ", topk_prefilter);
+  RuntimeOptions o;
+  o.simd = simd;
+  o.s2l_tile = s2l_tile;
+  o.cuda_mainloop = cuda_mainloop;
+  o.s2l_blocks_per_sm = s2l_blocks_per_sm;
+  o.s2l_u_simt = s2l_u_simt;
+  o.topk_prefilter = topk_prefilter;
+  set_runtime_options(o);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -140,6 +190,12 @@ void s2l_loss_fwd(py::handle p_, py::handle q_, py::handle u_, py::handle u_cols
     check_same_device(p, "p", gp, "grad_p");
     check_same_device(p, "p", gq, "grad_q");
   }
+  MPX_CHECK_VALUE(std::isfinite(bias), "bias: expected a finite number, got ", bias);
+  MPX_CHECK_VALUE(std::isfinite(gamma) && std::isfinite(delta),
+                  "gamma/delta: expected finite numbers, got ", gamma, ", ", delta);
+  // The kernels compute row + diag_offset - column in int64: an offset outside [-B1, B2] means
+  // "no positive pair" exactly like one at the ends, so it is clamped there (no overflow).
+  diag_offset = std::min<int64_t>(std::max<int64_t>(diag_offset, -B1), B2);
   S2LParams prm = make_s2l_params(scale, bias, u.present, c, has_threshold, threshold, gamma, delta,
                                   hard_diagonal, diag_offset, normalizer, compute_grad, deterministic);
   if (p.device == Device::kCPU) {
@@ -308,15 +364,26 @@ void retrieval_ranks(py::handle queries_, py::handle candidates_, py::handle tar
     check_same_device(qa, "queries", *pr.first, pr.second);
   const Metric metric = parse_metric(metric_);
   const DType dt = qa.float_dtype();
+  MPX_CHECK_VALUE(D > 0, "queries: expected a non-zero embedding width, got shape [", Q, ", 0]");
   if (Q == 0) return;
   if (qa.device == Device::kCPU) {
     check_cpu_dtype(qa, "queries");
+    check_targets(static_cast<const int64_t*>(ta.data), Q, N);
     const int nt = resolve_threads(num_threads);
     py::gil_scoped_release nogil;
     cpu::retrieval_ranks(dt, qa.data, ca.data, Q, N, D, static_cast<const int64_t*>(ta.data),
                          static_cast<double*>(ts.data), metric, static_cast<int64_t*>(ra.data), nt);
   } else {
 #ifdef MOLPHENIX_WITH_CUDA
+    {  // the kernels index candidates by target: check the values (a Q x 8-byte copy)
+      std::vector<int64_t> host(static_cast<size_t>(Q));
+      {
+        py::gil_scoped_release nogil;
+        cuda::copy_to_host(host.data(), ta.data, sizeof(int64_t) * static_cast<size_t>(Q),
+                           reinterpret_cast<void*>(stream));
+      }
+      check_targets(host.data(), Q, N);
+    }
     const size_t need = cuda::retrieval_ranks_workspace_bytes(dt, Q, N, D, metric);
     check_workspace(ws, need, "retrieval_ranks");
     py::gil_scoped_release nogil;
@@ -345,6 +412,7 @@ void topk_retrieve(py::handle queries_, py::handle candidates_, int64_t k, py::h
   MPX_CHECK_VALUE(ca.size(1) == D, "candidates: expected ", D, " columns (as queries), got ", ca.size(1));
   MPX_CHECK_VALUE(N > 0, "candidates: the candidate set is empty");
   MPX_CHECK_VALUE(k >= 1 && k <= N, "k: expected 1 <= k <= N = ", N, ", got ", k);
+  MPX_CHECK_VALUE(D > 0, "queries: expected a non-zero embedding width, got shape [", Q, ", 0]");
   check_float(sa, "scores");
   check_shape(sa, "scores", {Q, k});
   check_int64(ia, "indices");
@@ -408,6 +476,7 @@ py::dict build_info() {
   d["cpu_kernels"] = true;
   d["simd_compiled"] = cpu::simd_compiled();
   d["simd_level"] = cpu::simd_level_name(cpu::simd_level());
+  d["simd_best"] = cpu::simd_level_name(cpu::simd_best());
 #ifdef _OPENMP
   d["openmp"] = _OPENMP;
   d["omp_max_threads"] = omp_get_max_threads();
@@ -450,6 +519,17 @@ PYBIND11_MODULE(_C, m) {
   });
 
   m.def("build_info", &build_info, "What this build contains (ops, SIMD, OpenMP, CUDA).");
+  m.def("get_options", &get_options,
+        "The run-time settings the kernels read (see molphenix.options()).");
+  m.def("set_options", &set_options, py::kw_only(), py::arg("simd"), py::arg("s2l_tile"),
+        py::arg("cuda_mainloop"), py::arg("s2l_blocks_per_sm"), py::arg("s2l_u_simt"),
+        py::arg("topk_prefilter"),
+        "Replace the run-time settings (use molphenix.set_options, which validates names).");
+  m.def("cpu_workspace_stats", []() {
+    return py::make_tuple(cpu::workspace_current(), cpu::workspace_peak());
+  }, "(current, peak) bytes of CPU kernel workspace (scratch buffers) in this process.");
+  m.def("cpu_workspace_reset_peak", &cpu::workspace_reset_peak,
+        "Reset the peak of cpu_workspace_stats() to the current value.");
 #ifdef MOLPHENIX_WITH_CUDA
   m.def("cuda_device_count", &molphenix::cuda::device_count,
         "Number of CUDA devices visible to the statically linked runtime (0 without a driver).");

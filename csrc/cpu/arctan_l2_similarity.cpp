@@ -16,6 +16,7 @@
 
 #include "gemm.h"
 #include "molphenix/cpu_features.h"
+#include "molphenix/workspace.h"
 #include "simd_math_kernels.h"
 
 namespace molphenix {
@@ -101,7 +102,7 @@ void fwd_impl(const T* a, const T* b, int64_t N, int64_t M, int64_t E, double c,
       num_threads, 2.0 * static_cast<double>(N) * static_cast<double>(M) * static_cast<double>(E + 16));
   const auto k = sim_consts<T>(c, has_threshold, threshold);
   const SimFwd<T> epi = pick_fwd<T>();
-  std::vector<T> na(N), nb(M);
+  WsVec<T> na(N), nb(M);
   // Square tiles (edge 256 for large problems): the output is written once, in cache-sized pieces,
   // and each packed panel of b serves 256 rows (64-row panels measured ~25% slower).
   const int64_t tc = sim_tile_edge<T>(N, M), tr = tc;
@@ -149,13 +150,13 @@ void bwd_impl(const T* go, const T* a, const T* b, int64_t N, int64_t M, int64_t
   const TileSchedule sched = make_tile_schedule(N, M, tile, max_groups);
   const int64_t G = sched.groups;
 
-  std::vector<T> na(N), nb(M);
+  WsVec<T> na(N), nb(M);
   // Row / column sums of g: the short side gets one copy per group (group 0 first).
-  std::vector<double> rs(static_cast<size_t>(sched.group_cols ? G : 1) * N, 0.0);
-  std::vector<double> cs(static_cast<size_t>(sched.group_cols ? 1 : G) * M, 0.0);
-  std::unique_ptr<T[]> partial(G > 1 ? new T[static_cast<size_t>(G - 1) * short_rows * E] : nullptr);
+  WsVec<double> rs(static_cast<size_t>(sched.group_cols ? G : 1) * N, 0.0);
+  WsVec<double> cs(static_cast<size_t>(sched.group_cols ? 1 : G) * M, 0.0);
+  WsArray<T> partial(G > 1 ? static_cast<size_t>(G - 1) * short_rows * E : 0);
   const size_t tt = static_cast<size_t>(tile) * tile;
-  std::unique_ptr<T[]> xbuf(new T[tt * nt]);
+  WsArray<T> xbuf(tt * nt);
   TileRunner runner(sched);
 
   auto do_tile = [&](const TilePos& tp, int tid) {

@@ -1,7 +1,6 @@
 #include "molphenix/cpu_features.h"
 
-#include <cstdlib>
-#include <cstring>
+#include "molphenix/options.h"
 
 namespace molphenix {
 namespace cpu {
@@ -21,21 +20,20 @@ SimdLevel detect() {
     best = SimdLevel::kAVX512;
 #endif
 #endif
-  const char* env = std::getenv("MOLPHENIX_SIMD");
-  if (env != nullptr) {
-    SimdLevel cap = best;
-    if (std::strcmp(env, "scalar") == 0) cap = SimdLevel::kScalar;
-    else if (std::strcmp(env, "avx2") == 0) cap = SimdLevel::kAVX2;
-    else if (std::strcmp(env, "avx512") == 0) cap = SimdLevel::kAVX512;
-    if (static_cast<int>(cap) < static_cast<int>(best)) best = cap;
-  }
   return best;
 }
 }  // namespace
 
-SimdLevel simd_level() {
+SimdLevel simd_best() {
   static const SimdLevel level = detect();
   return level;
+}
+
+SimdLevel simd_level() {
+  const SimdLevel best = simd_best();
+  const int cap = runtime_options().simd;
+  if (cap >= 0 && cap < static_cast<int>(best)) return static_cast<SimdLevel>(cap);
+  return best;
 }
 
 const char* simd_level_name(SimdLevel level) {

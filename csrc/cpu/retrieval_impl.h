@@ -30,6 +30,7 @@
 
 #include "gemm_kernels.h"
 #include "molphenix/common.h"
+#include "molphenix/workspace.h"
 
 namespace molphenix {
 namespace cpu {
@@ -43,12 +44,26 @@ struct AlignedBuf {
     void operator()(T* p) const { std::free(p); }
   };
   std::unique_ptr<T, Free> ptr;
+  size_t bytes = 0;  // counted in the workspace total while alive
   explicit AlignedBuf(int64_t n) {
-    size_t bytes = static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T);
-    bytes = (bytes + 63) / 64 * 64;
-    ptr.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+    size_t b = static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T);
+    b = (b + 63) / 64 * 64;
+    ptr.reset(static_cast<T*>(std::aligned_alloc(64, b)));
     if (!ptr) throw std::bad_alloc();
+    bytes = b;
+    workspace_add(bytes);
   }
+  AlignedBuf(const AlignedBuf&) = delete;
+  AlignedBuf& operator=(AlignedBuf&& o) noexcept {
+    if (this != &o) {
+      workspace_sub(bytes);
+      ptr = std::move(o.ptr);
+      bytes = o.bytes;
+      o.bytes = 0;
+    }
+    return *this;
+  }
+  ~AlignedBuf() { workspace_sub(bytes); }
   T* get() const { return ptr.get(); }
 };
 
@@ -183,8 +198,8 @@ struct Impl {
                     const int64_t* targets, double* target_scores, int64_t* ranks, int nt) {
     Packed P;
     pack(Cm, N, D, kSq, nt, P);
-    std::vector<T> qn(kSq ? Q : 0), thr(Q);
-    std::vector<int64_t> self(Q);
+    WsVec<T> qn(kSq ? Q : 0), thr(Q);
+    WsVec<int64_t> self(Q);
     // Target keys with exactly the tile arithmetic; per-row thresholds in T.
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t i = 0; i < Q; ++i) {
@@ -215,7 +230,7 @@ struct Impl {
     const int64_t nch = (P.np + ch - 1) / ch;
     const int64_t items = nqb * nch;
     const int nthr = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, items)));
-    std::vector<int64_t> counts(static_cast<size_t>(nthr) * Q, 0);
+    WsVec<int64_t> counts(static_cast<size_t>(nthr) * Q, 0);
 #pragma omp parallel num_threads(nthr)
     {
       int64_t* cnt = counts.data() + static_cast<int64_t>(omp_get_thread_num()) * Q;
@@ -270,10 +285,10 @@ struct Impl {
 
   // Scratch of one thread: radix-select keys [cap], sort ping-pong [k] keys + indices.
   struct Scratch {
-    std::vector<U> sel;
-    std::vector<U> skey;
-    std::vector<int64_t> sidx;
-    std::vector<uint32_t> hist;
+    WsVec<U> sel;
+    WsVec<U> skey;
+    WsVec<int64_t> sidx;
+    WsVec<uint32_t> hist;
     Scratch(int64_t cap, int64_t k) : sel(cap), skey(k), sidx(k), hist(1 << 11) {}
   };
 
@@ -438,7 +453,7 @@ struct Impl {
                                               const Packed& P, int64_t ns, int64_t rk,
                                               const T* qn, U* samp, T* thr0, Scratch& sc) {
     const int64_t ld = ns * NR;
-    std::vector<int64_t> cnt(mb, 0);
+    WsVec<int64_t> cnt(mb, 0);
     for (int64_t si = 0; si < ns; ++si) {  // panel outer: it stays in L1/L2 over the rows
       const int64_t p = si * P.np / ns;
       V cn[NV];
@@ -570,7 +585,7 @@ struct Impl {
                    T* out_scores, int64_t* out_idx, int nt) {
     Packed P;
     pack(Cm, N, D, kSq, nt, P);
-    std::vector<T> qn(kSq ? Q : 0);
+    WsVec<T> qn(kSq ? Q : 0);
     if (kSq) {
 #pragma omp parallel for num_threads(nt) schedule(static)
       for (int64_t i = 0; i < Q; ++i) qn[i] = dot_fma_chain(Qm + i * D, Qm + i * D, D);
@@ -585,13 +600,13 @@ struct Impl {
       // Many queries: threads take whole query blocks and stream all candidates.
 #pragma omp parallel num_threads(nt)
       {
-        std::vector<U> keys(static_cast<size_t>(kBlockRows * cap));
-        std::vector<int64_t> idx(static_cast<size_t>(kBlockRows * cap));
-        std::vector<Sel> sel(kBlockRows);
-        std::vector<U> samp(static_cast<size_t>(ns ? kBlockRows * ns * NR : 0));
-        std::vector<T> thr0(kBlockRows);
-        std::vector<int64_t> fail;
-        std::vector<T> fq, fqn;
+        WsVec<U> keys(static_cast<size_t>(kBlockRows * cap));
+        WsVec<int64_t> idx(static_cast<size_t>(kBlockRows * cap));
+        WsVec<Sel> sel(kBlockRows);
+        WsVec<U> samp(static_cast<size_t>(ns ? kBlockRows * ns * NR : 0));
+        WsVec<T> thr0(kBlockRows);
+        WsVec<int64_t> fail;
+        WsVec<T> fq, fqn;
         Scratch sc(std::max(cap, ns * NR), k);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t qb = 0; qb < nqb; ++qb) {
@@ -635,59 +650,62 @@ struct Impl {
       }
       return;
     }
-    // Few queries: split the candidates across threads (contiguous panel ranges), each keeps
-    // its best k per query; then merge per query (parts in range order: index order is kept).
+    // Few queries: split the candidates across threads (contiguous panel ranges, one part per
+    // thread); each part keeps its best k per query. Then each query folds its parts, in range
+    // order, into one buffer of 2k, compacting to the best k whenever it would overflow (items
+    // stay in index order: parts in range order, stable compaction). Working memory: the parts'
+    // buffers (threads x rows x 2k items) plus, per thread, a 2k merge buffer and the selection
+    // scratch (about 3k items): O(threads x rows x k) with rows <= kBlockRows, never
+    // threads^2 x k.
     const int64_t nparts = nt;
-    std::vector<U> samp(static_cast<size_t>(ns ? kBlockRows * ns * NR : 0));
-    std::vector<T> thr0(kBlockRows);
+    WsVec<U> samp(static_cast<size_t>(ns ? kBlockRows * ns * NR : 0));
+    WsVec<T> thr0(kBlockRows);
     Scratch gsc(ns * NR, 1);
+    const int64_t mbmax = std::min<int64_t>(kBlockRows, Q);
+    WsVec<U> pkey(static_cast<size_t>(nparts * mbmax * cap));
+    WsVec<int64_t> pidx(static_cast<size_t>(nparts * mbmax * cap));
+    WsVec<Sel> psel(static_cast<size_t>(nparts * mbmax));
     for (int64_t qb = 0; qb < nqb; ++qb) {
       const int64_t i0 = qb * kBlockRows, mb = std::min<int64_t>(kBlockRows, Q - i0);
       const T* qnb = kSq ? qn.data() + i0 : nullptr;
       if (ns) guess<kSq>(Qm, D, i0, mb, P, ns, rk, qnb, samp.data(), thr0.data(), gsc);
-      std::vector<U> pkey(static_cast<size_t>(nparts * mb * k));
-      std::vector<int64_t> pidx(static_cast<size_t>(nparts * mb * k));
-      std::vector<int64_t> pn(static_cast<size_t>(nparts * mb), 0);
 #pragma omp parallel num_threads(nt)
       {
-        std::vector<U> keys(static_cast<size_t>(mb * cap));
-        std::vector<int64_t> idx(static_cast<size_t>(mb * cap));
-        std::vector<Sel> sel(mb);
-        Scratch sc(std::max(cap, nparts * k), k);
+        Scratch sc(cap, k);
 #pragma omp for schedule(static, 1)
         for (int64_t t = 0; t < nparts; ++t) {
           const int64_t p0 = P.np * t / nparts, p1 = P.np * (t + 1) / nparts;
           select<kSq>(Qm, D, i0, mb, P, p0, p1, qnb, ns ? thr0.data() : nullptr, k, cap,
-                      keys.data(), idx.data(), sel.data(), sc);
-          for (int64_t r = 0; r < mb; ++r) {
-            std::copy(sel[r].key, sel[r].key + sel[r].n, pkey.data() + (t * mb + r) * k);
-            std::copy(sel[r].idx, sel[r].idx + sel[r].n, pidx.data() + (t * mb + r) * k);
-            pn[t * mb + r] = sel[r].n;
-          }
+                      pkey.data() + t * mb * cap, pidx.data() + t * mb * cap,
+                      psel.data() + t * mb, sc);
         }
-        std::vector<U> akey(static_cast<size_t>(nparts * k));
-        std::vector<int64_t> aidx(static_cast<size_t>(nparts * k));
+        WsVec<U> akey(static_cast<size_t>(cap));
+        WsVec<int64_t> aidx(static_cast<size_t>(cap));
 #pragma omp for schedule(dynamic, 1)
         for (int64_t r = 0; r < mb; ++r) {
-          int64_t n = 0;
+          Sel acc{akey.data(), aidx.data(), 0, T(0)};
           for (int64_t t = 0; t < nparts; ++t) {
-            const int64_t o = (t * mb + r) * k, m = pn[t * mb + r];
-            std::copy(pkey.begin() + o, pkey.begin() + o + m, akey.begin() + n);
-            std::copy(pidx.begin() + o, pidx.begin() + o + m, aidx.begin() + n);
-            n += m;
+            const Sel& part = psel[t * mb + r];
+            for (int64_t i = 0; i < part.n; ++i) {
+              if (acc.n == cap) compact(acc, k, sc);
+              acc.key[acc.n] = part.key[i];
+              acc.idx[acc.n] = part.idx[i];
+              ++acc.n;
+            }
           }
           T* os = out_scores + (i0 + r) * k;
           int64_t* oi = out_idx + (i0 + r) * k;
-          if (n >= k) {
-            emit(akey.data(), aidx.data(), n, k, kSq, sc, os, oi);
+          if (acc.n >= k) {
+            emit(acc.key, acc.idx, acc.n, k, kSq, sc, os, oi);
           } else if (ns) {
             // too few reached the sampled threshold: this row again, alone, from -inf
+            Sel one;
             select<kSq>(Qm, D, i0 + r, 1, P, 0, P.np, qnb ? qnb + r : nullptr, nullptr, k, cap,
-                        keys.data(), idx.data(), sel.data(), sc);
-            if (sel[0].n >= k) emit(sel[0].key, sel[0].idx, sel[0].n, k, kSq, sc, os, oi);
-            else emit_short(sel[0].key, sel[0].idx, sel[0].n, k, kSq, sc, os, oi);
+                        akey.data(), aidx.data(), &one, sc);
+            if (one.n >= k) emit(one.key, one.idx, one.n, k, kSq, sc, os, oi);
+            else emit_short(one.key, one.idx, one.n, k, kSq, sc, os, oi);
           } else {
-            emit_short(akey.data(), aidx.data(), n, k, kSq, sc, os, oi);
+            emit_short(acc.key, acc.idx, acc.n, k, kSq, sc, os, oi);
           }
         }
       }

@@ -8,12 +8,16 @@
 //   dP_i += G Q_j             (gemm_nn, K = tile columns)
 //   dQ_j += G^T P_i           (gemm_tn, K = tile rows)
 // Tiles run on the row pipeline of simd_math_kernels.h (every accumulator gets its contributions
-// in a fixed natural order; no atomics on data, no per-thread B x D buffers); per-tile loss sums
-// are combined in tile-index order at the end. Results are bitwise independent of num_threads
-// (they do depend on the SIMD level: scalar / AVX2 / AVX-512 round differently).
+// in a fixed natural order; no atomics on data, no per-thread B x D buffers). The loss / dscale /
+// dbias sums: each unit (one row block's sweep over its columns, run start to end by one thread)
+// adds its tiles' sums in column order into its own slot; the slots are added in unit order at
+// the end. That order is a function of the shapes only, so results are bitwise independent of
+// num_threads (they do depend on the SIMD level and on the tile edge: both change the rounding).
 //
-// Working memory: squared norms (B1 + B2), per-tile sums (3 doubles per tile), per-thread tile
-// buffers (2 tile^2), and for very rectangular shapes at most 32 MiB of group partials.
+// Working memory (counted by workspace.h; bounds stated in ops.s2l_loss's docstring): squared
+// norms of u rows and columns (B1 + B2 values, with u only), per-thread tile buffers (2 tile^2
+// values), 3 doubles per unit (at most ceil(B1 / tile) * 16 units: 24 bytes per tile row instead
+// of per tile), and for very rectangular shapes at most 32 MiB of group partials.
 #include "molphenix/ops/s2l_loss.h"
 
 #include <algorithm>
@@ -25,6 +29,8 @@
 
 #include "gemm.h"
 #include "molphenix/cpu_features.h"
+#include "molphenix/options.h"
+#include "molphenix/workspace.h"
 #include "simd_math_kernels.h"
 
 namespace molphenix {
@@ -70,12 +76,11 @@ int64_t s2l_tile_edge(int64_t B1, int64_t B2) {
   const double pairs = static_cast<double>(B1) * static_cast<double>(B2);
   int64_t tile = pairs >= 2048.0 * 2048.0 ? 256 : pairs >= 256.0 * 256.0 ? 128 : 64;
   if (sizeof(T) == 8) tile = std::min<int64_t>(tile, 128);
-  // Tuning knob (benchmarks only): MOLPHENIX_S2L_TILE=64|128|256|512. Results stay independent
-  // of the thread count for any tile edge.
-  if (const char* env = std::getenv("MOLPHENIX_S2L_TILE")) {
-    const long v = std::strtol(env, nullptr, 10);
-    if (v == 64 || v == 128 || v == 256 || v == 512) tile = v;
-  }
+  // Tuning setting (RuntimeOptions::s2l_tile, molphenix.set_options(s2l_tile=...)): 64, 128,
+  // 256 or 512. It changes the rounding (the order of the sums); results stay independent of
+  // the thread count for any tile edge.
+  const int forced = runtime_options().s2l_tile;
+  if (forced == 64 || forced == 128 || forced == 256 || forced == 512) tile = forced;
   return tile;
 }
 
@@ -118,16 +123,19 @@ void s2l_impl(const T* p, const T* q, const T* u, const T* uc, int64_t B1, int64
   // Gradient accumulators: the outputs themselves, plus partials of the short side for groups
   // >= 1. No zero fill: each accumulator's first contribution overwrites (TilePos::first_*).
   const int64_t G = sched.groups;
-  std::unique_ptr<T[]> partial;
-  if (grad && G > 1) partial.reset(new T[static_cast<size_t>(G - 1) * short_rows * D]);
-  std::unique_ptr<T[]> nu, nv;
+  WsArray<T> partial;
+  if (grad && G > 1) partial.reset(static_cast<size_t>(G - 1) * short_rows * D);
+  WsArray<T> nu, nv;
   if (has_u) {
-    nu.reset(new T[B1]);
-    nv.reset(new T[B2]);
+    nu.reset(B1);
+    nv.reset(B2);
   }
-  std::vector<double> tile_sums(static_cast<size_t>(sched.nr * sched.nc) * 3, 0.0);
+  // One slot of (loss, g x, g) sums per unit: unit (group g, row block i) is slot g * nr + i
+  // when the columns are grouped, else the row block i (each row block is in one group).
+  const int64_t nslots = sched.group_cols ? sched.groups * sched.nr : sched.nr;
+  WsVec<double> unit_sums(static_cast<size_t>(nslots) * 3, 0.0);
   const size_t tt = static_cast<size_t>(tile) * tile;
-  std::unique_ptr<T[]> xbuf(new T[tt * nt]), ybuf(has_u ? new T[tt * nt] : nullptr);
+  WsArray<T> xbuf(tt * nt), ybuf(has_u ? tt * nt : 0);
   TileRunner runner(sched);
 
   auto do_tile = [&](const TilePos& tp, int tid) {
@@ -142,7 +150,19 @@ void s2l_impl(const T* p, const T* q, const T* u, const T* uc, int64_t B1, int64
     }
     detail::S2LTile<T> t{rows, cols, r0, c0, X, tile, Y, tile,
                          has_u ? nu.get() + r0 : nullptr, has_u ? nv.get() + c0 : nullptr, grad};
-    epilogue(k, t, tile_sums.data() + 3 * (tp.i * sched.nc + tp.j));
+    double ts[3];
+    epilogue(k, t, ts);
+    // The unit's tiles arrive in column order, on one thread: a fixed order of the sums.
+    double* slot = unit_sums.data() + 3 * (sched.group_cols ? tp.group * sched.nr + tp.i : tp.i);
+    if (tp.first_row) {
+      slot[0] = ts[0];
+      slot[1] = ts[1];
+      slot[2] = ts[2];
+    } else {
+      slot[0] += ts[0];
+      slot[1] += ts[1];
+      slot[2] += ts[2];
+    }
     if (!grad) return;
     // Group g >= 1 accumulates the short side into its partial buffer.
     T* dp = gp + r0 * D;
@@ -179,10 +199,10 @@ void s2l_impl(const T* p, const T* q, const T* u, const T* uc, int64_t B1, int64
   }
 
   double sl = 0.0, sgx = 0.0, sg = 0.0;
-  for (size_t t = 0; t < tile_sums.size(); t += 3) {
-    sl += tile_sums[t];
-    sgx += tile_sums[t + 1];
-    sg += tile_sums[t + 2];
+  for (size_t t = 0; t < unit_sums.size(); t += 3) {
+    sl += unit_sums[t];
+    sgx += unit_sums[t + 1];
+    sg += unit_sums[t + 2];
   }
   stats[0] = sl / prm.normalizer;
   stats[1] = sgx / prm.normalizer;

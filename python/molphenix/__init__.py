@@ -7,12 +7,14 @@ Public entry points:
     molphenix.ops        fused S2L / SigLIP losses, arctan-L2 similarity, retrieval ranks, top-k
     molphenix.data       datasets, simulator, featurizers, splits, loaders
     molphenix.build_info(), has_extension(), has_cuda(); ``python -m molphenix.info``
+    molphenix.options(), set_options(...)   run-time settings of the kernels (SIMD cap, tiles)
 """
 
 from molphenix._ext import build_info, has_cuda, has_extension
+from molphenix._options import options, set_options
 from molphenix._version import __version__
 
-__all__ = ["__version__", "build_info", "has_cuda", "has_extension", "ops", "data", "nn", "losses",
+__all__ = ["__version__", "build_info", "has_cuda", "has_extension", "options", "set_options", "ops", "data", "nn", "losses",
            "list_models", "create_model", "load_run"]
 
 

@@ -23,6 +23,9 @@ def load() -> Optional[ModuleType]:
     except ImportError as exc:  # missing, or built for another Python / platform
         _import_error = f"{type(exc).__name__}: {exc}"
         return None
+    from molphenix import _options  # the kernels' run-time settings (molphenix.set_options)
+
+    _options.push(_C)
     return _C
 
 

@@ -69,6 +69,12 @@ def collect() -> Dict[str, Any]:
         backends[op] = row
     info["backend_auto"] = backends
     info["MOLPHENIX_BACKEND"] = os.environ.get("MOLPHENIX_BACKEND", "(unset)")
+    from molphenix import _options
+
+    info["settings"] = {name: {"value": value, "env": _options.ENV_VARS[name],
+                               "env_value": os.environ.get(_options.ENV_VARS[name], "(unset)"),
+                               "default": _options.DEFAULTS[name]}
+                        for name, value in _options.options().items()}
     return info
 
 
@@ -86,12 +92,17 @@ def format_report(info: Dict[str, Any]) -> str:
         pairs: List[Tuple[str, Any]] = [
             ("path", b.get("extension_path")), ("ops", ", ".join(b.get("ops", ()))),
             ("SIMD compiled", b.get("simd_compiled")), ("SIMD level in use", b.get("simd_level")),
+            ("SIMD best available", b.get("simd_best", "-")),
             ("OpenMP", b.get("openmp")), ("compiler", b.get("compiler")),
             ("CUDA kernels", b.get("cuda")), ("CUDA: why", b.get("cuda_reason") or "-"),
             ("CUDA architectures", b.get("cuda_archs") or "-"),
             ("CUDA runtime (static)", b.get("cuda_runtime_version") or "-"),
         ]
         lines += [f"  {k:24s} {v}" for k, v in pairs]
+    lines += ["", "Kernel settings (molphenix.set_options; initial values from the environment)"]
+    for name, row in info.get("settings", {}).items():
+        lines.append(f"  {name:24s} {row['value']!r:12s} (default {row['default']!r}; "
+                     f"{row['env']}={row['env_value']})")
     lines += ["", "Threads"] + [f"  {k:24s} {v}" for k, v in info["threads"].items()]
     lines += ["", "Devices"] + [f"  {d}" for d in info["devices"]]
     lines += ["", f"Backend chosen by backend='auto' (MOLPHENIX_BACKEND={info['MOLPHENIX_BACKEND']})"]

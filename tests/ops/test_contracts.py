@@ -233,3 +233,206 @@ def test_s2l_working_memory_at_b16384():
     delta = int(out.stdout.strip().splitlines()[-1])
     grads = 2 * 16384 * 256 * 4
     assert delta - grads <= 64 * 10**6, f"working memory {(delta - grads) / 1e6:.1f} MB > 64 MB"
+
+
+def _ext():
+    from molphenix import _ext as e
+
+    mod = e.load()
+    if mod is None:
+        pytest.skip("compiled extension not importable")
+    return mod
+
+
+@pytest.mark.requires_extension
+def test_s2l_cpu_workspace_is_bounded_by_rows_not_tiles():
+    """The CPU S2L keeps 3 doubles per row sweep (unit), not per tile: its counted workspace is
+    the documented bound (u norms + per-thread tile buffers + 24 bytes per unit)."""
+    ext = _ext()
+    b, d, e, nt = 12288, 8, 4, 2
+    g = torch.Generator().manual_seed(1)
+    p = torch.randn(b, d, generator=g)
+    q = torch.randn(b, d, generator=g)
+    u = torch.randn(b, e, generator=g)
+    for tile in (64, 256):
+        import molphenix
+
+        old = molphenix.set_options(s2l_tile=tile)
+        try:
+            ext.cpu_workspace_reset_peak()
+            base = ext.cpu_workspace_stats()[0]
+            with torch.no_grad():
+                s2l_loss(p, q, 10.0, -10.0, u, backend="cpu", num_threads=nt)
+            peak = ext.cpu_workspace_stats()[1] - base
+        finally:
+            molphenix.set_options(**old)
+        units = -(-b // tile) * 16
+        bound = 4 * 2 * b + 2 * tile * tile * 4 * nt + 24 * units + 4096
+        tiles_bytes = 24 * (-(-b // tile)) ** 2  # what per-tile sums alone would need
+        assert 0 < peak <= bound, (tile, peak, bound)
+        if tile == 64:
+            assert peak < tiles_bytes, (peak, tiles_bytes)
+
+
+@pytest.mark.requires_extension
+@pytest.mark.parametrize("metric", ["dot", "arctan_l2"])
+def test_topk_few_queries_workspace_is_linear_in_threads(metric):
+    """One query, candidates split across threads: the merge keeps one 2k buffer per thread, so
+    the workspace grows linearly with the thread count (it grew as threads^2 x k)."""
+    ext = _ext()
+    n, d, k = 40000, 8, 8000
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(1, d, generator=g)
+    c = torch.randn(n, d, generator=g)
+    peaks, results = {}, {}
+    for nt in (1, 2, 8):  # 1 thread: the many-queries path, the exact same scores
+        ext.cpu_workspace_reset_peak()
+        base = ext.cpu_workspace_stats()[0]
+        results[nt] = topk_retrieve(q, c, k, metric=metric, backend="cpu", num_threads=nt)
+        peaks[nt] = ext.cpu_workspace_stats()[1] - base
+    packed = n * d * 4 + n * 4 + 4096  # packed candidates and their norms, padded
+    for nt in (2, 8):
+        bound = packed + nt * (2 * 1 + 5) * k * 16 + 96 * 64 * 32 * 8 + 65536
+        assert peaks[nt] <= bound, (nt, peaks[nt], bound)
+    for nt in (2, 8):
+        assert torch.equal(results[1][1], results[nt][1])
+        assert torch.equal(results[1][0], results[nt][0])
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. the binding validates what its kernels index (molphenix._C called directly)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.requires_extension
+@pytest.mark.parametrize("bad", [5, 1000, -2, -(2**40), 2**40])
+def test_binding_range_checks_targets(bad):
+    ext = _ext()
+    q = torch.randn(3, 4)
+    c = torch.randn(5, 4)
+    t = torch.tensor([0, bad, 1], dtype=torch.int64)
+    s = torch.zeros(3, dtype=torch.float64)
+    r = torch.empty(3, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"targets: entry 1 is"):
+        ext.retrieval_ranks(q, c, t, s, r, None, metric=0, num_threads=1, stream=0)
+
+
+@pytest.mark.requires_extension
+def test_binding_accepts_valid_targets_and_clamps_diag_offset():
+    ext = _ext()
+    q = torch.randn(3, 4)
+    c = torch.randn(5, 4)
+    t = torch.tensor([0, -1, 4], dtype=torch.int64)
+    s = torch.zeros(3, dtype=torch.float64)
+    r = torch.empty(3, dtype=torch.int64)
+    ext.retrieval_ranks(q, c, t, s, r, None, metric=0, num_threads=1, stream=0)
+    p, qq, _ = _case("cpu", b=5)
+    for off in (2**62, -(2**62), 2**63 - 1):
+        far = s2l_loss(p, qq, 2.0, -1.0, diag_offset=off, backend="cpu")
+        edge = s2l_loss(p, qq, 2.0, -1.0, diag_offset=5 if off > 0 else -5, backend="cpu")
+        assert torch.equal(far, edge)
+        assert torch.equal(far, s2l_loss(p, qq, 2.0, -1.0, diag_offset=off, backend="reference")) or \
+            abs(float(far) - float(edge)) == 0.0
+
+
+@pytest.mark.requires_extension
+def test_binding_rejects_zero_width_retrieval():
+    ext = _ext()
+    q = torch.empty(2, 0)
+    c = torch.empty(3, 0)
+    with pytest.raises(ValueError, match="width"):
+        ext.topk_retrieve(q, c, 1, torch.empty(2, 1), torch.empty(2, 1, dtype=torch.int64), None,
+                          metric=0, num_threads=1, stream=0)
+    with pytest.raises(ValueError, match="width"):
+        ext.retrieval_ranks(q, c, torch.zeros(2, dtype=torch.int64),
+                            torch.zeros(2, dtype=torch.float64),
+                            torch.empty(2, dtype=torch.int64), None, metric=0, num_threads=1,
+                            stream=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. run-time settings: Python-level, passed down through the binding; no getenv in C++
+# ---------------------------------------------------------------------------------------------
+
+
+def test_set_options_validates_and_restores():
+    import molphenix
+
+    before = molphenix.options()
+    assert set(before) == {"simd", "s2l_tile", "cuda_mainloop", "s2l_blocks_per_sm", "s2l_u_simt",
+                           "topk_prefilter"}
+    for kw in ({"simd": "sse"}, {"s2l_tile": 100}, {"cuda_mainloop": "x"},
+               {"s2l_blocks_per_sm": 3}, {"topk_prefilter": "maybe"}, {"nope": 1}):
+        with pytest.raises(ValueError):
+            molphenix.set_options(**kw)
+    with pytest.raises(TypeError):
+        molphenix.set_options(s2l_u_simt="1")
+    assert molphenix.options() == before
+    old = molphenix.set_options(s2l_tile=128, topk_prefilter="off")
+    try:
+        assert molphenix.options()["s2l_tile"] == 128
+    finally:
+        molphenix.set_options(**old)
+    assert molphenix.options() == before
+
+
+@pytest.mark.requires_extension
+def test_options_reach_the_kernels():
+    import molphenix
+
+    ext = _ext()
+    old = molphenix.set_options(simd="scalar", s2l_tile=64)
+    try:
+        assert ext.get_options()["simd"] == 0 and ext.get_options()["s2l_tile"] == 64
+        assert molphenix.build_info()["simd_level"] == "scalar"
+    finally:
+        molphenix.set_options(**old)
+    assert molphenix.build_info()["simd_level"] == molphenix.build_info()["simd_best"] or \
+        molphenix.options()["simd"] != "auto"
+
+
+@pytest.mark.requires_extension
+def test_s2l_tile_setting_keeps_thread_independence():
+    import molphenix
+
+    p, q, u = _case("cpu", b=300, d=16, e=5)
+    p, q, u = p.float(), q.float(), u.float()
+    old = molphenix.set_options(s2l_tile=64)
+    try:
+        a = s2l_loss(p, q, 10.0, -10.0, u, backend="cpu", num_threads=1)
+        b = s2l_loss(p, q, 10.0, -10.0, u, backend="cpu", num_threads=3)
+    finally:
+        molphenix.set_options(**old)
+    assert torch.equal(a, b)
+
+
+def test_environment_gives_initial_values():
+    code = ("import molphenix, json; o = molphenix.options(); "
+            "print(json.dumps([o['simd'], o['s2l_tile'], o['s2l_u_simt'], o['topk_prefilter'], "
+            "molphenix.build_info().get('simd_level')]))")
+    env = {**os.environ, "MOLPHENIX_SIMD": "scalar", "MOLPHENIX_S2L_TILE": "128",
+           "MOLPHENIX_S2L_U_SIMT": "1", "MOLPHENIX_TOPK_PREFILTER": "fallback"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    import json
+
+    simd, tile, simt, pre, level = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (simd, tile, simt, pre) == ("scalar", 128, True, "fallback")
+    assert level in ("scalar", None)  # None: no extension
+
+
+def test_cpp_core_reads_no_environment():
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "csrc")
+    if not os.path.isdir(root):
+        pytest.skip("no source checkout")
+    hits = []
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            if f.endswith((".cpp", ".h", ".cu", ".cuh")):
+                path = os.path.join(dirpath, f)
+                with open(path, encoding="utf-8") as fh:
+                    for no, line in enumerate(fh, 1):
+                        if "getenv(" in line and not line.lstrip().startswith("//"):
+                            hits.append(f"{os.path.relpath(path, root)}:{no}")
+    assert not hits, f"the C++ core reads the environment at: {hits}"

@@ -56,12 +56,23 @@ def _id(dt):
     return str(dt).replace("torch.", "")
 
 
+@pytest.fixture
+def set_opts():
+    """molphenix.set_options for one test: the settings are restored afterwards."""
+    import molphenix
+
+    saved = molphenix.options()
+    yield molphenix.set_options
+    molphenix.set_options(**saved)
+
+
 @pytest.fixture(params=["fast", "simple"])
-def mainloop(request, monkeypatch):
-    """Both bf16/f16 tensor-core engines: MOLPHENIX_CUDA_MAINLOOP=fast (mma.sync + ldmatrix +
-    cp.async, 128 x 128 tiles; the default) and =simple (the 64 x 64 WMMA engine). The launchers
-    read the variable at every call. float32/float64 use the SIMT path under either value."""
-    monkeypatch.setenv("MOLPHENIX_CUDA_MAINLOOP", request.param)
+def mainloop(request, set_opts):
+    """Both bf16/f16 tensor-core engines: cuda_mainloop="fast" (mma.sync + ldmatrix + cp.async,
+    128 x 128 tiles; the default) and "simple" (the 64 x 64 WMMA engine), set with
+    molphenix.set_options. The launchers read the setting at every call. float32/float64 use
+    the SIMT path under either value."""
+    set_opts(cuda_mainloop=request.param)
     return request.param
 
 
@@ -242,15 +253,14 @@ def test_s2l_deterministic_bitwise(dtype, mainloop):
 
 @pytest.mark.parametrize("dtype", LOW, ids=_id)
 @pytest.mark.parametrize("deterministic", [True, False], ids=["det", "atomic"])
-def test_s2l_fast_engine_bitwise_equals_simple(dtype, deterministic, monkeypatch):
+def test_s2l_fast_engine_bitwise_equals_simple(dtype, deterministic, set_opts):
     """The fast s2l variant (cp.async double buffering, 16-byte update loads, optionally 2 blocks
     per SM) runs the same WMMA sequence per element as the simple engine: identical bits
     (atomic mode: the loss / dscale / dbias stats and grad_p, which do not use atomics)."""
     p, q, u, uc = _s2l_inputs(300, 333, 72, 40, dtype, seed=51, rect=True)
     runs = {}
     for mode, occ in (("simple", "1"), ("fast", "1"), ("fast", "2")):
-        monkeypatch.setenv("MOLPHENIX_CUDA_MAINLOOP", mode)
-        monkeypatch.setenv("MOLPHENIX_S2L_BLOCKS_PER_SM", occ)
+        set_opts(cuda_mainloop=mode, s2l_blocks_per_sm=int(occ))
         runs[mode + occ] = _s2l_raw(p, q, 10.0, -10.0, u, uc, diag_offset=3,
                                     deterministic=deterministic)
     ref = runs["simple1"]
@@ -616,12 +626,12 @@ def test_topk_large_k(dtype, mainloop):
 
 @pytest.mark.parametrize("dtype", LOW, ids=_id)
 @pytest.mark.parametrize("metric", ("dot", "arctan_l2"))
-def test_topk_prefilter_paths_identical(dtype, metric, monkeypatch):
+def test_topk_prefilter_paths_identical(dtype, metric, set_opts):
     """Fast engine, N large enough for the threshold prefilter: prefilter (default), plain radix
-    (MOLPHENIX_TOPK_PREFILTER=0) and the forced exact fallback (=fallback) give identical results.
+    (topk_prefilter="off") and the forced exact fallback ("fallback") give identical results.
     Candidates sorted along one direction and half of the queries along it: the sampled threshold
     is too strict for those, so the natural fallback runs for some rows of a row tile only."""
-    monkeypatch.setenv("MOLPHENIX_CUDA_MAINLOOP", "fast")
+    set_opts(cuda_mainloop="fast")
     g = torch.Generator().manual_seed(61)
     n, d, nq, k = 40_000, 32, 200, 400
     c = torch.randn(n, d, generator=g, dtype=torch.float64)
@@ -632,10 +642,7 @@ def test_topk_prefilter_paths_identical(dtype, metric, monkeypatch):
     q, c = q.to(dtype), c.to(dtype)
     outs = {}
     for mode in ("", "0", "fallback"):
-        if mode:
-            monkeypatch.setenv("MOLPHENIX_TOPK_PREFILTER", mode)
-        else:
-            monkeypatch.delenv("MOLPHENIX_TOPK_PREFILTER", raising=False)
+        set_opts(topk_prefilter={"": "on", "0": "off", "fallback": "fallback"}[mode])
         outs[mode] = ops_out = _ops().topk_retrieve(q.to(DEV), c.to(DEV), k=k, metric=metric,
                                                     backend="cuda")
         assert ops_out[1].shape == (nq, k)
@@ -675,9 +682,9 @@ def test_cuda_build_info():
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=_id)
-def test_small_s2l_u_paths_agree(dtype, monkeypatch):
+def test_small_s2l_u_paths_agree(dtype, set_opts):
     """bf16/f16: u . v^T via 3xTF32 tensor cores (default) and via SIMT float32
-    (MOLPHENIX_S2L_U_SIMT=1) both match the reference; soft labels near the window edge."""
+    (set_options(s2l_u_simt=True)) both match the reference; soft labels near the window edge."""
     b, d, e = 150, 40, 300
     p, q, _, _ = _s2l_inputs(b, b, d, 0, dtype, seed=41)
     g = torch.Generator().manual_seed(42)
@@ -685,8 +692,8 @@ def test_small_s2l_u_paths_agree(dtype, monkeypatch):
     u = (0.011 * torch.randn(b, e, generator=g, dtype=torch.float64)).float().to(DEV)
     kw = _ref_kwargs()
     fast = _s2l_raw(p, q, 10.0, -10.0, u, u)
-    monkeypatch.setenv("MOLPHENIX_S2L_U_SIMT", "1")
+    set_opts(s2l_u_simt=True)
     simt = _s2l_raw(p, q, 10.0, -10.0, u, u)
-    monkeypatch.delenv("MOLPHENIX_S2L_U_SIMT")
+    set_opts(s2l_u_simt=False)
     _compare_s2l(dtype, fast, p, q, 10.0, -10.0, u, u, kw, "s2l u via 3xTF32")
     _compare_s2l(dtype, simt, p, q, 10.0, -10.0, u, u, kw, "s2l u via SIMT")

@@ -239,6 +239,15 @@ def topk_retrieve(
         (float64 for float64 inputs) and never require grad on any backend (a listing is not
         differentiable; rank with :func:`retrieval_ranks`, train with the losses).
 
+    Memory:
+        Never ``Q x N``. The compiled CPU backend packs the candidates once (about ``N x D``
+        values) and keeps, per thread, selection buffers of ``2k`` items (a key and an int64
+        index, 12 bytes for float32 / 16 for float64) for each of at most 96 query rows, plus a
+        ``2k`` merge buffer and ``3k`` items of selection scratch: at most about
+        ``threads x (2 rows + 5) x k x 16`` bytes with rows <= 96 (linear in the thread count;
+        with few queries the candidates are split across threads and merged per query).
+        ``molphenix._C.cpu_workspace_stats()`` reports the peak.
+
     Raises:
         TypeError / ValueError: as :func:`retrieval_ranks`, plus k / fraction out of range or
             both / neither given.
