@@ -90,3 +90,14 @@ def test_run_case_rows_memory_and_csv_layout(tmp_path):
     assert all(r["pct_of_matmul"] for r in out[1:]) and all(r["machine"] and r["git_sha"] for r in out)
     log = (tmp_path / "run" / "run.log").read_text()
     assert "load average at start" in log and "naive" in log
+
+
+def test_variant_settings_reach_the_kernels_through_set_options():
+    import molphenix
+
+    before = molphenix.options()
+    seen = []
+    p = B.Provider("ours-simple", lambda: seen.append(molphenix.options()["cuda_mainloop"]),
+                   env={"MOLPHENIX_CUDA_MAINLOOP": "simple"})
+    B.time_interleaved([p], warmup=0, repeats=2)
+    assert seen == ["simple", "simple"] and molphenix.options() == before

@@ -228,22 +228,41 @@ def _sync(device: str) -> None:
 
 
 class _Env:
-    """Set environment variables for the duration of a call."""
+    """A variant's kernel settings for the duration of a call: given as ``MOLPHENIX_*`` variables,
+    applied through ``molphenix.set_options`` (the kernels read no environment) and restored after;
+    the variables themselves are set too (for any process started meanwhile)."""
 
     def __init__(self, env: Dict[str, str]):
-        self.env, self.old = env, {}
+        self.env, self.old, self.old_opts = env, {}, None
 
     def __enter__(self):
+        if not self.env:
+            return
         for k, v in self.env.items():
             self.old[k] = os.environ.get(k)
             os.environ[k] = v
+        try:
+            import molphenix
+            from molphenix._options import settings_from_env
+        except ImportError:  # an older molphenix: its kernels read the environment at each call
+            return
+        settings = settings_from_env(self.env)
+        if settings:
+            self.old_opts = molphenix.options()
+            molphenix.set_options(**settings)
 
     def __exit__(self, *exc):
+        if self.old_opts is not None:
+            import molphenix
+
+            molphenix.set_options(**self.old_opts)
+            self.old_opts = None
         for k, v in self.old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        self.old = {}
 
 
 def _time_once(p: Provider, device: str) -> float:
