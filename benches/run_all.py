@@ -24,9 +24,9 @@ from molphenix.benchmark.cases import ARCTAN, RANKS, S2L, TOPK
 FULL = [  # (spec, params, big)
     (S2L, {"B": 4096, "D": 256, "E": 384}, False),
     (S2L, {"B": 16384, "D": 256, "E": 384}, True),
-    *[(ARCTAN, c, False) for c in expand([{"N": 8192, "M": 8192, "E": 384}])],
     (RANKS, {"Q": 50000, "N": 50000, "D": 256}, True),
     (TOPK, {"Q": 50000, "N": 50000, "D": 256, "fraction": 0.05}, True),
+    *[(ARCTAN, c, False) for c in expand([{"N": 8192, "M": 8192, "E": 384}])],
 ]
 QUICK = [
     (S2L, {"B": 1024, "D": 64, "E": 32}, False),
@@ -40,8 +40,13 @@ def main(argv=None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--only", default=None, help="comma-separated ops (default: all)")
     p.add_argument("--big-warmup", type=int, default=0, help="warm-up calls in the big cases (every provider)")
+    p.add_argument("--arctan-threshold", choices=["both", "none", "0.75"], default="both",
+                   help="arctan_l2_similarity cases: without threshold, with 0.75, or both")
     args = p.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.arctan_threshold != "both":
+        thr = None if args.arctan_threshold == "none" else 0.75
+        plan = [x for x in plan if x[0] is not ARCTAN or x[1]["threshold"] == thr]
     if args.only:
         keep = set(args.only.split(","))
         plan = [x for x in plan if x[0].op in keep]
