@@ -1,11 +1,11 @@
 """The README's benchmark tables, generated from a committed results directory.
 
-    python benches/make_tables.py benches/results/<run>                  # print the markdown
-    python benches/make_tables.py benches/results/<run> --update README.md   # rewrite the table
-    python benches/make_tables.py benches/results/<run> --check README.md    # exit 1 if it differs
+    python benches/make_tables.py benches/results/<run> [<run> ...]                # print the markdown
+    python benches/make_tables.py benches/results/<run> ... --update README.md     # rewrite the table
+    python benches/make_tables.py benches/results/<run> ... --check README.md      # exit 1 if it differs
 
-Reads ``results.csv`` (the layout of ``molphenix.benchmark.CSV_FIELDS``); where a (op, case,
-dtype, provider) was measured more than once in the directory the latest row wins. The table in
+Reads each directory's ``results.csv`` (the layout of ``molphenix.benchmark.CSV_FIELDS``); where
+a (op, case, dtype, provider) was measured more than once the latest row wins. The table in
 the README sits between ``<!-- bench-table START -->`` and ``<!-- bench-table END -->``.
 """
 
@@ -23,11 +23,13 @@ ORDER = ["ours", "naive", "chunked", "faiss"]
 OP_ORDER = ["s2l_loss", "arctan_l2_similarity", "retrieval_ranks", "topk_retrieve"]
 
 
-def load(run_dir: Path) -> List[Dict[str, str]]:
-    with (run_dir / "results.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+def load(run_dirs: List[Path]) -> List[Dict[str, str]]:
+    rows = []
+    for d in run_dirs:
+        with (d / "results.csv").open(newline="") as fh:
+            rows += [dict(r, _dir=d.as_posix()) for r in csv.DictReader(fh)]
     latest: Dict[tuple, Dict[str, str]] = {}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["timestamp"]):
         latest[(r["op"], r["case"], r["dtype"], r["provider"])] = r
     return list(latest.values())
 
@@ -51,7 +53,7 @@ def _sec(x: float) -> str:
     return f"{x:.3g}"
 
 
-def table(rows: List[Dict[str, str]], run_dir: Path) -> str:
+def table(rows: List[Dict[str, str]]) -> str:
     mm = sorted((r for r in rows if r["op"] == "matmul"), key=lambda r: r["timestamp"])
     ops = [r for r in rows if r["op"] != "matmul"]
     first = ops[0] if ops else rows[0]
@@ -60,13 +62,14 @@ def table(rows: List[Dict[str, str]], run_dir: Path) -> str:
     runs: Dict[str, Dict[str, str]] = {}  # one entry per run (its load average at start)
     for r in sorted(rows, key=lambda r: r["timestamp"]):
         runs.setdefault(r["load_avg_start"] + r["command"], r)
-    out = [f"Results `{run_dir.as_posix()}/results.csv` and log `{run_dir.as_posix()}/run.log` "
-           f"({stamps[0][:16]}Z to {stamps[-1][:16]}Z): {first['device_name']}, {first['threads']} threads "
-           f"for every provider, {first['dtype']}; python {first['python']}, torch {first['torch']}, "
-           f"faiss {first['faiss'] or '-'}, molphenix {first['molphenix']}; git commit per row in the table."]
+    out = [f"{first['device_name']}, {first['threads']} threads for every provider, {first['dtype']}; "
+           f"python {first['python']}, torch {first['torch']}, faiss {first['faiss'] or '-'}, molphenix "
+           f"{first['molphenix']}; measured {stamps[0][:16]}Z to {stamps[-1][:16]}Z; the git commit of each "
+           "row is in the table. Runs (each directory holds `results.csv` and the raw `run.log`):"]
     out.append("")
     for r in runs.values():
-        line = f"- run `{r['command']}` started {r['timestamp'][:16]}Z, load average {r['load_avg_start']} (1/5/15 min)"
+        line = (f"- `{r['_dir']}`: `{r['command']}`, started {r['timestamp'][:16]}Z, load average "
+                f"{r['load_avg_start']} (1/5/15 min)")
         m = [x for x in mm if x["load_avg_start"] + x["command"] == r["load_avg_start"] + r["command"]]
         if m:
             line += "; torch.mm " + (m[0]["matmul_case"] or "") + ": " + ", ".join(
@@ -114,12 +117,13 @@ def table(rows: List[Dict[str, str]], run_dir: Path) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("run_dirs", type=Path, nargs="+")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--update", type=Path, help="rewrite the table between the markers in this file")
     g.add_argument("--check", type=Path, help="exit 1 unless this file's table equals the generated one")
     a = ap.parse_args(argv)
-    text = table(load(a.run_dir), a.run_dir)
+    text = table(load(a.run_dirs))
+    dirs = " ".join(d.as_posix() for d in a.run_dirs)
     target = a.update or a.check
     if target is None:
         print(text)
@@ -133,12 +137,12 @@ def main(argv=None) -> int:
     new = head + START + "\n" + text + "\n" + END + tail
     if a.check:
         if new != doc:
-            print(f"{target}: the benchmark table differs from {a.run_dir}/results.csv", file=sys.stderr)
+            print(f"{target}: the benchmark table differs from the results in {dirs}", file=sys.stderr)
             return 1
-        print(f"{target}: the benchmark table matches {a.run_dir}/results.csv")
+        print(f"{target}: the benchmark table matches the results in {dirs}")
         return 0
     target.write_text(new)
-    print(f"{target}: table regenerated from {a.run_dir}/results.csv")
+    print(f"{target}: table regenerated from the results in {dirs}")
     return 0
 
 
