@@ -5,6 +5,7 @@ Public API:
     fit(config) -> Path              train, resume or confirm a finished run; returns RUN
     load_run(RUN, checkpoint="best") -> TrainedModel (embed_wells, embed_molecules, retrieve)
     DEFAULT_SOFT_POSITIVE_FRACTION   the soft-label scale target of S2L/CWCL (sim_space="input")
+    TUNED_DEFAULTS                   per-loss defaults frozen after the validation tuning
 
 The run directory layout is documented in :mod:`molphenix.train.loop`; evaluation of a run is
 :func:`molphenix.eval.run.evaluate_run`.
@@ -12,9 +13,11 @@ The run directory layout is documented in :mod:`molphenix.train.loop`; evaluatio
 
 from .config import (
     DEFAULT_INACTIVE_RATE,
+    DEFAULT_LR,
     DEFAULT_SAMPLES,
     DEFAULT_SOFT_POSITIVE_FRACTION,
     RUNTIME_KEYS,
+    TUNED_DEFAULTS,
     TrainConfig,
 )
 from .inputs import centre_wells, dataset_fingerprint
@@ -23,10 +26,12 @@ from .trained import TrainedModel, load_run
 
 __all__ = [
     "DEFAULT_INACTIVE_RATE",
+    "DEFAULT_LR",
     "DEFAULT_SAMPLES",
     "DEFAULT_SOFT_POSITIVE_FRACTION",
     "LOG_COLUMNS",
     "RUNTIME_KEYS",
+    "TUNED_DEFAULTS",
     "TrainConfig",
     "TrainedModel",
     "centre_wells",

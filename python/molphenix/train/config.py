@@ -16,6 +16,8 @@ __all__ = [
     "DEFAULT_SOFT_POSITIVE_FRACTION",
     "DEFAULT_INACTIVE_RATE",
     "DEFAULT_SAMPLES",
+    "DEFAULT_LR",
+    "TUNED_DEFAULTS",
     "RUNTIME_KEYS",
 ]
 
@@ -31,6 +33,23 @@ DEFAULT_INACTIVE_RATE = 0.1
 
 #: Samples seen by a default run (steps = ceil(samples / batch_size)).
 DEFAULT_SAMPLES = 256_000
+
+#: Peak learning rate when neither the config nor :data:`TUNED_DEFAULTS` sets one.
+DEFAULT_LR = 1e-3
+
+#: Per-loss defaults frozen after the validation-split tuning (docs/design/training.md,
+#: scripts/tune_defaults.py, benches/results/tuning-2026-11-28/). A field left ``None`` in a
+#: :class:`TrainConfig` takes the value here for its loss, else the global default above; a
+#: ``loss_kwargs`` entry here is used unless the config sets the same key.
+TUNED_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "s2l": {"soft_positive_fraction": DEFAULT_SOFT_POSITIVE_FRACTION, "inactive_rate": DEFAULT_INACTIVE_RATE,
+            "lr": DEFAULT_LR},
+    "clip": {"inactive_rate": DEFAULT_INACTIVE_RATE, "lr": DEFAULT_LR},
+    "siglip": {"inactive_rate": DEFAULT_INACTIVE_RATE, "lr": DEFAULT_LR},
+    "cloome": {"inactive_rate": DEFAULT_INACTIVE_RATE, "lr": DEFAULT_LR},
+}
+_TUNABLE = {"soft_positive_fraction": DEFAULT_SOFT_POSITIVE_FRACTION, "inactive_rate": DEFAULT_INACTIVE_RATE,
+            "lr": DEFAULT_LR}
 
 #: Keys that may differ when a run is resumed: they change where files are and how the run
 #: reports, not what it computes (``device`` and ``threads`` can change the low bits of float
@@ -73,13 +92,14 @@ class TrainConfig:
         steps: Optimiser steps; exclusive with ``samples``.
         samples: Total samples seen (steps = ceil(samples / batch_size)); exclusive with
             ``steps``; both None: :data:`DEFAULT_SAMPLES`.
-        lr: Peak learning rate (AdamW).
+        lr: Peak learning rate (AdamW; ``None``: the loss's :data:`TUNED_DEFAULTS` entry).
         weight_decay: AdamW weight decay of the heads' weight matrices (biases, norms and the
             loss's temperature/bias are not decayed).
         warmup: Fraction of the steps spent in linear warm-up (then cosine to 0).
         grad_clip: Gradient-norm clip (``None`` or 0: off).
         p_cutoff: Samples with activity p >= cutoff are inactive (undersampled).
-        inactive_rate: Probability an inactive sample is drawn in an epoch.
+        inactive_rate: Probability an inactive sample is drawn in an epoch (``None``: the
+            loss's :data:`TUNED_DEFAULTS` entry).
         min_average, max_average: Replicate-subset size range of the random averaging
             (``max_average=None``: up to all replicates).
         normalize: Phenomic preprocessing: ``"center"`` (per-batch control centring),
@@ -120,16 +140,16 @@ class TrainConfig:
     batch_size: int = 256
     steps: Optional[int] = None
     samples: Optional[int] = None
-    lr: float = 1e-3
+    lr: Optional[float] = None
     weight_decay: float = 1e-4
     warmup: float = 0.05
     grad_clip: Optional[float] = 1.0
     p_cutoff: float = 0.1
-    inactive_rate: float = DEFAULT_INACTIVE_RATE
+    inactive_rate: Optional[float] = None
     min_average: int = 1
     max_average: Optional[int] = None
     normalize: str = "center"
-    soft_positive_fraction: float = DEFAULT_SOFT_POSITIVE_FRACTION
+    soft_positive_fraction: Optional[float] = None
     eval_every: Optional[int] = None
     eval_fraction: float = 0.01
     checkpoint_every: float = 60.0
@@ -142,6 +162,13 @@ class TrainConfig:
             self.data = str(self.data)
         if self.out is not None:
             self.out = str(self.out)
+        # per-loss frozen defaults (TUNED_DEFAULTS), then the global ones
+        tuned = TUNED_DEFAULTS.get(self.loss, {}) if isinstance(self.loss, str) else {}
+        for key, default in _TUNABLE.items():
+            if getattr(self, key) is None:
+                setattr(self, key, tuned.get(key, default))
+        if isinstance(self.loss_kwargs, dict) and tuned.get("loss_kwargs"):
+            self.loss_kwargs = {**tuned["loss_kwargs"], **self.loss_kwargs}
         self.validate()
 
     # ------------------------------------------------------------------ validation
