@@ -386,6 +386,7 @@ void retrieval_ranks(py::handle queries_, py::handle candidates_, py::handle tar
     }
     const size_t need = cuda::retrieval_ranks_workspace_bytes(dt, Q, N, D, metric);
     check_workspace(ws, need, "retrieval_ranks");
+    if (ws.present) check_same_device(qa, "queries", ws, "workspace");
     py::gil_scoped_release nogil;
     cuda::launch_retrieval_ranks(dt, qa.data, ca.data, Q, N, D, static_cast<const int64_t*>(ta.data),
                                  static_cast<double*>(ts.data), metric, static_cast<int64_t*>(ra.data),
@@ -436,6 +437,7 @@ void topk_retrieve(py::handle queries_, py::handle candidates_, int64_t k, py::h
     check_dtype(sa, "scores", sdt);
     const size_t need = cuda::topk_retrieve_workspace_bytes(dt, Q, N, D, k, metric);
     check_workspace(ws, need, "topk_retrieve");
+    if (ws.present) check_same_device(qa, "queries", ws, "workspace");
     py::gil_scoped_release nogil;
     cuda::launch_topk_retrieve(dt, qa.data, ca.data, Q, N, D, k, metric, sa.data,
                                static_cast<int64_t*>(ia.data), ptr_or_null(ws), need,

@@ -37,6 +37,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "molphenix/options.h"
+
 namespace molphenix {
 namespace cuda {
 namespace fast {
@@ -68,13 +70,10 @@ inline bool fast_ok(const void* A, int64_t lda, const void* B, int64_t ldb, int6
          reinterpret_cast<uintptr_t>(A) % 16 == 0 && reinterpret_cast<uintptr_t>(B) % 16 == 0;
 }
 
-// Host: MOLPHENIX_CUDA_MAINLOOP = "simple" selects the validated 64 x 64 WMMA engine; anything else
-// (unset, "fast") the fast mainloop for bf16 / f16. Read at every launch (a getenv is cheap), so a
-// test can switch it between calls.
-inline bool fast_enabled() {
-  const char* e = std::getenv("MOLPHENIX_CUDA_MAINLOOP");
-  return !(e != nullptr && std::strcmp(e, "simple") == 0);
-}
+// Host: the run-time setting cuda_mainloop (molphenix.set_options(cuda_mainloop="simple")) selects
+// the validated 64 x 64 WMMA engine; "fast" (the default) the fast mainloop for bf16 / f16. Read at
+// every launch, so a test can switch it between calls.
+inline bool fast_enabled() { return runtime_options().cuda_mainloop == 0; }
 
 __device__ __forceinline__ int frag_row(int mi, int e) {
   const int w = threadIdx.x >> 5, l = threadIdx.x & 31;

@@ -29,6 +29,7 @@
 #include <cstring>
 
 #include "molphenix/ops/retrieval.h"
+#include "molphenix/options.h"
 #include "mma_mainloop.cuh"
 #include "tile.cuh"
 
@@ -789,14 +790,10 @@ inline PrefilterPlan prefilter_plan(int64_t N, int64_t k) {
   return p;
 }
 
-inline bool prefilter_enabled() {
-  const char* e = std::getenv("MOLPHENIX_TOPK_PREFILTER");
-  return !(e != nullptr && e[0] == '0');
-}
-inline bool prefilter_forced_fallback() {  // test knob: every query takes the exact fallback
-  const char* e = std::getenv("MOLPHENIX_TOPK_PREFILTER");
-  return e != nullptr && std::strcmp(e, "fallback") == 0;
-}
+// Run-time setting RuntimeOptions::topk_prefilter (molphenix.set_options(topk_prefilter=...)):
+// 1 = on, 0 = off, 2 = every query takes the exact fallback (a test setting).
+inline bool prefilter_enabled() { return runtime_options().topk_prefilter != 0; }
+inline bool prefilter_forced_fallback() { return runtime_options().topk_prefilter == 2; }
 
 template <class T, bool kSq>
 __global__ void __launch_bounds__(fast::kThreads, 2) topk_prefilter_kernel(

@@ -24,6 +24,7 @@
 #include <type_traits>
 
 #include "molphenix/ops/s2l_loss.h"
+#include "molphenix/options.h"
 #include "tile.cuh"
 
 namespace molphenix {
@@ -358,9 +359,10 @@ void run_s2l(const void* p, const void* q, const void* u, const void* uc, int64_
     check_cuda(cudaMemsetAsync(pc.accQ, 0, sizeof(Acc) * round_up(B2, kBN) * Dp, st), "memset");
   }
   const bool atomic_q = prm.compute_grad && !prm.deterministic;
-  // bf16/f16: u . v^T on tensor cores with the 3xTF32 split unless MOLPHENIX_S2L_U_SIMT=1.
-  const char* env = std::getenv("MOLPHENIX_S2L_U_SIMT");
-  const bool tf32u = Traits<T>::kMMA && prm.has_u && !(env != nullptr && env[0] == '1');
+  // bf16/f16: u . v^T on tensor cores with the 3xTF32 split unless the run-time setting
+  // s2l_u_simt (molphenix.set_options) asks for fp32 SIMT.
+  const RuntimeOptions opts = runtime_options();
+  const bool tf32u = Traits<T>::kMMA && prm.has_u && !opts.s2l_u_simt;
   auto run_all = [&](auto fast_tag, auto occ_tag) {
     constexpr bool kF = decltype(fast_tag)::value;
     constexpr int kO = decltype(occ_tag)::value;
@@ -392,8 +394,7 @@ void run_s2l(const void* p, const void* q, const void* u, const void* uc, int64_
   };
   using One = std::integral_constant<int, 1>;
   if (Traits<T>::kMMA && fast::fast_enabled()) {
-    const char* occ = std::getenv("MOLPHENIX_S2L_BLOCKS_PER_SM");
-    if (occ != nullptr && occ[0] == '1')
+    if (opts.s2l_blocks_per_sm == 1)
       run_all(std::integral_constant<bool, Traits<T>::kMMA>{}, One{});
     else
       run_all(std::integral_constant<bool, Traits<T>::kMMA>{},

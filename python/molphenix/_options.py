@@ -24,7 +24,7 @@ import os
 import warnings
 from typing import Any, Dict, Optional
 
-__all__ = ["options", "set_options", "OPTION_DOCS", "ENV_VARS"]
+__all__ = ["options", "set_options", "settings_from_env", "OPTION_DOCS", "ENV_VARS"]
 
 _SIMD = {"auto": -1, "scalar": 0, "avx2": 1, "avx512": 2}
 _TILES = (None, 64, 128, 256, 512)
@@ -107,6 +107,17 @@ def _from_env(name: str, text: str) -> Any:
             return "fallback"
         return "off" if text.startswith("0") else "on"
     raise AssertionError(name)
+
+
+def settings_from_env(env: Dict[str, str]) -> Dict[str, Any]:
+    """The settings that a mapping of ``MOLPHENIX_*`` variables (e.g. ``os.environ`` or a
+    benchmark variant's ``{"MOLPHENIX_S2L_U_SIMT": "1"}``) stands for, as ``set_options``
+    keywords; other keys are ignored. Raises ValueError / TypeError for a bad value."""
+    out: Dict[str, Any] = {}
+    for name, var in ENV_VARS.items():
+        if var in env:
+            out[name] = _check(name, _from_env(name, env[var]))
+    return out
 
 
 def _initial() -> Dict[str, Any]:
