@@ -411,7 +411,8 @@ INDEX_SEARCH = _IndexSearchSpec()
 
 
 class _FiniteCheckSpec:
-    """The ops' NaN/Inf scan of an [N, D] candidate matrix alone (what every search pays once)."""
+    """The ops' NaN/Inf scan of an [N, D] candidate matrix alone (what every search pays once);
+    beside it, for comparison, torch's one-pass ``isfinite(x).all()`` and a one-pass sum screen."""
 
     op = "ops_check_finite"
     ref = "molphenix.benchmark.cases_pipeline:FINITE_CHECK"
@@ -433,6 +434,13 @@ class _FiniteCheckSpec:
             out.append(Provider("ours", lambda: C.check_finite(cand, "candidates"),
                                 notes="molphenix.ops._common.check_finite(candidates): the scan that "
                                       "topk_retrieve / retrieval_ranks run on every call"))
+        if _want("torch-isfinite", only):
+            out.append(Provider("torch-isfinite", lambda: bool(torch.isfinite(cand).all()),
+                                notes="torch.isfinite(x).all() in one pass (full-size temporaries)"))
+        if _want("torch-sum", only):
+            out.append(Provider("torch-sum", lambda: bool(torch.isfinite(cand.sum())),
+                                notes="screen: x.sum() is finite only if every element is (an exact scan is "
+                                      "then needed only when it is not: a bad value or an overflow)"))
         return case, out
 
     def check(self, device="cpu", dtype="float32", threads=1, only=None) -> Iterator[str]:
