@@ -600,11 +600,12 @@ struct Impl {
       // Many queries: threads take whole query blocks and stream all candidates.
 #pragma omp parallel num_threads(nt)
       {
-        WsVec<U> keys(static_cast<size_t>(kBlockRows * cap));
-        WsVec<int64_t> idx(static_cast<size_t>(kBlockRows * cap));
-        WsVec<Sel> sel(kBlockRows);
-        WsVec<U> samp(static_cast<size_t>(ns ? kBlockRows * ns * NR : 0));
-        WsVec<T> thr0(kBlockRows);
+        const int64_t rows = std::min<int64_t>(kBlockRows, Q);  // a block's rows at most
+        WsVec<U> keys(static_cast<size_t>(rows * cap));
+        WsVec<int64_t> idx(static_cast<size_t>(rows * cap));
+        WsVec<Sel> sel(rows);
+        WsVec<U> samp(static_cast<size_t>(ns ? rows * ns * NR : 0));
+        WsVec<T> thr0(rows);
         WsVec<int64_t> fail;
         WsVec<T> fq, fqn;
         Scratch sc(std::max(cap, ns * NR), k);
@@ -658,10 +659,10 @@ struct Impl {
     // scratch (about 3k items): O(threads x rows x k) with rows <= kBlockRows, never
     // threads^2 x k.
     const int64_t nparts = nt;
-    WsVec<U> samp(static_cast<size_t>(ns ? kBlockRows * ns * NR : 0));
-    WsVec<T> thr0(kBlockRows);
-    Scratch gsc(ns * NR, 1);
     const int64_t mbmax = std::min<int64_t>(kBlockRows, Q);
+    WsVec<U> samp(static_cast<size_t>(ns ? mbmax * ns * NR : 0));
+    WsVec<T> thr0(mbmax);
+    Scratch gsc(ns * NR, 1);
     WsVec<U> pkey(static_cast<size_t>(nparts * mbmax * cap));
     WsVec<int64_t> pidx(static_cast<size_t>(nparts * mbmax * cap));
     WsVec<Sel> psel(static_cast<size_t>(nparts * mbmax));
