@@ -13,7 +13,8 @@
 # Exit status: non-zero on a build failure, a test failure, or any sanitizer report (UBSan halts
 # on the first error; ASan always does).
 #
-# How it runs: CPython is not built with ASan, so libasan is LD_PRELOADed into the interpreter;
+# How it runs: CPython is not built with ASan, so libasan (and libstdc++, see below) is
+# LD_PRELOADed into the interpreter;
 # leak detection is off (CPython and torch keep allocations alive until exit by design). The
 # sanitized module is imported from a staging directory through a throw-away venv that sees the
 # interpreter's site-packages (torch, ...) but not an installed molphenix: an editable install
@@ -68,7 +69,11 @@ echo "$site" > "$vsite/01_deps.pth"
 vpy="$venv/bin/python"
 
 asan=$(gcc -print-file-name=libasan.so)
-export LD_PRELOAD="$asan${LD_PRELOAD:+:$LD_PRELOAD}"
+# libstdc++ too: python does not link it, and without it at start-up ASan's __cxa_throw
+# interceptor finds no real __cxa_throw and aborts at the first C++ exception (torch's autograd
+# engine rethrowing a Python error, for instance).
+stdcxx=$(gcc -print-file-name=libstdc++.so.6)
+export LD_PRELOAD="$asan:$stdcxx${LD_PRELOAD:+:$LD_PRELOAD}"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:print_summary=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1:print_summary=1}
 export MOLPHENIX_REQUIRE_EXTENSION=1
