@@ -12,8 +12,9 @@ Accuracy rules (tests/_utils.py holds the one tolerance table):
   zero torch error does not demand bit-exactness).
 * ranks and top-k indices: exactly equal to the CPU kernel (float32/float64) and to the
   reference (all dtypes) on data without near-ties.
-* bf16/f16 engines: tests taking the ``mainloop`` fixture run under MOLPHENIX_CUDA_MAINLOOP=fast
-  (the mma.sync / cp.async engine, the default) and =simple (the 64 x 64 WMMA engine), so one GPU
+* bf16/f16 engines: tests taking the ``mainloop`` fixture run under
+  ``molphenix.set_options(cuda_mainloop="fast")`` (the mma.sync / cp.async engine, the default)
+  and ``"simple"`` (the 64 x 64 WMMA engine), so one GPU
   run validates both; the s2l fast variant is also checked bitwise against the simple one.
 """
 
