@@ -24,7 +24,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-#: method -> list of (name, TrainConfig overrides). Same budget (5 runs) for every method.
+#: method -> list of (name, TrainConfig overrides). Selection budget: the first 3 runs of every
+#: method (s2l: the scale rule, i.e. the fraction of random training pairs inside the soft-label
+#: window; baselines: the undersampling rate). EXTRA runs are measured and reported but take no
+#: part in the selection (equal budgets); a grid of 5 per method (with sim_space / learning rate)
+#: did not fit this session's machine time (the shared 2-core machine ran at load 15-25).
 GRID = {
     "s2l": [
         ("f0.005", {"soft_positive_fraction": 0.005}),
@@ -39,9 +43,12 @@ for _m in ("clip", "siglip", "cloome"):
         ("inact0.1-lr1e-3", {"inactive_rate": 0.1, "lr": 1e-3}),
         ("inact0.3-lr1e-3", {"inactive_rate": 0.3, "lr": 1e-3}),
         ("inact1.0-lr1e-3", {"inactive_rate": 1.0, "lr": 1e-3}),
-        ("inact0.1-lr3e-3", {"inactive_rate": 0.1, "lr": 3e-3}),
-        ("inact0.3-lr3e-3", {"inactive_rate": 0.3, "lr": 3e-3}),
     ]
+SELECTION_BUDGET = 3
+#: Selection rule (the one the ridge anchor uses; written down after 3 of the 14 runs had
+#: reported): the largest mean of active top-1% and top-5% recall on val (best-validation
+#: checkpoint); ties: the earlier config in GRID.
+EXTRA = {("s2l", "projected"), ("s2l", "f0.02-inact0.3")}
 
 _CHILD = r"""
 import json, sys, time
