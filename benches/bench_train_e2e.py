@@ -3,8 +3,10 @@
 One ``molphenix train`` process per provider (``ours``: the default backend, the compiled ops;
 ``naive``: ``MOLPHENIX_BACKEND=reference``), the same dataset, model, loss, batch size, seed and
 steps, validation only after the last step (``eval_every: 0``). Each step's time is
-``batch / samples_per_s`` of its log row (data assembly, both encoders, loss, backward, clip and
-AdamW; checkpoints and validation are outside it); the first ``--skip`` steps are warm-up. The
+``n / samples_per_s`` of its log row (data assembly, both encoders, loss, backward, clip and
+AdamW; checkpoints and validation are outside it), n the samples that step took: the trainer caps
+the batch at the epoch size of a small dataset, so ``B`` in the CSV is the batch actually taken
+(``B_requested`` beside it). The first ``--skip`` steps are warm-up. The
 row's peak memory is the process's whole resident-set high-water mark (``ru_maxrss`` from
 ``wait4``: the dataset, the model and the interpreter included), not an increase over a baseline
 as in the op cases. Rows go into the same CSV layout and results directory as the other benches.
@@ -68,19 +70,23 @@ def main(argv=None) -> int:
             if res["rc"] != 0:
                 status = 1
                 continue
-            steps = res["rows"][args.skip:]
-            times = [int(args.batch_size) / float(r["samples_per_s"]) for r in steps]
+            seen = [0] + [int(r["samples_seen"]) for r in res["rows"]]
+            sizes = [b - a for a, b in zip(seen, seen[1:])]  # the batch actually taken per step
+            steps = list(zip(sizes, res["rows"]))[args.skip:]
+            times = [n / float(r["samples_per_s"]) for n, r in steps]
+            batch = statistics.median(n for n, _ in steps)
             fracs = [float(r["soft_pos_frac"]) for r in res["rows"] if r["soft_pos_frac"]]
             for r in res["rows"]:
                 print(f"    step {r['step']}: samples_per_s {r['samples_per_s']}, loss {r['loss']}, "
                       f"soft_pos_frac {r['soft_pos_frac']}", flush=True)
             row = Row(op="train_e2e", provider=name,
-                      case={"B": args.batch_size, "steps": args.steps, "skip": args.skip, "loss": args.loss,
-                            "model": "molphenix-small", "data": args.data.name},
+                      case={"B": int(batch), "B_requested": args.batch_size, "steps": args.steps,
+                            "skip": args.skip, "loss": args.loss, "model": "molphenix-small",
+                            "data": args.data.name},
                       dtype="float32", device="cpu", threads=run.threads, warmup=args.skip, times=times,
-                      work=float(args.batch_size), unit="samples/s", peak_mem_bytes=res["maxrss_kb"] * 1024,
+                      work=float(batch), unit="samples/s", peak_mem_bytes=res["maxrss_kb"] * 1024,
                       mem_counted=MEM_NOTE,
-                      notes=("molphenix train; step time = batch / samples_per_s of train_log.csv; "
+                      notes=("molphenix train; step time = samples taken / samples_per_s of train_log.csv; "
                              f"soft_pos_frac median {statistics.median(fracs):.4f}" if fracs else "molphenix train"))
             print(f"  {name:8s} median step {row.median:.3f} s -> {row.throughput:.1f} samples/s; "
                   f"process peak RSS {res['maxrss_kb'] / 1024:.0f} MB", flush=True)
