@@ -91,7 +91,10 @@ PY
 
 cd "$root"
 case "$mode" in
-  full) pytest_args=(tests/ops -m "not requires_cuda" --deselect tests/ops/test_cuda_ops.py) ;;
+  # Working-memory bounds (RSS of a child process) do not hold under ASan (shadow memory,
+  # redzones, quarantine): those tests are left to the normal build.
+  full) pytest_args=(tests/ops -m "not requires_cuda" --deselect tests/ops/test_cuda_ops.py
+                     -k "not working_memory") ;;
   quick) pytest_args=(tests/ops/test_validation.py tests/ops/test_s2l_loss.py
                       tests/ops/test_retrieval_ranks.py tests/ops/test_topk_retrieve.py
                       tests/ops/test_arctan_l2_similarity.py -m "not requires_cuda and not slow"
