@@ -40,5 +40,6 @@ def test_index_search_ours_and_faiss_list_the_same_ids():
 
 def test_finite_check_case_rejects_nan():
     assert list(P.FINITE_CHECK.check())
-    _, (p,) = P.FINITE_CHECK.build({"N": 2000, "D": 8}, threads=1)
-    assert p.fn() is None
+    _, provs = P.FINITE_CHECK.build({"N": 2000, "D": 8}, threads=1)
+    assert [p.name for p in provs] == ["ours", "torch-isfinite", "torch-sum"]
+    assert [p.fn() for p in provs] == [None, True, True]

@@ -233,7 +233,8 @@ class _EvaluateSpec:
         nb = params.get("n_bootstrap", 1000)
         inputs = self.data(Q, N, D, seed=params.get("seed", 0))
         if dtype != "float32":
-            inputs = (inputs[0].to(getattr(torch, dtype)),) + inputs[1:4] + (inputs[4].to(getattr(torch, dtype)),) + inputs[5:]
+            td = getattr(torch, dtype)
+            inputs = (inputs[0].to(td),) + inputs[1:4] + (inputs[4].to(td),) + inputs[5:]
         case = Case(op=self.op, sizes={"Q": Q, "N": N, "D": D, "n_bootstrap": nb, "match": "pair",
                                        "doses": len(EVAL_DOSES_UM)},
                     dtype=dtype, flops=2.0 * Q * N * D, work=float(Q), unit="queries/s", outputs_bytes=0)
