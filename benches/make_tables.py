@@ -29,9 +29,13 @@ def load(run_dirs: List[Path]) -> List[Dict[str, str]]:
         with (d / "results.csv").open(newline="") as fh:
             rows += [dict(r, _dir=d.as_posix()) for r in csv.DictReader(fh)]
     latest: Dict[tuple, Dict[str, str]] = {}
-    for r in sorted(rows, key=lambda r: r["timestamp"]):
+    rows = sorted(rows, key=lambda r: r["timestamp"])
+    keep = [r for r in rows if r["op"] == "matmul"]  # every yardstick measurement stays
+    for r in rows:
+        if r["op"] == "matmul":
+            continue
         latest[(r["op"], r["case"], r["dtype"], r["provider"])] = r
-    return list(latest.values())
+    return keep + list(latest.values())
 
 
 def _case_text(op: str, case: Dict) -> str:
