@@ -432,3 +432,15 @@ def test_mixed_devices_without_gpu(op):
         "topk_retrieve": (lambda: topk_retrieve(cpu, meta, 2), "candidates"),
     }[op]
     expect_error(call, name)
+
+
+def test_check_finite_sum_screen_edge_cases():
+    """The fast sum screen never passes a bad value and never rejects huge finite values."""
+    from molphenix.ops._common import check_finite
+
+    big = torch.full((4, 3), 3e38)  # the float32 sum overflows: the exact scan must accept it
+    check_finite(big, "x")
+    x = torch.zeros(2000, 700)
+    x[1500, 3], x[1700, 5] = float("inf"), -float("inf")  # +inf + -inf = nan in the sum
+    with pytest.raises(ValueError, match=r"x: contains NaN or Inf \(first at index \(1500, 3\)\)"):
+        check_finite(x, "x")

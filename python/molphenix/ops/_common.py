@@ -111,10 +111,16 @@ _FINITE_CHUNK = 1 << 20  # elements per isfinite pass: bounds the check's tempor
 def check_finite(t: torch.Tensor, name: str) -> None:
     """ValueError naming ``name`` and the first bad index if ``t`` holds NaN or Inf.
 
-    ``torch.isfinite`` allocates several temporaries of ``t``'s size, so large arrays are checked
-    in row chunks of about a million elements (one host sync in all).
+    A sum screens the common all-finite case in one pass; otherwise ``torch.isfinite``
+    (which allocates temporaries of ``t``'s size) runs in row chunks of about a million elements.
     """
     if not t.numel():
+        return
+    # Fast screen: a NaN or Inf anywhere makes the sum non-finite, so a finite sum proves
+    # every element finite, in one streaming pass without temporaries of t's size. Only a
+    # non-finite sum (a bad value, or an overflow of huge finite values) takes the exact
+    # element-wise scan below, which also locates the first bad index.
+    if bool(torch.isfinite(t.sum())):
         return
     if t.numel() <= _FINITE_CHUNK or t.dim() == 0:
         ok = bool(torch.isfinite(t).all())
