@@ -59,6 +59,8 @@ _TUNABLE = {"soft_positive_fraction": DEFAULT_SOFT_POSITIVE_FRACTION, "inactive_
 RUNTIME_KEYS = ("data", "out", "overwrite", "progress", "checkpoint_every", "device", "threads")
 
 _NORMALIZE = ("center", "tvn", "none")
+#: Losses that can take similarity inputs u (and so read ``soft_positive_fraction``).
+_USES_SIMILARITY_INPUTS = ("s2l", "cwcl")
 _DEVICES = ("cpu", "cuda")
 
 
@@ -303,8 +305,12 @@ class TrainConfig:
         return type(self).from_dict(d)
 
     def identity(self) -> Dict[str, Any]:
-        """The fields that define what a run computes (everything but :data:`RUNTIME_KEYS`)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+        """The fields that define what a run computes (everything but :data:`RUNTIME_KEYS`;
+        ``soft_positive_fraction`` only for losses that read it)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+        if self.loss not in _USES_SIMILARITY_INPUTS:  # the field has no effect on such a run
+            d.pop("soft_positive_fraction", None)
+        return d
 
     def identity_hash(self) -> str:
         """sha256 of :meth:`identity` (canonical JSON)."""
