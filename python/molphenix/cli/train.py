@@ -51,7 +51,7 @@ def train_command(
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (instead of --samples).", callback=positive_int),
     samples: Optional[int] = typer.Option(None, "--samples", help="Samples seen in total (default 256000).", callback=positive_int),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step (default 256).", callback=positive_int),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 1e-3)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: the loss's tuned default, TUNED_DEFAULTS; 1e-3)."),
     checkpoint_every: Optional[float] = typer.Option(None, "--checkpoint-every", help="Seconds between checkpoints (default 60; 0: every step)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run in --out and start over."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: when a TTY)."),
