@@ -129,7 +129,9 @@ def _initial() -> Dict[str, Any]:
         try:
             cur[name] = _check(name, _from_env(name, text))
         except (TypeError, ValueError) as exc:
-            warnings.warn(f"{var}={text!r} ignored: {exc}", RuntimeWarning, stacklevel=2)
+            from molphenix._warnings import external_stacklevel
+
+            warnings.warn(f"{var}={text!r} ignored: {exc}", RuntimeWarning, stacklevel=external_stacklevel())
     return cur
 
 

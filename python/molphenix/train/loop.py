@@ -490,7 +490,16 @@ class _Trainer:
                 kw["c"] = loss_fn.c
             if getattr(loss_fn, "threshold", None) is not None:
                 kw["threshold"] = loss_fn.threshold
-            sigma = float(fit_similarity_scale(x, self.cfg.soft_positive_fraction, seed=self.cfg.seed, **kw))
+            try:
+                sigma = float(fit_similarity_scale(x, self.cfg.soft_positive_fraction, seed=self.cfg.seed, **kw))
+            except ValueError:
+                # A small dataset's repeated draws (four epochs) hold identical rows, and the
+                # target quantile of pair distances can then be 0: fit on the distinct rows
+                # (never taken on data where the first fit succeeds, so results there are as before).
+                xu = np.unique(x, axis=0)
+                if xu.shape[0] < 2:
+                    raise
+                sigma = float(fit_similarity_scale(xu, self.cfg.soft_positive_fraction, seed=self.cfg.seed, **kw))
         return input_scale, sigma
 
     def _val_data(self, ds: Any, splits: Any, calls: Any) -> Optional[Dict[str, Any]]:
