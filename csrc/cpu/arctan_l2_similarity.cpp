@@ -104,7 +104,7 @@ void fwd_impl(const T* a, const T* b, int64_t N, int64_t M, int64_t E, double c,
   const SimFwd<T> epi = pick_fwd<T>();
   WsVec<T> na(N), nb(M);
   // Square tiles (edge 256 for large problems): the output is written once, in cache-sized pieces,
-  // and each packed panel of b serves 256 rows (64-row panels measured ~25% slower).
+  // and each packed panel of b serves 256 rows (64-row panels were slower).
   const int64_t tc = sim_tile_edge<T>(N, M), tr = tc;
   const int64_t nr = (N + tr - 1) / tr, nc = (M + tc - 1) / tc;
 #pragma omp parallel num_threads(nt) if (nt > 1)

@@ -125,9 +125,8 @@ constexpr size_t s2l_smem_bytes() {
 }
 
 // kRowOwner: block = row tile (dP, loss); else block = column tile (dQ).
-// kOcc: minimum blocks per SM of the fast variant (2, the default: 128 registers, 80-232 bytes of
-// spills, measured faster on the H200: B = 32768 deterministic 0.118 s vs 0.136 s, atomic 0.078 s
-// vs 0.089 s; MOLPHENIX_S2L_BLOCKS_PER_SM=1: ~215-236 registers, no spills).
+// kOcc: minimum blocks per SM of the fast variant (2, the default, spills a little; faster than 1
+// in unlogged H200 runs, see docs/design/cuda_kernels.md; MOLPHENIX_S2L_BLOCKS_PER_SM=1: no spills).
 template <class T, bool kRowOwner, bool kAtomicQ, bool kTf32U, bool kFast, int kOcc = 1>
 __global__ void __launch_bounds__(kThreads, kOcc) s2l_kernel(const S2LArgs<T> a) {
   using Acc = typename Traits<T>::Acc;

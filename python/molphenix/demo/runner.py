@@ -71,8 +71,8 @@ class DemoProfile:
     sim_overrides: Dict[str, Any] = field(default_factory=dict)
 
 
-#: ``default``: <= 10 minutes on 2 CPU cores; ``quick``: <= 2 minutes; ``tiny``: seconds (tests).
-#: Measured by benches/bench_demo.py; log in benches/results/demo-cpu-x86_64-2c.log.
+#: ``default`` and ``quick`` are sized for the issue's time limits on 2 CPU cores; ``tiny`` is for
+#: tests. Timings: benches/bench_demo.py, log in benches/results/demo-cpu-x86_64-2c.log.
 PROFILES: Dict[str, DemoProfile] = {
     "default": DemoProfile("default", n_molecules=1500, samples=49152),
     "quick": DemoProfile("quick", n_molecules=500, samples=6144, n_bootstrap=500),
