@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
@@ -34,20 +33,9 @@ def save_checkpoint(obj: Dict[str, Any], path: str | os.PathLike) -> Path:
     Returns:
         The path written.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from molphenix.eval.io import atomic_write
+
+    path = atomic_write(path, lambda f: torch.save(obj, f))
     _fsync_dir(path.parent)
     return path
 
