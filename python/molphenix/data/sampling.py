@@ -22,7 +22,31 @@ from .._warnings import external_stacklevel
 from .activity import DEFAULT_CUTOFF
 from .preprocess import control_statistics, encode_labels, fit_tvn
 
-__all__ = ["ReplicateSampler", "SampleBatch"]
+__all__ = ["ReplicateSampler", "SampleBatch", "shard_bounds"]
+
+
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of rank ``rank``'s slice of a global batch of ``n`` rows.
+
+    Contiguous slices in rank order (so concatenating the ranks' rows gives the global batch);
+    when ``world_size`` does not divide ``n`` the first ``n % world_size`` ranks hold one row more.
+
+    Args:
+        n: Rows of the global batch.
+        rank: This rank (0 <= rank < world_size).
+        world_size: Number of ranks (>= 1).
+
+    Returns:
+        ``(start, stop)``.
+
+    Raises:
+        ValueError: a rank outside ``[0, world_size)``.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank: expected 0 <= rank < world_size, got rank {rank} of {world_size}")
+    base, extra = divmod(int(n), int(world_size))
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
 
 
 @dataclass
@@ -37,6 +61,10 @@ class SampleBatch:
         p_value: float64 [B] (NaN where no call exists).
         active: bool [B].
         n_averaged: int64 [B], number of wells averaged per sample.
+        global_size: Rows of the global batch this batch is a slice of (``None``: the batch is
+            the whole global batch, as in a single process; see :meth:`ReplicateSampler.iter_epoch`
+            with ``shard``).
+        offset: Position of this batch's first row in the global batch (0 without a shard).
     """
 
     sample_index: np.ndarray
@@ -46,6 +74,8 @@ class SampleBatch:
     p_value: np.ndarray
     active: np.ndarray
     n_averaged: np.ndarray
+    global_size: int | None = None
+    offset: int = 0
 
     def __len__(self) -> int:
         return len(self.sample_index)
@@ -221,26 +251,33 @@ class ReplicateSampler:
         idx = np.flatnonzero(keep)
         return idx[rng.permutation(len(idx))]
 
-    def average(self, sample_index: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def average(self, sample_index: np.ndarray, rng: np.random.Generator,
+                rows: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Average a random subset of replicate wells for each sample.
 
         Args:
             sample_index: int64 [B].
             rng: Generator.
+            rows: ``(start, stop)``: average only the samples at these positions, after drawing
+                the random subsets of all B samples (the draws are cheap integers), so every
+                rank of a data-parallel run consumes ``rng`` exactly as a single process does
+                and its rows are bitwise those of the single-process batch. ``None``: all rows.
 
         Returns:
-            (embeddings float32 [B, E], subset sizes int64 [B]).
+            (embeddings float32 [n, E], subset sizes int64 [n]) with n = B, or ``stop - start``.
         """
-        out = np.empty((len(sample_index), self._x.shape[1]), dtype=np.float32)
-        sizes = np.empty(len(sample_index), dtype=np.int64)
+        lo_row, hi_row = (0, len(sample_index)) if rows is None else (int(rows[0]), int(rows[1]))
+        out = np.empty((hi_row - lo_row, self._x.shape[1]), dtype=np.float32)
+        sizes = np.empty(hi_row - lo_row, dtype=np.int64)
         for i, s in enumerate(sample_index):
             c = int(self._counts[s])
             hi = c if self.max_average is None else min(c, self.max_average)
             lo = min(self.min_average, hi)
             k = int(rng.integers(lo, hi + 1))
             pick = self._well_order[self._starts[s] + rng.choice(c, size=k, replace=False)]
-            out[i] = self._x[pick].mean(0)
-            sizes[i] = k
+            if lo_row <= i < hi_row:
+                out[i - lo_row] = self._x[pick].mean(0)
+                sizes[i - lo_row] = k
         return out, sizes
 
     def num_batches(self, epoch: int) -> int:
@@ -271,22 +308,31 @@ class ReplicateSampler:
         """
         return np.random.default_rng([self.seed, int(epoch), 2, int(batch)])
 
-    def iter_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[SampleBatch]:
+    def iter_epoch(self, epoch: int, start_batch: int = 0, *,
+                   shard: tuple[int, int] | None = None) -> Iterator[SampleBatch]:
         """Iterate over the batches of one epoch.
 
         Args:
             epoch: Epoch number (seeds the draw).
             start_batch: First batch to yield (resume an epoch part-way; the batches yielded
                 are identical to those of a full iteration from that position on).
+            shard: ``(rank, world_size)`` of a data-parallel run: each batch is this rank's
+                contiguous slice (:func:`shard_bounds`) of the global batch of ``batch_size``
+                samples, with bitwise the rows the single-process batch holds there (same
+                samples, same replicate subsets). ``None``: whole batches.
 
         Yields:
-            :class:`SampleBatch`.
+            :class:`SampleBatch` (with ``global_size`` and ``offset`` set under a shard).
 
         Raises:
-            ValueError: negative ``start_batch``.
+            ValueError: negative ``start_batch``; a rank outside ``[0, world_size)``. (A
+                global batch with fewer rows than ranks gives some ranks empty slices.)
         """
         if start_batch < 0:
             raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+        if shard is not None:
+            rank, world = int(shard[0]), int(shard[1])
+            shard_bounds(0, rank, world)  # validates the rank
         idx = self.epoch_samples(epoch)
         mids = self.samples.column("molecule_id").to_pylist()
         concs = self.samples.column("concentration_um").to_numpy()
@@ -296,19 +342,23 @@ class ReplicateSampler:
             b = idx[start : start + self.batch_size]
             if self.drop_last and len(b) < self.batch_size:
                 break
-            emb, sizes = self.average(b, self.batch_rng(epoch, bi))
+            rows = None if shard is None else shard_bounds(len(b), rank, world)
+            emb, sizes = self.average(b, self.batch_rng(epoch, bi), rows)
             if self.as_torch:
                 import torch
 
                 emb = torch.from_numpy(emb)
+            loc = b if rows is None else b[rows[0] : rows[1]]
             yield SampleBatch(
-                sample_index=b,
-                molecule_id=[mids[i] for i in b],
-                concentration_um=concs[b],
+                sample_index=loc,
+                molecule_id=[mids[i] for i in loc],
+                concentration_um=concs[loc],
                 phenomic=emb,
-                p_value=self.p_value[b],
-                active=self._active[b],
+                p_value=self.p_value[loc],
+                active=self._active[loc],
                 n_averaged=sizes,
+                global_size=None if rows is None else len(b),
+                offset=0 if rows is None else rows[0],
             )
 
     def __iter__(self) -> Iterator[SampleBatch]:
