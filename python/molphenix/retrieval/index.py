@@ -22,6 +22,9 @@ __all__ = ["Index", "INDEX_FORMAT_VERSION"]
 #: Version of the Parquet layout written by :meth:`Index.save`.
 INDEX_FORMAT_VERSION = 1
 _META_KEY = b"molphenix.index"
+#: Rows per Parquet row group written by :meth:`Index.save`: a sharded reader
+#: (``molphenix.distributed.ShardedIndex.load``) reads only the row groups of its rows.
+ROW_GROUP_ROWS = 65536
 _ARROW_FLOAT = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16"}
 
 
@@ -38,6 +41,29 @@ def _check_zero_norm(t: torch.Tensor, name: str) -> None:
     zero = (torch.linalg.vector_norm(work, dim=1) == 0).nonzero()
     if zero.numel():
         raise ValueError(f"{name}: row {int(zero[0, 0])} has zero norm; cosine is undefined")
+
+
+def _prepare_queries(queries: Any, dim: int, dtype: torch.dtype, device: torch.device,
+                     metric: str) -> Tuple[torch.Tensor, str, Optional[torch.device]]:
+    """(queries checked, cast to the index's dtype / device and normalised for cosine, their array
+    kind, their device). Shared by :class:`Index` and ``molphenix.distributed.ShardedIndex``."""
+    kind = C.array_kind(queries)
+    q = C.to_torch(queries, "queries")
+    if q.dim() != 2:
+        raise ValueError(f"queries: expected a 2-D array [Q, {dim}], got shape "
+                         f"{tuple(q.shape)}")
+    if q.shape[1] != dim:
+        raise ValueError(f"queries: expected {dim} columns (the index dim), got shape "
+                         f"{tuple(q.shape)}")
+    if not q.dtype.is_floating_point:
+        raise TypeError(f"queries: expected a floating-point dtype, got {q.dtype}")
+    back = q.device
+    q = q.detach().to(device=device, dtype=dtype)
+    C.check_finite(q, "queries")
+    if metric == "cosine":
+        _check_zero_norm(q, "queries")
+        q = _normalize(q)
+    return q, kind, back
 
 
 def _ids_array(ids: Any, n: int) -> Tuple[np.ndarray, bool]:
@@ -180,23 +206,7 @@ class Index:
     # -- queries ------------------------------------------------------------------------------
 
     def _queries(self, queries: Any) -> Tuple[torch.Tensor, str, Optional[torch.device]]:
-        kind = C.array_kind(queries)
-        q = C.to_torch(queries, "queries")
-        if q.dim() != 2:
-            raise ValueError(f"queries: expected a 2-D array [Q, {self.dim}], got shape "
-                             f"{tuple(q.shape)}")
-        if q.shape[1] != self.dim:
-            raise ValueError(f"queries: expected {self.dim} columns (the index dim), got shape "
-                             f"{tuple(q.shape)}")
-        if not q.dtype.is_floating_point:
-            raise TypeError(f"queries: expected a floating-point dtype, got {q.dtype}")
-        back = q.device
-        q = q.detach().to(device=self.device, dtype=self.dtype)
-        C.check_finite(q, "queries")
-        if self._metric == "cosine":
-            _check_zero_norm(q, "queries")
-            q = _normalize(q)
-        return q, kind, back
+        return _prepare_queries(queries, self.dim, self.dtype, self.device, self._metric)
 
     def _op_metric(self) -> str:
         # Rows (and queries) are already normalised exactly as the ops would: the dot kernel
@@ -264,6 +274,17 @@ class Index:
         Raises:
             ValueError: an id not in the index (named in the message).
         """
+        pos, want = self._lookup(target_ids)
+        missing = np.flatnonzero(pos < 0)
+        if missing.size:
+            raise ValueError(f"target_ids: id {want[int(missing[0])]!r} is not in the index")
+        return pos
+
+    def _lookup(self, target_ids: Any) -> Tuple[np.ndarray, np.ndarray]:
+        """(int64 [Q] row positions, -1 where the id is not in this index; the ids as an array).
+
+        Raises ValueError only for ids of the wrong kind (str vs int); a sharded index calls it
+        on every shard and decides globally which ids are missing."""
         if isinstance(target_ids, torch.Tensor):
             target_ids = target_ids.detach().cpu().numpy()
         elif type(target_ids).__module__.split(".")[0] == "pyarrow":
@@ -286,10 +307,9 @@ class Index:
         pos = np.searchsorted(self._sorted, want)
         pos = np.clip(pos, 0, len(self) - 1)
         found = self._sorted[pos] == want if want.size else np.zeros(0, bool)
-        if not np.all(found):
-            bad = want[int(np.flatnonzero(~found)[0])]
-            raise ValueError(f"target_ids: id {bad!r} is not in the index")
-        return self._order[pos].astype(np.int64)
+        out = self._order[pos].astype(np.int64)
+        out[~found] = -1
+        return out, want
 
     def rank(self, queries: Any, target_ids: Any, *, backend: str = "auto",
              num_threads: Optional[int] = None) -> Any:
@@ -334,7 +354,8 @@ class Index:
         float16>[D]``; bfloat16 is stored as float32, exactly, and restored on load); the schema
         metadata key ``molphenix.index`` holds JSON ``{"version", "metric", "dtype", "dim",
         "normalized", "default_ids"}``. The stored rows (normalised for cosine) are written, so
-        :meth:`load` gives bit-identical search results.
+        :meth:`load` gives bit-identical search results. Row groups hold :data:`ROW_GROUP_ROWS`
+        rows, so a sharded reader reads only its own rows.
 
         Returns:
             The path written (parents are created).
@@ -360,7 +381,7 @@ class Index:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
-            pq.write_table(table, tmp)
+            pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -369,6 +390,13 @@ class Index:
                 pass
             raise
         return path
+
+    @classmethod
+    def _from_rows(cls, emb: torch.Tensor, ids: Any, metric: str, *, normalized: bool) -> "Index":
+        """An index over stored rows (already normalised for cosine when ``normalized``)."""
+        self = cls.__new__(cls)
+        self._init(emb, ids, metric, normalized=normalized)
+        return self
 
     @classmethod
     def load(cls, path: Union[str, "os.PathLike[str]"], *,
@@ -386,36 +414,59 @@ class Index:
             FileNotFoundError: no such file. ValueError: not a molphenix index file, or a newer
                 format version.
         """
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such index file")
-        table = pq.read_table(path)
-        raw = (table.schema.metadata or {}).get(_META_KEY)
-        if raw is None or "embedding" not in table.column_names or "id" not in table.column_names:
-            raise ValueError(f"{path}: not a molphenix index (no {_META_KEY.decode()!r} metadata "
-                             "or missing id/embedding columns)")
-        meta = json.loads(raw)
-        if int(meta.get("version", 0)) > INDEX_FORMAT_VERSION:
-            raise ValueError(f"{path}: index format version {meta['version']} is newer than this "
-                             f"molphenix reads ({INDEX_FORMAT_VERSION}); upgrade molphenix")
-        dim = int(meta["dim"])
-        col = table.column("embedding")
+        meta = _read_meta(path)
+        emb, ids = _table_rows(pq.read_table(path), meta, device)
+        return cls._from_rows(emb, ids, meta["metric"], normalized=bool(meta.get("normalized", False)))
+
+
+def _read_meta(path: Path) -> dict:
+    """The ``molphenix.index`` metadata of an index file, from its footer only (no rows read).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a molphenix index file, or a newer
+            format version.
+    """
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such index file")
+    schema = pq.read_schema(path)
+    raw = (schema.metadata or {}).get(_META_KEY)
+    if raw is None or "embedding" not in schema.names or "id" not in schema.names:
+        raise ValueError(f"{path}: not a molphenix index (no {_META_KEY.decode()!r} metadata "
+                         "or missing id/embedding columns)")
+    meta = json.loads(raw)
+    if int(meta.get("version", 0)) > INDEX_FORMAT_VERSION:
+        raise ValueError(f"{path}: index format version {meta['version']} is newer than this "
+                         f"molphenix reads ({INDEX_FORMAT_VERSION}); upgrade molphenix")
+    return meta
+
+
+def _table_rows(table: Any, meta: dict, device: Union[str, torch.device, None]
+                ) -> Tuple[torch.Tensor, Optional[np.ndarray]]:
+    """(embeddings [n, D] in the stored dtype on ``device``, ids or None for default ids) of a
+    pyarrow table (or a slice of one) with the ``id`` / ``embedding`` columns of an index file."""
+    import pyarrow as pa
+
+    dim = int(meta["dim"])
+    col = table.column("embedding")
+    if col.num_chunks == 0:
+        flat = np.zeros(0, dtype=np.float32)
+    else:
         arr = pa.concat_arrays(col.chunks) if col.num_chunks != 1 else col.chunk(0)
         flat = arr.flatten().to_numpy(zero_copy_only=False)
-        emb = torch.from_numpy(np.array(flat).reshape(-1, dim))
-        dtype = getattr(torch, meta["dtype"])
-        if emb.dtype != dtype:
-            emb = emb.to(dtype)
-        if device is not None:
-            emb = emb.to(device)
-        ids = None
-        if not meta.get("default_ids", False):
-            idcol = table.column("id")
-            ids = (np.asarray(idcol.to_pylist(), dtype=object) if pa.types.is_string(idcol.type)
-                   or pa.types.is_large_string(idcol.type) else idcol.to_numpy())
-        self = cls.__new__(cls)
-        self._init(emb, ids, meta["metric"], normalized=bool(meta.get("normalized", False)))
-        return self
+    emb = torch.from_numpy(np.array(flat).reshape(-1, dim))
+    dtype = getattr(torch, meta["dtype"])
+    if emb.dtype != dtype:
+        emb = emb.to(dtype)
+    if device is not None:
+        emb = emb.to(device)
+    ids = None
+    if not meta.get("default_ids", False):
+        idcol = table.column("id")
+        ids = (np.asarray(idcol.to_pylist(), dtype=object) if pa.types.is_string(idcol.type)
+               or pa.types.is_large_string(idcol.type) else idcol.to_numpy())
+    return emb, ids
