@@ -56,7 +56,8 @@ _TUNABLE = {"soft_positive_fraction": DEFAULT_SOFT_POSITIVE_FRACTION, "inactive_
 #: reports, not what it computes (``device`` and ``threads`` can change the low bits of float
 #: results: a resume on another device or thread count is allowed, but is then not bitwise
 #: identical to an uninterrupted run).
-RUNTIME_KEYS = ("data", "out", "overwrite", "progress", "checkpoint_every", "device", "threads")
+RUNTIME_KEYS = ("data", "out", "overwrite", "progress", "checkpoint_every", "device", "threads",
+                "dist_timeout")
 
 _NORMALIZE = ("center", "tvn", "none")
 #: Losses that can take similarity inputs u (and so read ``soft_positive_fraction``).
@@ -119,6 +120,9 @@ class TrainConfig:
         amp: bf16 autocast of the heads on CUDA (ignored on CPU).
         overwrite: Delete an existing run in ``out`` and start over.
         progress: Progress bar (``None``: when stderr is a TTY).
+        dist_timeout: Seconds a rank of a data-parallel run (``torchrun``) waits in a
+            collective before it fails: a rank that died or hangs surfaces as an error on the
+            others after at most this long (a runtime setting: not part of the run's identity).
 
     Raises:
         ValueError: on construction, an invalid value (the field is named).
@@ -159,6 +163,7 @@ class TrainConfig:
     amp: bool = True
     overwrite: bool = False
     progress: Optional[bool] = None
+    dist_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         if self.data is not None:
@@ -222,6 +227,7 @@ class TrainConfig:
         _num(self.soft_positive_fraction, "soft_positive_fraction", lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         _num(self.eval_fraction, "eval_fraction", lo=0.0, hi=1.0, lo_open=True)
         _num(self.checkpoint_every, "checkpoint_every", lo=0.0)
+        _num(self.dist_timeout, "dist_timeout", lo=0.0, lo_open=True)
         for f in ("val_fraction", "unseen_molecules_fraction", "unseen_wells_fraction"):
             _num(getattr(self, f), f, lo=0.0, hi=1.0, hi_open=True)
         if self.concentration is not None and not isinstance(self.concentration, str):

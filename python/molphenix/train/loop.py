@@ -37,7 +37,7 @@ import shutil
 import sys
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
@@ -52,9 +52,10 @@ __all__ = ["fit", "LOG_COLUMNS", "RunFinished"]
 
 logger = logging.getLogger("molphenix.train")
 
-#: Columns of ``RUN/train_log.csv``; ``val_recall`` is filled on validation steps only.
+#: Columns of ``RUN/train_log.csv``; ``val_recall`` is filled on validation steps only;
+#: ``world_size`` is the number of data-parallel processes that took the step (1 without torchrun).
 LOG_COLUMNS = ("step", "epoch", "batch", "samples_seen", "loss", "lr", "t", "b", "soft_pos_frac",
-               "grad_norm", "samples_per_s", "elapsed_s", "val_recall")
+               "grad_norm", "samples_per_s", "elapsed_s", "val_recall", "world_size")
 
 _SETUP_FILES = ("config.json", "dataset.json", "versions.json", "run.json", "split.parquet",
                 "calls.parquet", "train_log.csv")
@@ -187,9 +188,16 @@ def _truncate_log(path: Path, step: int) -> None:
     keep = []
     with open(path, newline="") as f:
         lines = f.read().splitlines(keepends=True)
+    # a log written before a column was added (e.g. world_size) gets the new header, its rows
+    # an empty value in the new columns
+    pad = ""
+    if lines:
+        head = lines[0].rstrip("\r\n").split(",")
+        if head != list(LOG_COLUMNS) and head == list(LOG_COLUMNS[: len(head)]):
+            pad = "," * (len(LOG_COLUMNS) - len(head))
     for i, line in enumerate(lines):
         if i == 0:
-            keep.append(line)
+            keep.append(",".join(LOG_COLUMNS) + "\n" if pad else line)
             continue
         if not line.endswith("\n"):
             break
@@ -198,7 +206,7 @@ def _truncate_log(path: Path, step: int) -> None:
         except ValueError:
             break
         if s <= step:
-            keep.append(line)
+            keep.append(line[:-1] + pad + "\n" if pad else line)
     from molphenix.eval.io import atomic_write_bytes
 
     atomic_write_bytes(path, "".join(keep).encode())
@@ -248,8 +256,26 @@ def fit(config: TrainConfig | Dict[str, Any] | str | os.PathLike, *,
     if cfg.out is None:
         raise ValueError("out: the run directory is required")
     say = log if log is not None else logger.info
-    with _threads(cfg.threads), _run_lock(Path(cfg.out)):
-        return _Trainer(cfg, say, user_log=log is not None).run()
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' requested but torch sees no CUDA GPU")
+    from molphenix.distributed import init_from_env, is_initialized
+
+    # under torchrun (WORLD_SIZE > 1) this creates the process group (gloo on CPU, NCCL on
+    # CUDA with the LOCAL_RANK device); a group created by the caller is used as it is
+    created = init_from_env(cfg.device, timeout_s=cfg.dist_timeout)
+    try:
+        from ._dist import Ranks
+
+        ranks = Ranks(cfg.dist_timeout)
+        with _threads(cfg.threads), ExitStack() as stack:
+            return _Trainer(cfg, say, user_log=log is not None, ranks=ranks, stack=stack).run()
+    finally:
+        if created and is_initialized():
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 _LOCK = ".lock"
@@ -283,15 +309,38 @@ def _run_lock(run: Path):
         f.close()
 
 
+def _heads_module(model: Any) -> Any:
+    """One module whose forward runs both encoders (what DistributedDataParallel wraps)."""
+    import torch
+
+    class _Heads(torch.nn.Module):
+        def __init__(self, m: Any):
+            super().__init__()
+            self.model = m
+
+        def forward(self, x: Any, mol: Any, conc: Any) -> Tuple[Any, Any]:
+            return self.model.encode_wells(x), self.model.encode_molecules(mol, conc)
+
+    return _Heads(model)
+
+
 class _Trainer:
-    def __init__(self, cfg: TrainConfig, say: Callable[[str], None], user_log: bool = False):
+    def __init__(self, cfg: TrainConfig, say: Callable[[str], None], user_log: bool = False,
+                 ranks: Any = None, stack: Optional[ExitStack] = None):
+        from ._dist import Ranks
+
         self.cfg = cfg
-        self.say = say
+        self.ranks = ranks if ranks is not None else Ranks()
+        self.stack = stack if stack is not None else ExitStack()
+        # logs, warnings and the progress bar come from rank 0 only
+        self.say = say if self.ranks.main else (lambda msg: None)
         self.user_log = user_log
         self.run_dir = Path(cfg.out)
 
     def warn(self, msg: str) -> None:
         """A warning: through the caller's ``log`` when one was given, else ``warnings.warn``."""
+        if not self.ranks.main:
+            return
         if self.user_log:
             self.say(f"warning: {msg}")
         else:
@@ -301,36 +350,36 @@ class _Trainer:
     def run(self) -> Path:
         import torch
 
-        cfg, run = self.cfg, self.run_dir
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device: 'cuda' requested but torch sees no CUDA GPU")
+        cfg, run, ranks = self.cfg, self.run_dir, self.ranks
         _check_names(cfg)
         if cfg.mol_input is None:  # resolved once, so config.json always names the input
             from molphenix.nn import get_model_config
 
             cfg = self.cfg = cfg.replace(mol_input=get_model_config(cfg.model, **cfg.model_overrides).mol_input)
-        from molphenix.data import load_dataset
-
-        ds = load_dataset(cfg.data)
-        fp = dataset_fingerprint(ds)
-        ckpt = _open_run(run, cfg, fp)
         total = cfg.total_steps
-        if ckpt is not None and ckpt.get("finished"):
-            self.say(RunFinished(f"run {run} already finished ({ckpt['step']} of {total} steps); "
-                                 "nothing to do (overwrite=True / --overwrite starts over)"))
+
+        # Rank 0 owns the run directory (lock, checks, setup files, calls, split); the other
+        # ranks get what they need from it by broadcast, so no shared filesystem is assumed
+        # and an error on any rank is raised on every rank (no rank waits for a dead peer).
+        err: Optional[BaseException] = None
+        ds = setup = None
+        try:
+            if ranks.main:
+                self.stack.enter_context(_run_lock(run))
+            from molphenix.data import load_dataset
+
+            ds = load_dataset(cfg.data)
+            if ranks.main:
+                setup = self._setup_run(ds, total)
+        except Exception as exc:  # noqa: BLE001 - re-raised on every rank by agree()
+            err = exc
+        ranks.agree(err, "the run's set-up")
+        setup = ranks.broadcast(setup, "the run's set-up")
+        ckpt, calls, splits = setup["ckpt"], setup["calls"], setup["splits"]
+        if setup["finished"]:
+            self.say(RunFinished(setup["finished"]))
             return run
         resuming = ckpt is not None
-        if not resuming:
-            # a fresh start (or a start killed before its first checkpoint): redo the setup
-            for f in _SETUP_FILES:
-                (run / f).unlink(missing_ok=True)
-            (run / "checkpoints" / "best.pt").unlink(missing_ok=True)
-            _write_json(run / "dataset.json", fp)
-            _write_json(run / "versions.json", versions())
-        _write_json(run / "config.json", cfg.to_dict())
-
-        calls = self._calls(ds, resuming)
-        splits = self._splits(ds, resuming)
         train_mask = splits.mask("train")
         if not train_mask.any():
             counts = {k: v for k, v in splits.counts().items() if v}
@@ -358,6 +407,115 @@ class _Trainer:
         # molecules: one feature row per molecule of the dataset
         mol_ids = ds.molecules.column("molecule_id").to_pylist()
         smiles = ds.molecules.column("smiles").to_pylist()
+        from molphenix.losses import create_loss
+
+        loss_fn = create_loss(cfg.loss, **cfg.loss_kwargs)
+        err, meta, features = None, None, None
+        try:
+            if ranks.main:
+                meta, features = self._run_meta(ds, sampler, loss_fn, mol_ids, smiles, resuming, total)
+        except Exception as exc:  # noqa: BLE001 - re-raised on every rank by agree()
+            err = exc
+        ranks.agree(err, "the run's set-up")
+        meta = ranks.broadcast(meta, "the run's set-up")
+        if features is None:  # ranks > 0 featurize in memory (the cache belongs to rank 0)
+            features = MolFeatures(meta["features"]["mol_input"], cfg.featurizer_kwargs, cache_dir=None,
+                                   state=meta["features"])
+        self.mols = MolTable(features, smiles, ds.molecules)
+        self.mol_row = {m: i for i, m in enumerate(mol_ids)}
+        self.sample_mol_row = np.asarray(
+            [self.mol_row[m] for m in sampler.samples.column("molecule_id").to_pylist()], dtype=np.int64)
+        self.meta = meta
+        self.input_scale = float(meta["input_scale"])
+        self.sigma = meta["sigma"]
+        sampler.batch_size = int(meta["batch_size"])
+        if ranks.active and sampler.batch_size < ranks.world:
+            raise ValueError(f"batch_size: the global batch of {sampler.batch_size} samples cannot be split "
+                             f"over {ranks.world} ranks (each rank needs at least one sample per step)")
+
+        from molphenix.nn import MolPhenixModel, ModelConfig
+
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and ranks.active:
+            device = torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK (init_from_env)
+        torch.manual_seed(cfg.seed)
+        model = MolPhenixModel(ModelConfig.from_dict(meta["model_config"])).to(device)
+        loss_fn = loss_fn.to(device)
+        decay, no_decay = [], []
+        for name, prm in model.named_parameters():
+            if not prm.requires_grad:
+                continue
+            (decay if prm.dim() >= 2 else no_decay).append(prm)
+        loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+                  {"params": no_decay + loss_params, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.model, self.loss_fn, self.opt, self.device = model, loss_fn, opt, device
+        self.params = [p for g in groups for p in g["params"]]
+        self.param_names = {id(p): n for n, p in model.named_parameters()}
+        self.param_names.update({id(p): f"loss.{n}" for n, p in loss_fn.named_parameters()})
+
+        self.val = self._val_data(ds, splits, calls) if ranks.main else None
+
+        state = {"step": 0, "epoch": 0, "batch": 0, "samples_seen": 0, "elapsed_s": 0.0,
+                 "best_metric": None, "best_step": None}
+        if resuming:
+            model.load_state_dict(ckpt["model"])
+            loss_fn.load_state_dict(ckpt["loss"])
+            opt.load_state_dict(ckpt["optimizer"])
+            for k in state:
+                state[k] = ckpt[k] if k in ckpt else state[k]
+            restore_rng(ckpt["rng"])
+            if ranks.main:
+                _truncate_log(run / "train_log.csv", state["step"])
+            was = int(ckpt.get("world_size", 1))
+            note = "" if was == ranks.world else (
+                f" with {ranks.world} process(es) (the checkpoint was written by {was}; same global batch "
+                "and data order, not bitwise identical to an uninterrupted run)")
+            self.say(f"resuming {run} at step {state['step']} of {total}{note}")
+        self.state = state
+        # the heads go through one module so that DistributedDataParallel sees both encoders
+        # in one forward; the loss (its temperature/bias) stays outside DDP: the distributed
+        # loss already gives it the full global-batch gradient on every rank
+        self.heads = ranks.wrap(_heads_module(model), device)
+        self.loss_call = loss_fn
+        if ranks.active:
+            try:
+                from molphenix.distributed.losses import DistributedLoss
+            except ImportError as exc:  # pragma: no cover - the module ships with molphenix
+                raise RuntimeError(f"data-parallel training needs molphenix.distributed.losses ({exc})") from None
+            self.loss_call = DistributedLoss(loss_fn)
+        return self._loop(total)
+
+    def _setup_run(self, ds: Any, total: int) -> Dict[str, Any]:
+        """Rank 0: check/open the run directory and write the setup files; what every rank needs."""
+        cfg, run = self.cfg, self.run_dir
+        fp = dataset_fingerprint(ds)
+        ckpt = _open_run(run, cfg, fp)
+        out: Dict[str, Any] = {"ckpt": ckpt, "calls": None, "splits": None, "finished": None}
+        if ckpt is not None and ckpt.get("finished"):
+            out["finished"] = (f"run {run} already finished ({ckpt['step']} of {total} steps); "
+                               "nothing to do (overwrite=True / --overwrite starts over)")
+            out["ckpt"] = None
+            return out
+        resuming = ckpt is not None
+        if not resuming:
+            # a fresh start (or a start killed before its first checkpoint): redo the setup
+            for f in _SETUP_FILES:
+                (run / f).unlink(missing_ok=True)
+            (run / "checkpoints" / "best.pt").unlink(missing_ok=True)
+            _write_json(run / "dataset.json", fp)
+            _write_json(run / "versions.json", versions())
+        _write_json(run / "config.json", cfg.to_dict())
+        out["calls"] = self._calls(ds, resuming)
+        out["splits"] = self._splits(ds, resuming)
+        return out
+
+    def _run_meta(self, ds: Any, sampler: Any, loss_fn: Any, mol_ids: list, smiles: list,
+                  resuming: bool, total: int) -> Tuple[Dict[str, Any], MolFeatures]:
+        """Rank 0: the run's ``run.json`` (read when resuming, else computed and written) and the
+        fitted molecular featurizer."""
+        cfg, run = self.cfg, self.run_dir
         meta_path = run / "run.json"
         meta = json.loads(meta_path.read_text()) if (resuming and meta_path.is_file()) else None
         from molphenix.nn import get_model_config
@@ -370,15 +528,6 @@ class _Trainer:
             train_mols = sorted(set(sampler.samples.column("molecule_id").to_pylist()))
             smi_of = dict(zip(mol_ids, smiles))
             features.fit([smi_of[m] for m in train_mols])
-        self.mols = MolTable(features, smiles, ds.molecules)
-        self.mol_row = {m: i for i, m in enumerate(mol_ids)}
-        self.sample_mol_row = np.asarray(
-            [self.mol_row[m] for m in sampler.samples.column("molecule_id").to_pylist()], dtype=np.int64)
-
-        from molphenix.losses import create_loss
-
-        loss_fn = create_loss(cfg.loss, **cfg.loss_kwargs)
-        if meta is None:
             doses = sorted({float(c) for c in ds.wells.column("concentration_um").drop_null().to_pylist()})
             overrides = dict(cfg.model_overrides)
             overrides.update(phenomic_dim=sampler.embedding_dim, molecular_dim=features.dim(ds.molecules),
@@ -400,48 +549,10 @@ class _Trainer:
                 "loss": cfg.loss,
                 "n_train_samples": int(sampler.num_samples),
                 "n_train_active": int(sampler.active.sum()),
+                "world_size": int(self.ranks.world),
             }
             _write_json(meta_path, meta)
-        self.meta = meta
-        self.input_scale = float(meta["input_scale"])
-        self.sigma = meta["sigma"]
-        sampler.batch_size = int(meta["batch_size"])
-
-        from molphenix.nn import MolPhenixModel, ModelConfig
-
-        device = torch.device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        model = MolPhenixModel(ModelConfig.from_dict(meta["model_config"])).to(device)
-        loss_fn = loss_fn.to(device)
-        decay, no_decay = [], []
-        for name, prm in model.named_parameters():
-            if not prm.requires_grad:
-                continue
-            (decay if prm.dim() >= 2 else no_decay).append(prm)
-        loss_params = [p for p in loss_fn.parameters() if p.requires_grad]
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-                  {"params": no_decay + loss_params, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-        self.model, self.loss_fn, self.opt, self.device = model, loss_fn, opt, device
-        self.params = [p for g in groups for p in g["params"]]
-        self.param_names = {id(p): n for n, p in model.named_parameters()}
-        self.param_names.update({id(p): f"loss.{n}" for n, p in loss_fn.named_parameters()})
-
-        self.val = self._val_data(ds, splits, calls)
-
-        state = {"step": 0, "epoch": 0, "batch": 0, "samples_seen": 0, "elapsed_s": 0.0,
-                 "best_metric": None, "best_step": None}
-        if resuming:
-            model.load_state_dict(ckpt["model"])
-            loss_fn.load_state_dict(ckpt["loss"])
-            opt.load_state_dict(ckpt["optimizer"])
-            for k in state:
-                state[k] = ckpt[k] if k in ckpt else state[k]
-            restore_rng(ckpt["rng"])
-            _truncate_log(run / "train_log.csv", state["step"])
-            self.say(f"resuming {run} at step {state['step']} of {total}")
-        self.state = state
-        return self._loop(total)
+        return meta, features
 
     def _calls(self, ds: Any, resuming: bool):
         from molphenix.data import call_activity
@@ -512,9 +623,10 @@ class _Trainer:
     # ------------------------------------------------------------------ the loop
     def _batches(self, epoch: int, batch: int) -> Iterator[Tuple[int, int, Any]]:
         empty = 0
+        shard = (self.ranks.rank, self.ranks.world) if self.ranks.active else None
         while True:
             got = False
-            for i, sb in enumerate(self.sampler.iter_epoch(epoch, start_batch=batch)):
+            for i, sb in enumerate(self.sampler.iter_epoch(epoch, start_batch=batch, shard=shard)):
                 got = True
                 yield epoch, batch + i, sb
             if not got and batch == 0:
@@ -527,106 +639,130 @@ class _Trainer:
             epoch, batch = epoch + 1, 0
 
     def _loop(self, total: int) -> Path:
+        cfg, st, run, ranks = self.cfg, self.state, self.run_dir, self.ranks
+        logf = bar = None
+        if ranks.main:
+            log_path = run / "train_log.csv"
+            new_log = not log_path.is_file() or log_path.stat().st_size == 0
+            logf = open(log_path, "a", newline="")
+            if new_log:
+                csv.writer(logf, lineterminator="\n").writerow(LOG_COLUMNS)
+                logf.flush()
+            progress = cfg.progress if cfg.progress is not None else _is_tty()
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=total, initial=st["step"], desc="train", unit="step", file=sys.stderr,
+                           dynamic_ncols=True)
+        try:
+            self._steps(total, logf, bar)
+        except Exception as exc:
+            if ranks.active and _is_comm_error(exc):
+                raise ranks.failure(exc, f"training step {st['step'] + 1}") from exc
+            raise
+        finally:
+            if logf is not None:
+                logf.close()
+            if bar is not None:
+                bar.close()
+        best = "" if st["best_metric"] is None else (
+            f"; best val top-{100 * cfg.eval_fraction:g}% recall {st['best_metric']:.4f} at step {st['best_step']}")
+        procs = f" on {ranks.world} processes" if ranks.active else ""
+        self.say(f"finished {run}: {total} steps, {st['samples_seen']} samples in {st['elapsed_s']:.1f} s{procs}{best}")
+        return run
+
+    def _steps(self, total: int, logf: Any, bar: Any) -> None:
         import torch
 
-        cfg, st, run = self.cfg, self.state, self.run_dir
+        cfg, st, run, ranks = self.cfg, self.state, self.run_dir, self.ranks
         model, loss_fn, opt, dev = self.model, self.loss_fn, self.opt, self.device
         warm = int(round(cfg.warmup * total))
         eval_every = cfg.eval_every if cfg.eval_every is not None else max(1, total // 10)
         use_amp = cfg.amp and dev.type == "cuda"
-        log_path = run / "train_log.csv"
-        new_log = not log_path.is_file() or log_path.stat().st_size == 0
-        logf = open(log_path, "a", newline="")
-        writer = csv.writer(logf, lineterminator="\n")
-        if new_log:
-            writer.writerow(LOG_COLUMNS)
-            logf.flush()
-        progress = cfg.progress if cfg.progress is not None else _is_tty()
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, initial=st["step"], desc="train", unit="step", file=sys.stderr,
-                       dynamic_ncols=True)
+        writer = csv.writer(logf, lineterminator="\n") if logf is not None else None
         last_ckpt = time.monotonic()
         t_start = time.perf_counter()
         elapsed0 = float(st["elapsed_s"])
         batches = self._batches(st["epoch"], st["batch"])
         model.train()
-        try:
-            while st["step"] < total:
-                step = st["step"]
-                t0 = time.perf_counter()
-                epoch, bi, sb = next(batches)
-                x = torch.from_numpy(sb.phenomic).to(dev)
-                conc = torch.from_numpy(np.asarray(sb.concentration_um, dtype=np.float32)).to(dev)
-                mol = self.mols.batch(self.sample_mol_row[sb.sample_index], dev)
-                xin = x / self.input_scale
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    p = model.encode_wells(xin)
-                    q = model.encode_molecules(mol, conc)
-                p, q = p.float(), q.float()
-                u = x / self.sigma if (self.sigma is not None and loss_fn.needs_u) else None
-                if not bool(torch.isfinite(p).all() & torch.isfinite(q).all()):
-                    raise ValueError(self._nonfinite_msg(step, None, p, q, None))
-                out = loss_fn(p, q, u)
-                loss = out.loss
-                if not torch.isfinite(loss):
-                    raise ValueError(self._nonfinite_msg(step, loss, p, q, u))
-                lr = _lr_at(step, total, warm, cfg.lr)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    gn = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
-                else:
-                    gn = float(torch.norm(torch.stack([p_.grad.detach().norm() for p_ in self.params
-                                                       if p_.grad is not None])))
-                if not math.isfinite(gn):
-                    raise ValueError(self._nonfinite_grad_msg(step))
-                opt.step()
-                if hasattr(loss_fn, "clamp_parameters_"):
-                    loss_fn.clamp_parameters_()
-                n = len(sb)
-                st.update(step=step + 1, epoch=epoch, batch=bi + 1, samples_seen=st["samples_seen"] + n)
-                dt = time.perf_counter() - t0
-                st["elapsed_s"] = elapsed0 + (time.perf_counter() - t_start)
-                val = None
-                final = st["step"] == total
-                if final or (eval_every > 0 and st["step"] % eval_every == 0):
-                    val = self._validate()
-                    model.train()
-                    if val is not None and (st["best_metric"] is None or val > st["best_metric"]):
-                        st["best_metric"], st["best_step"] = val, st["step"]
+        while st["step"] < total:
+            step = st["step"]
+            t0 = time.perf_counter()
+            if ranks.active:
+                # dropout draws: a function of (seed, rank, step), so every rank masks its own
+                # rows differently and a resumed run (any checkpoint) draws as the uninterrupted one
+                torch.manual_seed(_rank_step_seed(cfg.seed, ranks.rank, step))
+            epoch, bi, sb = next(batches)
+            x = torch.from_numpy(sb.phenomic).to(dev)
+            conc = torch.from_numpy(np.asarray(sb.concentration_um, dtype=np.float32)).to(dev)
+            mol = self.mols.batch(self.sample_mol_row[sb.sample_index], dev)
+            xin = x / self.input_scale
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+                p, q = self.heads(xin, mol, conc)
+            p, q = p.float(), q.float()
+            u = x / self.sigma if (self.sigma is not None and loss_fn.needs_u) else None
+            finite = bool(torch.isfinite(p).all() & torch.isfinite(q).all())
+            if not finite and not ranks.active:
+                raise ValueError(self._nonfinite_msg(step, None, p, q, None))
+            # distributed: the loss is the global batch's on every rank, so a non-finite input on
+            # any rank shows on all of them (no rank raises while the others wait in a collective)
+            out = self.loss_call(p, q, u)
+            loss = out.loss
+            if not finite or not torch.isfinite(loss):
+                raise ValueError(self._nonfinite_msg(step, loss, p, q, u))
+            lr = _lr_at(step, total, warm, cfg.lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # DDP sums the heads' gradients over the ranks (_dist.allreduce_sum_hook)
+            if cfg.grad_clip:
+                gn = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
+            else:
+                gn = float(torch.norm(torch.stack([p_.grad.detach().norm() for p_ in self.params
+                                                   if p_.grad is not None])))
+            if not math.isfinite(gn):
+                raise ValueError(self._nonfinite_grad_msg(step))
+            opt.step()
+            if hasattr(loss_fn, "clamp_parameters_"):
+                loss_fn.clamp_parameters_()
+            n = len(sb) if sb.global_size is None else int(sb.global_size)
+            st.update(step=step + 1, epoch=epoch, batch=bi + 1, samples_seen=st["samples_seen"] + n)
+            dt = time.perf_counter() - t0
+            st["elapsed_s"] = elapsed0 + (time.perf_counter() - t_start)
+            val = None
+            final = st["step"] == total
+            if final or (eval_every > 0 and st["step"] % eval_every == 0):
+                val = self._validate()
+                model.train()
+                if val is not None and (st["best_metric"] is None or val > st["best_metric"]):
+                    st["best_metric"], st["best_step"] = val, st["step"]
+                    if ranks.main:
                         save_checkpoint(self._checkpoint(finished=False), run / "checkpoints" / "best.pt")
-                stats = out.stats
-                writer.writerow([st["step"], epoch, bi, st["samples_seen"], f"{loss.item():.6g}", f"{lr:.6g}",
-                                 _fmt(stats.get("t")), _fmt(stats.get("b")), _fmt(stats.get("soft_pos_frac")),
-                                 f"{gn:.6g}", f"{n / max(dt, 1e-9):.1f}", f"{st['elapsed_s']:.3f}",
-                                 "" if val is None else f"{val:.6g}"])
-                logf.flush()
-                if bar is not None:
-                    bar.update(1)
-                    post = {"loss": f"{loss.item():.4f}"}
-                    if st["best_metric"] is not None:
-                        post["val"] = f"{st['best_metric']:.3f}"
-                    bar.set_postfix(post, refresh=False)
-                now = time.monotonic()
-                if final or now - last_ckpt >= cfg.checkpoint_every:
-                    if final and st["best_metric"] is None:
-                        # no validation split: the final model is the best we know
-                        save_checkpoint(self._checkpoint(finished=True), run / "checkpoints" / "best.pt")
-                    save_checkpoint(self._checkpoint(finished=final), run / "checkpoints" / "last.pt")
-                    last_ckpt = now
-        finally:
-            logf.close()
+            if not ranks.main:
+                continue
+            stats = out.stats
+            writer.writerow([st["step"], epoch, bi, st["samples_seen"], f"{loss.item():.6g}", f"{lr:.6g}",
+                             _fmt(stats.get("t")), _fmt(stats.get("b")), _fmt(stats.get("soft_pos_frac")),
+                             f"{gn:.6g}", f"{n / max(dt, 1e-9):.1f}", f"{st['elapsed_s']:.3f}",
+                             "" if val is None else f"{val:.6g}", ranks.world])
+            logf.flush()
             if bar is not None:
-                bar.close()
-        best = "" if st["best_metric"] is None else (
-            f"; best val top-{100 * cfg.eval_fraction:g}% recall {st['best_metric']:.4f} at step {st['best_step']}")
-        self.say(f"finished {run}: {total} steps, {st['samples_seen']} samples in {st['elapsed_s']:.1f} s{best}")
-        return run
+                bar.update(1)
+                post = {"loss": f"{loss.item():.4f}"}
+                if st["best_metric"] is not None:
+                    post["val"] = f"{st['best_metric']:.3f}"
+                bar.set_postfix(post, refresh=False)
+            now = time.monotonic()
+            if final or now - last_ckpt >= cfg.checkpoint_every:
+                if final and st["best_metric"] is None:
+                    # no validation split: the final model is the best we know
+                    save_checkpoint(self._checkpoint(finished=True), run / "checkpoints" / "best.pt")
+                save_checkpoint(self._checkpoint(finished=final), run / "checkpoints" / "last.pt")
+                last_ckpt = now
+        if ranks.active:
+            # the others wait for rank 0's last checkpoint: when fit returns on any rank, the run
+            # directory is complete
+            ranks.barrier("the final checkpoint")
 
     def _checkpoint(self, *, finished: bool) -> Dict[str, Any]:
         st = self.state
@@ -648,9 +784,24 @@ class _Trainer:
                           "warmup_steps": int(round(self.cfg.warmup * self.cfg.total_steps)), "peak_lr": float(self.cfg.lr)},
             "rng": capture_rng(),
             "config_hash": self.cfg.identity_hash(),
+            "world_size": int(self.ranks.world),
         }
 
     def _validate(self) -> Optional[float]:
+        """Validation recall: computed on rank 0, the same value (and so the same best-checkpoint
+        decision) on every rank."""
+        if not self.ranks.active:
+            return self._validate_here()
+        err, val = None, None
+        if self.ranks.main:
+            try:
+                val = self._validate_here()
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank by agree()
+                err = exc
+        self.ranks.agree(err, "validation")
+        return self.ranks.broadcast(val, "validation")
+
+    def _validate_here(self) -> Optional[float]:
         if self.val is None:
             return None
         import torch
@@ -705,6 +856,28 @@ def _check_names(cfg: TrainConfig) -> None:
         if msg.startswith("name: "):
             raise ValueError(f"model: {msg[len('name: '):]}") from None
         raise ValueError(f"model_overrides: {msg}") from None
+
+
+def _rank_step_seed(seed: int, rank: int, step: int) -> int:
+    """Torch seed of one rank at one step of a data-parallel run (dropout draws)."""
+    return int(np.random.SeedSequence([int(seed), 5, int(rank), int(step)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _is_comm_error(exc: BaseException) -> bool:
+    """True for an error of torch.distributed's transport (a peer died, hung or the network
+    broke), as opposed to an error of the computation."""
+    try:
+        import torch.distributed as dist
+
+        if isinstance(exc, getattr(dist, "DistError", ())):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    if not isinstance(exc, RuntimeError):
+        return False
+    msg = str(exc).lower()
+    return any(k in msg for k in ("gloo", "nccl", "connection", "timed out", "timeout", "peer",
+                                  "broken pipe", "socket", "closed", "process group", "processgroup"))
 
 
 def _fmt(v: Any) -> str:
