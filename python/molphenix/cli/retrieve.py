@@ -12,6 +12,10 @@ treated well, its best candidates: columns ``query`` (the well_id), ``rank`` (0 
 ``molecule_id``, ``concentration_um``, ``score`` (cosine), ``id``; Parquet or CSV by the
 extension of ``--out``.
 
+Under ``torchrun --nproc_per_node N -m molphenix retrieve ...`` the candidates are sharded across
+the ranks (:class:`molphenix.distributed.ShardedIndex`; with ``--library`` each rank reads only
+its rows), every rank embeds the wells, and rank 0 writes the same ``--out`` as one process.
+
 Molecules FILE (Parquet or CSV): ``smiles`` (required), ``molecule_id`` (default: the SMILES),
 ``concentration_um`` (or ``--concentrations``; neither: every dose of the run's dose set).
 Invalid SMILES are skipped and counted. Errors: one line naming the flag, exit 2
@@ -163,6 +167,8 @@ def _save_library(index, cols: Dict[str, np.ndarray], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from molphenix.retrieval.index import ROW_GROUP_ROWS
+
     index.save(path)
     table = pq.read_table(path)
     meta = table.schema.metadata
@@ -173,7 +179,7 @@ def _save_library(index, cols: Dict[str, np.ndarray], path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)  # sharded readers read their groups
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -258,9 +264,25 @@ def retrieve_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
     """Retrieve the best (molecule, concentration) candidates for every treated well of --wells."""
+    from molphenix.distributed import process_group
+
+    # Under torchrun (WORLD_SIZE > 1) the ranks shard the candidates (each reads only its rows
+    # of --library); every rank embeds the wells; rank 0 writes --out and prints.
+    with process_group():
+        _retrieve(run, wells, out, library, molecules, top_fraction, k, concentrations, checkpoint,
+                  overwrite)
+
+
+def _retrieve(run: Path, wells: Path, out: Path, library: Optional[Path], molecules: Optional[Path],
+              top_fraction: Optional[float], k: Optional[int], concentrations: Optional[str],
+              checkpoint: str, overwrite: bool) -> None:
     import pyarrow as pa
 
+    from molphenix.distributed import get_world_size, is_main
+    from molphenix.distributed.retrieval import ShardedIndex
     from molphenix.retrieval import Index
+
+    sharded = get_world_size() > 1
 
     if (library is None) == (molecules is None):
         usage_error("--library", "give exactly one of --library or --molecules")
@@ -279,7 +301,7 @@ def retrieve_command(
     tm = _load_run(run, checkpoint)
     if library is not None:
         try:
-            index = Index.load(library)
+            index = ShardedIndex.load(library) if sharded else Index.load(library)
         except ValueError as exc:
             usage_error("--library", str(exc))
         if index.dim != tm.embed_dim:
@@ -304,7 +326,10 @@ def retrieve_command(
                                                                    "smiles": pa.array([], pa.string())})))
     except ValueError as exc:
         usage_error("--wells", str(exc))
-    scores, rid = index.search(qemb[treated], k, fraction=top_fraction)
+    searcher = ShardedIndex.from_index(index) if sharded and info is not None else index
+    scores, rid = searcher.search(qemb[treated], k, fraction=top_fraction)
+    if not is_main():
+        return
     scores = np.asarray(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores)
     nq, kk = scores.shape
     flat_ids = np.asarray(rid).reshape(-1)

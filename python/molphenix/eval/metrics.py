@@ -239,6 +239,41 @@ def _ranks(query_emb, cand_emb, targets, metric, backend) -> np.ndarray:
     return np.asarray(ranks, dtype=np.int64)
 
 
+def _process_group(distributed: Any) -> Tuple[Any, bool]:
+    """(group, whether to shard) for ``evaluate_embeddings(distributed=...)``: False / None: one
+    process; True: the default process group; else the given group. A group of one rank, or
+    no initialised group, means one process."""
+    if distributed is None or distributed is False:
+        return None, False
+    from molphenix.distributed import get_world_size, is_initialized
+
+    group = None if distributed is True else distributed
+    if not is_initialized() or get_world_size(group) == 1:
+        return None, False
+    return group, True
+
+
+def _sharded_ranks(query_emb, cand_emb, n_cand, targets, metric, backend, group) -> np.ndarray:
+    from molphenix.distributed.retrieval import shard_range, sharded_ranks
+
+    start, stop = shard_range(n_cand, group=group)
+    rows = _rows(cand_emb, "cand_emb")[0]
+    if rows == n_cand:
+        shard = cand_emb[start:stop]
+    elif rows == stop - start:
+        shard = cand_emb
+    else:
+        raise ValueError(f"cand_emb: expected all {n_cand} candidate rows or this rank's block "
+                         f"[{start}, {stop}) of them, got {rows} rows")
+    ranks = sharded_ranks(query_emb, shard, targets_like(targets, query_emb), metric=metric,
+                          backend=backend, group=group)
+    if hasattr(ranks, "detach"):
+        ranks = ranks.detach().cpu().numpy()
+    elif not isinstance(ranks, np.ndarray):  # cupy
+        ranks = ranks.get()
+    return np.asarray(ranks, dtype=np.int64)
+
+
 def targets_like(targets: np.ndarray, like: Any) -> Any:
     """``targets`` as the array kind / device of ``like`` (ops want both on one device)."""
     import torch
@@ -426,6 +461,7 @@ def evaluate_embeddings(
     metric: str = "cosine",
     backend: str = "auto",
     return_ranks: bool = False,
+    distributed: Any = False,
 ) -> Any:
     """Zero-shot retrieval metrics of phenomic queries against molecule candidates.
 
@@ -452,6 +488,13 @@ def evaluate_embeddings(
         metric: ``"cosine"`` | ``"dot"`` | ``"arctan_l2"`` (as the ops).
         backend: ops backend (``"auto"`` | ``"cpu"`` | ``"cuda"`` | ``"reference"``).
         return_ranks: also return the per-query :class:`QueryRanks`.
+        distributed: ``False`` (default): one process. ``True`` (the default process group) or
+            a ``torch.distributed`` process group: the candidates are sharded across its ranks
+            (contiguous blocks, :func:`molphenix.distributed.shard_range`) and ranked with
+            :func:`molphenix.distributed.sharded_ranks`; every rank passes the same queries and
+            metadata (``cand_molecule`` / ``cand_conc``: all N candidates) and ``cand_emb`` as
+            all N rows or only its own block, and every rank gets the same result, equal to one
+            process's. Without an initialised group (or with one rank) it is one process.
 
     Returns:
         The split dict (layout in the module docstring; see :func:`metrics_from_ranks`), or
@@ -468,8 +511,11 @@ def evaluate_embeddings(
             ``query_active``.
     """
     match = _check_match(match)
+    group, sharded = _process_group(distributed)
     nq, dq = _rows(query_emb, "query_emb")
     nc, dc = _rows(cand_emb, "cand_emb")
+    if sharded:  # cand_emb may be this rank's block: the metadata give N
+        nc = len(cand_molecule) if not hasattr(cand_molecule, "shape") else int(cand_molecule.shape[0])
     if dq != dc:
         raise ValueError(f"cand_emb: expected {dq} columns to match query_emb, got {dc}")
     if nc == 0:
@@ -479,7 +525,10 @@ def evaluate_embeddings(
     qa = _as_bool_vector(query_active, "query_active", nq)
     cm = _as_str_list(cand_molecule, "cand_molecule", nc)
     targets = query_targets(qm, qc, cm, cand_conc if match == "pair" else None, match=match)
-    ranks = _ranks(query_emb, cand_emb, targets, metric, backend)
+    if sharded:
+        ranks = _sharded_ranks(query_emb, cand_emb, nc, targets, metric, backend, group)
+    else:
+        ranks = _ranks(query_emb, cand_emb, targets, metric, backend)
     metrics = metrics_from_ranks(ranks, nc, qc, qa, fractions=fractions, n_bootstrap=n_bootstrap,
                                  seed=seed, match=match)
     if not return_ranks:

@@ -43,6 +43,7 @@ def evaluate_run(
     n_bootstrap: int = 1000,
     seed: int = 0,
     device: str | None = None,
+    distributed: Any = False,
 ) -> Dict[str, Any]:
     """Evaluate a trained run and write ``metrics.json`` and the per-query ranks.
 
@@ -61,6 +62,12 @@ def evaluate_run(
         n_bootstrap: Bootstrap resamples of the 95% intervals (0: none).
         seed: Bootstrap seed.
         device: Device for the model (default CPU).
+        distributed: ``False`` (default): one process. ``True`` (the default process group, as
+            ``torchrun`` makes it) or a process group: every rank embeds the queries and
+            candidates, the candidates are sharded across the ranks for the rank counting
+            (:func:`molphenix.evaluate_embeddings` with ``distributed``), every rank returns the
+            same metrics and only rank 0 writes the files. Without an initialised group it is
+            one process.
 
     Returns:
         ``{"schema_version": 1, "<split>": {"n_candidates": N, "all": {...}, "active": {...},
@@ -132,11 +139,17 @@ def evaluate_run(
             cand_mol, cand_conc = np.asarray(uniq, dtype=object), None
         metrics, ranks = evaluate_embeddings(
             p, q["molecule"], q["concentration"], q["active"], cand, cand_mol, cand_conc,
-            match=match, fractions=fractions, n_bootstrap=n_bootstrap, seed=seed, return_ranks=True)
+            match=match, fractions=fractions, n_bootstrap=n_bootstrap, seed=seed, return_ranks=True,
+            distributed=distributed)
         metrics["n_wells"] = int(rows.size)
         result[name] = metrics
         all_ranks.append((name, ranks))
     out_path = Path(out) if out is not None else run / "metrics.json"
+    if distributed is not False and distributed is not None:
+        from molphenix.distributed import get_rank, is_initialized
+
+        if is_initialized() and get_rank(None if distributed is True else distributed) != 0:
+            return result  # rank 0 writes the files, once
     write_metrics(out_path, result)
     if ranks_out is not False:
         rpath = Path(ranks_out) if ranks_out not in (None, True) else out_path.with_name(
