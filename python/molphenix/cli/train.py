@@ -122,11 +122,17 @@ def evaluate_command(
         usage_error("--data", f"{data}: dataset directory not found")
     if out is not None and out.is_dir():
         usage_error("--out", f"{out} is a directory; give a file path")
-    try:
-        metrics = evaluate_run(run, data, out=out, match=match, checkpoint=checkpoint,
-                               n_bootstrap=bootstrap, seed=seed)
-    except ValueError as exc:
-        _flag_of(exc, _EVAL_FLAGS, None)
+    from molphenix.distributed import is_main, process_group
+
+    # Under torchrun (WORLD_SIZE > 1) the ranks shard the candidates; rank 0 writes and prints.
+    with process_group():
+        try:
+            metrics = evaluate_run(run, data, out=out, match=match, checkpoint=checkpoint,
+                                   n_bootstrap=bootstrap, seed=seed, distributed=True)
+        except ValueError as exc:
+            _flag_of(exc, _EVAL_FLAGS, None)
+        if not is_main():
+            return
     typer.echo(_summary(metrics))
     typer.echo(f"wrote {out if out is not None else run / 'metrics.json'}")
 
