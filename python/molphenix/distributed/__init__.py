@@ -5,6 +5,9 @@ Launched by ``torchrun`` (NCCL across GPUs, gloo across CPUs); see docs/distribu
 Public API:
     launched(), init_from_env(device=None, *, timeout_s=300), process_group(...),
     get_rank(group=None), get_world_size(group=None), is_main(group=None)
+    Global-batch losses (molphenix.distributed.losses): s2l_loss, siglip_loss (mode "ring" |
+    "allgather"), all_gather_with_grad, DistributedLoss(loss, group=None, mode="ring"),
+    communication_counter()
 """
 
 from __future__ import annotations
@@ -19,8 +22,20 @@ from molphenix.distributed._group import (
     launched,
     process_group,
 )
+from molphenix.distributed.losses import (
+    DistributedLoss,
+    all_gather_with_grad,
+    communication_counter,
+    s2l_loss,
+    siglip_loss,
+)
 
 __all__ = [
+    "DistributedLoss",
+    "all_gather_with_grad",
+    "communication_counter",
+    "s2l_loss",
+    "siglip_loss",
     "DEFAULT_TIMEOUT_S",
     "get_rank",
     "get_world_size",
