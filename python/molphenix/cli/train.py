@@ -7,13 +7,14 @@ start with a config field (``"lr: must be > 0"``) are reported under that field'
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import typer
 
-from molphenix.cli._errors import non_negative_int, positive_int, threads_option, usage_error
+from molphenix.cli._errors import data_error, non_negative_int, positive_int, threads_option, usage_error
 
 __all__ = ["evaluate_command", "register", "train_command"]
 
@@ -22,7 +23,7 @@ _TRAIN_FLAGS = {
     "data": "--data", "out": "--out", "loss": "--loss", "model": "--model", "seed": "--seed",
     "device": "--device", "threads": "--threads", "checkpoint_every": "--checkpoint-every",
     "steps": "--steps", "samples": "--samples", "batch_size": "--batch-size", "lr": "--lr",
-    "overwrite": "--overwrite",
+    "overwrite": "--overwrite", "dist_timeout": "--dist-timeout",
 }
 _EVAL_FLAGS = {"data": "--data", "run": "--run", "match": "--match", "checkpoint": "--checkpoint",
                "splits": "--split", "out": "--out"}
@@ -55,14 +56,21 @@ def train_command(
     checkpoint_every: Optional[float] = typer.Option(None, "--checkpoint-every", help="Seconds between checkpoints (default 60; 0: every step)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete an existing run in --out and start over."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: when a TTY)."),
+    dist_timeout: Optional[float] = typer.Option(
+        None, "--dist-timeout", help="Under torchrun: seconds a rank waits for the others before it fails "
+        "(default 300); a dead rank stops the run within this long, relaunching resumes it."),
 ) -> None:
-    """Train MolPhenix (or a baseline loss) on DATA into the run directory --out."""
+    """Train MolPhenix (or a baseline loss) on DATA into the run directory --out.
+
+    Data-parallel: ``torchrun --nproc_per_node N -m molphenix train ...`` (docs/distributed.md);
+    the global batch stays --batch-size, split over the ranks."""
     from molphenix.train import TrainConfig, fit
 
     given: Dict[str, Any] = {k: v for k, v in dict(
         data=str(data) if data is not None else None, out=str(out) if out is not None else None,
         loss=loss, model=model, seed=seed, device=device, threads=threads, steps=steps, samples=samples,
-        batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, progress=progress).items()
+        batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, progress=progress,
+        dist_timeout=dist_timeout).items()
         if v is not None}
     if overwrite:
         given["overwrite"] = True
@@ -92,11 +100,16 @@ def train_command(
         usage_error("--data", "required (the dataset directory)")
     if cfg.out is None:
         usage_error("--out", "required (the run directory)")
+    from molphenix.train import RankFailure
+
     try:
         run = fit(cfg, log=typer.echo)
     except ValueError as exc:
         _flag_of(exc, _TRAIN_FLAGS, None)
-    typer.echo(f"run: {run}")
+    except RankFailure as exc:  # a peer rank died or hung (torchrun): one line, exit 1
+        data_error(None, str(exc))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports (fit has closed the group)
+        typer.echo(f"run: {run}")
 
 
 def evaluate_command(

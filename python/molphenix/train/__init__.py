@@ -6,6 +6,7 @@ Public API:
     load_run(RUN, checkpoint="best") -> TrainedModel (embed_wells, embed_molecules, retrieve)
     DEFAULT_SOFT_POSITIVE_FRACTION   the soft-label scale target of S2L/CWCL (sim_space="input")
     TUNED_DEFAULTS                   per-loss defaults frozen after the validation tuning
+    RankFailure                      a data-parallel run lost a rank (died, hung past dist_timeout)
 
 The run directory layout is documented in :mod:`molphenix.train.loop`; evaluation of a run is
 :func:`molphenix.eval.run.evaluate_run`.
@@ -20,6 +21,7 @@ from .config import (
     TUNED_DEFAULTS,
     TrainConfig,
 )
+from ._dist import RankFailure
 from .inputs import centre_wells, dataset_fingerprint
 from .loop import LOG_COLUMNS, fit
 from .trained import TrainedModel, load_run
@@ -31,6 +33,7 @@ __all__ = [
     "DEFAULT_SOFT_POSITIVE_FRACTION",
     "LOG_COLUMNS",
     "RUNTIME_KEYS",
+    "RankFailure",
     "TUNED_DEFAULTS",
     "TrainConfig",
     "TrainedModel",

@@ -10,6 +10,7 @@ message. In a single process every method is a no-op answering for rank 0 of 1.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, List, Optional
 
 __all__ = ["Ranks", "RankFailure", "allreduce_sum_hook"]
@@ -20,7 +21,7 @@ class RankFailure(RuntimeError):
     network between them broke. The run resumes from its last checkpoint when launched again."""
 
 
-def allreduce_sum_hook(group: Any, bucket: Any) -> Any:
+def allreduce_sum_hook(group, bucket):  # no annotations: DDP checks them (and this module's are strings)
     """DDP communication hook: all-reduce a gradient bucket **without** dividing by the world size.
 
     Each rank's loss backward gives its local rows exactly their rows of the global-batch
@@ -129,8 +130,11 @@ class Ranks:
 
         try:
             self._grad_group = dist.new_group(backend=dist.get_backend())
-            ddp = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
-                      process_group=self._grad_group, broadcast_buffers=False)
+            with warnings.catch_warnings():
+                # the heads' buffers (dose tables) are constants: no per-forward buffer broadcast
+                warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+                ddp = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
+                          process_group=self._grad_group, broadcast_buffers=False)
         except Exception as exc:  # noqa: BLE001
             raise self.failure(exc, "the model's set-up (DistributedDataParallel)") from exc
         ddp.register_comm_hook(self._grad_group, allreduce_sum_hook)

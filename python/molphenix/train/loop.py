@@ -865,19 +865,21 @@ def _rank_step_seed(seed: int, rank: int, step: int) -> int:
 
 def _is_comm_error(exc: BaseException) -> bool:
     """True for an error of torch.distributed's transport (a peer died, hung or the network
-    broke), as opposed to an error of the computation."""
+    broke), as opposed to an error of the computation (a wrong shape in a collective is not one)."""
     try:
         import torch.distributed as dist
 
-        if isinstance(exc, getattr(dist, "DistError", ())):
+        kinds = tuple(k for k in (getattr(dist, "DistNetworkError", None), getattr(dist, "DistStoreError", None))
+                      if k is not None)
+        if kinds and isinstance(exc, kinds):
             return True
     except ImportError:  # pragma: no cover
         pass
     if not isinstance(exc, RuntimeError):
         return False
     msg = str(exc).lower()
-    return any(k in msg for k in ("gloo", "nccl", "connection", "timed out", "timeout", "peer",
-                                  "broken pipe", "socket", "closed", "process group", "processgroup"))
+    return any(k in msg for k in ("connection", "timed out", "timeout", "closed by peer", "reset by peer",
+                                  "broken pipe", "no route to host", "socket"))
 
 
 def _fmt(v: Any) -> str:
