@@ -154,12 +154,49 @@ def lib_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def cli_root(tmp_path_factory):
+    """A tiny trained run, its dataset, a molecules CSV and an embedded library."""
+    import pyarrow.csv as pcsv
+
+    from molphenix.cli.main import main
+    from molphenix.data import simulate
+    from molphenix.train import TrainConfig, fit
+
+    root = tmp_path_factory.mktemp("cli_launch")
+    ds = simulate(root / "data", n_molecules=30, seed=5, embedding_dim=16, progress=False)
+    fit(TrainConfig(data=str(root / "data"), out=str(root / "run"), steps=6, batch_size=16,
+                    threads=1, progress=False, eval_every=6,
+                    model_overrides=dict(phenomic_hidden=32, molecular_hidden=32, embed_dim=16,
+                                         phenomic_blocks=1),
+                    featurizer_kwargs=dict(n_bits=256)), log=lambda m: None)
+    mols = ds.molecules.select(["molecule_id", "smiles"])
+    pcsv.write_csv(mols.slice(0, 9), root / "mols.csv")
+    pcsv.write_csv(mols.slice(5, 20), root / "lib.csv")
+    assert main(["embed-library", "--run", str(root / "run"), "--molecules",
+                 str(root / "lib.csv"), "--out", str(root / "lib.parquet")]) == 0
+    return root
+
+
+def _two_rank_body(lib_path: str, root: str):
+    return _index_body(lib_path), _cli_body(root)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(lib_file, cli_root):
+    """One 2-rank spawn for the index cases and the CLI (process start dominates the cost)."""
+    return run_ranks(_two_rank_body, 2, args=(str(lib_file), str(cli_root)), timeout_s=200)
+
+
 @pytest.mark.parametrize("world", [2, 3])
-def test_sharded_index_equals_index(world, lib_file):
+def test_sharded_index_equals_index(world, lib_file, request):
     from molphenix.eval import evaluate_embeddings
     from molphenix.retrieval import Index
 
-    results = run_ranks(_index_body, world, args=(str(lib_file),), timeout_s=150)
+    if world == 2:
+        results = [r[0] for r in request.getfixturevalue("two_ranks")]
+    else:
+        results = run_ranks(_index_body, world, args=(str(lib_file),), timeout_s=150)
     for case_i, case in enumerate(_cases()):
         x, q, t = _data(dtype=np.dtype(case["dtype"]))
         want = _single(case, x, q, t)
@@ -235,32 +272,17 @@ def _cli_body(root: str):
     return codes
 
 
-def test_cli_evaluate_and_retrieve_under_a_launch(tmp_path):
-    import pyarrow.csv as pcsv
+def test_cli_evaluate_and_retrieve_under_a_launch(two_ranks, cli_root):
     import pyarrow.parquet as pq
 
-    from molphenix.cli.main import main
-    from molphenix.data import simulate
-    from molphenix.train import TrainConfig, fit
-
-    ds = simulate(tmp_path / "data", n_molecules=30, seed=5, embedding_dim=16, progress=False)
-    fit(TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "run"), steps=6, batch_size=16,
-                    threads=1, progress=False, eval_every=6,
-                    model_overrides=dict(phenomic_hidden=32, molecular_hidden=32, embed_dim=16,
-                                         phenomic_blocks=1),
-                    featurizer_kwargs=dict(n_bits=256)), log=lambda m: None)
-    mols = ds.molecules.select(["molecule_id", "smiles"])
-    pcsv.write_csv(mols.slice(0, 9), tmp_path / "mols.csv")
-    pcsv.write_csv(mols.slice(5, 20), tmp_path / "lib.csv")
-    assert main(["embed-library", "--run", str(tmp_path / "run"), "--molecules",
-                 str(tmp_path / "lib.csv"), "--out", str(tmp_path / "lib.parquet")]) == 0
-    codes = run_ranks(_cli_body, 2, args=(str(tmp_path),), timeout_s=150)
+    root = cli_root
+    codes = [r[1] for r in two_ranks]
     assert codes[0] == [0] * 6 and codes[1] == [0] * 3
-    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
-    got = json.loads((tmp_path / "dist" / "metrics.json").read_text())
+    one = json.loads((root / "one" / "metrics.json").read_text())
+    got = json.loads((root / "dist" / "metrics.json").read_text())
     assert got == one
-    assert pq.read_table(tmp_path / "dist" / "ranks.parquet").equals(
-        pq.read_table(tmp_path / "one" / "ranks.parquet"))
-    assert pq.read_table(tmp_path / "dist" / "lib.parquet").equals(
-        pq.read_table(tmp_path / "one" / "lib.parquet"))
-    assert (tmp_path / "dist" / "mol.csv").read_bytes() == (tmp_path / "one" / "mol.csv").read_bytes()
+    assert pq.read_table(root / "dist" / "ranks.parquet").equals(
+        pq.read_table(root / "one" / "ranks.parquet"))
+    assert pq.read_table(root / "dist" / "lib.parquet").equals(
+        pq.read_table(root / "one" / "lib.parquet"))
+    assert (root / "dist" / "mol.csv").read_bytes() == (root / "one" / "mol.csv").read_bytes()
