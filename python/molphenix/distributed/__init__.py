@@ -8,6 +8,8 @@ Public API:
     Global-batch losses (molphenix.distributed.losses): s2l_loss, siglip_loss (mode "ring" |
     "allgather"), all_gather_with_grad, DistributedLoss(loss, group=None, mode="ring"),
     communication_counter()
+    Sharded retrieval (molphenix.distributed.retrieval): ShardedIndex (Index's search/rank over
+    candidates sharded across ranks; from_full / from_index / load), sharded_ranks, shard_range
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from molphenix.distributed.losses import (
     s2l_loss,
     siglip_loss,
 )
+from molphenix.distributed.retrieval import ShardedIndex, shard_range, sharded_ranks
 
 __all__ = [
     "DistributedLoss",
@@ -36,6 +39,9 @@ __all__ = [
     "communication_counter",
     "s2l_loss",
     "siglip_loss",
+    "ShardedIndex",
+    "shard_range",
+    "sharded_ranks",
     "DEFAULT_TIMEOUT_S",
     "get_rank",
     "get_world_size",
