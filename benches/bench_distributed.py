@@ -1,0 +1,316 @@
+"""Issue 10's benchmark: the global-batch S2L loss over torch.distributed (gloo on localhost).
+
+Two measurements, both on this machine, in one run:
+
+  bytes   Bytes each rank sends for one S2L forward + backward, ``mode="ring"`` vs
+          ``mode="allgather"``, counted by ``molphenix.distributed.communication_counter`` while
+          the real call runs on W spawned ranks (the global batch split evenly), next to the
+          formula (b = B / W rows per rank, element size s, u in float32):
+            ring       p2p: s [(W - 1) b (D + E) + W b D]     ((q, u) blocks + gradient accumulators)
+            allgather  collective: s (W - 1) b (D + E) + s 2 (W - 1) / W B D
+                       (all-gather of (q, u); ring all-reduce of the [B, D] column gradient)
+            both       + (W - 1) 136 bytes of float64 scalars (metadata and loss/gradient sums)
+          A mismatch fails the run (exit status 1).
+  time    Loss forward + backward at B global rows (default 4096), D = 256, E = 384, float32:
+          one process with 1 and with 2 threads vs 2 processes with 1 thread each (ring and
+          allgather). Repeats are interleaved: every round runs each configuration once (the
+          2-process job is spawned per round; its start-up is not timed; the step time is the
+          slowest rank's, after a barrier). Median, min and max over the rounds.
+  train   One training step with 1 vs 2 processes, when molphenix.train supports a distributed
+          launch (see the log: skipped with the reason otherwise).
+
+The machine is shared: ``uptime`` is recorded before and after every section.
+
+    python benches/bench_distributed.py                     # writes benches/results/distributed-<date>/
+    python benches/bench_distributed.py --quick --no-save
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # the test launcher: N spawned gloo ranks
+
+import torch  # noqa: E402
+
+from distributed._launch import run_ranks  # noqa: E402
+
+SCALARS = 136  # bytes of float64 scalars per peer: a 14-value metadata row + 3 sums (8 bytes each)
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except Exception:
+        return "uptime: unavailable"
+
+
+def _data(B: int, D: int, E: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.nn.functional.normalize(torch.randn(B, D, generator=g), dim=1)
+    q = torch.nn.functional.normalize(p + 0.7 * torch.randn(B, D, generator=g), dim=1)
+    u = 0.05 * torch.randn(B, E, generator=g) if E else None
+    return p, q, u
+
+
+def _slice(x, rank, world):
+    if x is None:
+        return None
+    b = x.shape[0] // world
+    return x[rank * b:(rank + 1) * b]
+
+
+# ------------------------------------------------------------------------------------------------
+# bytes
+
+
+def _bytes_body(configs):
+    import torch.distributed as dist
+
+    import molphenix.distributed as md
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out = []
+    for B, D, E in configs:
+        p_all, q_all, u_all = _data(B, D, E)
+        for mode in ("ring", "allgather"):
+            p = _slice(p_all, rank, world).clone().requires_grad_(True)
+            q = _slice(q_all, rank, world).clone().requires_grad_(True)
+            u = _slice(u_all, rank, world)
+            with md.communication_counter() as c:
+                if u is None:
+                    loss = md.siglip_loss(p, q, 10.0, -10.0, mode=mode)
+                else:
+                    loss = md.s2l_loss(p, q, 10.0, -10.0, u, mode=mode)
+                loss.backward()
+            out.append({"B": B, "D": D, "E": E, "mode": mode, **c})
+    return out
+
+
+def _formula(W: int, B: int, D: int, E: int, mode: str, s: int = 4) -> Dict[str, int]:
+    b = B // W
+    if mode == "ring":
+        payload = s * ((W - 1) * b * (D + E) + W * b * D)
+        return {"payload": payload, "total": payload + (W - 1) * SCALARS}
+    gather = s * (W - 1) * b * D + 4 * (W - 1) * b * E  # q in its dtype, u in float32
+    reduce = round(s * 2.0 * (W - 1) / W * B * D)
+    return {"payload": gather + reduce, "total": gather + reduce + (W - 1) * SCALARS}
+
+
+# ------------------------------------------------------------------------------------------------
+# time
+
+
+def _loss_step(p, q, u, mode=None):
+    import molphenix.distributed as md
+    from molphenix import ops
+
+    p = p.detach().requires_grad_(True)
+    q = q.detach().requires_grad_(True)
+    if mode is None:
+        loss = ops.s2l_loss(p, q, 10.0, -10.0, u)
+    else:
+        loss = md.s2l_loss(p, q, 10.0, -10.0, u, mode=mode)
+    loss.backward()
+    return float(loss.detach())
+
+
+def _time_body(B, D, E, order, warmup):
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    p_all, q_all, u_all = _data(B, D, E)
+    p, q, u = (_slice(x, rank, world) for x in (p_all, q_all, u_all))
+    res = {}
+    for mode in order:
+        for _ in range(warmup):
+            _loss_step(p, q, u, mode)
+        dist.barrier()
+        t0 = time.perf_counter()
+        val = _loss_step(p, q, u, mode)
+        t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)  # the step ends when the slowest rank is done
+        res[mode] = (float(t), val)
+    return res
+
+
+def _time_single(B, D, E, threads, warmup):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        p, q, u = _data(B, D, E)
+        for _ in range(warmup):
+            _loss_step(p, q, u)
+        t0 = time.perf_counter()
+        val = _loss_step(p, q, u)
+        return time.perf_counter() - t0, val
+    finally:
+        torch.set_num_threads(old)
+
+
+# ------------------------------------------------------------------------------------------------
+# training step
+
+
+def _train_supported() -> str:
+    """'' when molphenix.train can run a data-parallel step, else the reason it cannot."""
+    try:
+        from molphenix.train import loop  # noqa: F401
+    except Exception as e:  # pragma: no cover
+        return f"molphenix.train does not import: {e}"
+    src = Path(loop.__file__).read_text()
+    if "DistributedLoss" not in src:
+        return "molphenix.train has no distributed training (no DistributedLoss in train/loop.py)"
+    return ""
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, 1 round, for smoke runs")
+    ap.add_argument("--B", type=int, default=4096, help="global batch of the timing section")
+    ap.add_argument("--D", type=int, default=256)
+    ap.add_argument("--E", type=int, default=384)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--worlds", default="2,3,4", help="world sizes of the bytes section")
+    ap.add_argument("--only", default=None, help="comma-separated subset of bytes,time,train")
+    ap.add_argument("--results-dir", type=Path,
+                    default=HERE / "results" / f"distributed-{datetime.date.today().isoformat()}")
+    ap.add_argument("--no-save", action="store_true", help="print only")
+    args = ap.parse_args(argv)
+    only = None if args.only is None else set(args.only.split(","))
+    if args.quick:
+        args.B, args.D, args.E, args.rounds = 512, 64, 32, 1
+
+    from molphenix.benchmark import _versions, device_name, git_sha
+
+    lines: List[str] = []
+    rows: List[Dict[str, Any]] = []
+
+    def log(msg: str = "") -> None:
+        print(msg, flush=True)
+        lines.append(msg)
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    log(f"# bench_distributed  {stamp}")
+    log(f"command: python benches/bench_distributed.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    log(f"machine: {device_name('cpu')}; git {git_sha()}; {_versions()}")
+    log(f"backend: gloo on localhost; every rank OMP_NUM_THREADS=1, torch.set_num_threads(1)")
+    log(f"uptime (start): {_uptime()}")
+    failed = False
+
+    if only is None or "bytes" in only:
+        configs = [(1024, 128, 64), (4096, 256, 384), (4096, 256, 0)]
+        if args.quick:
+            configs = [(256, 32, 16), (256, 32, 0)]
+        log("")
+        log("## bytes sent per rank for one S2L forward + backward (float32; E = 0: SigLIP, no u)")
+        log("| W | B | D | E | mode | counted bytes/rank (rank 0) | formula | payload (formula) | "
+            "all ranks, MB | ring / allgather |")
+        log("|---|---|---|---|---|---|---|---|---|---|")
+        for W in (int(w) for w in args.worlds.split(",")):
+            # the global batch split evenly: B rounded down to a multiple of W
+            res = run_ranks(_bytes_body, W, args=([((B // W) * W, D, E) for B, D, E in configs],),
+                            timeout_s=600)
+            by = {}
+            for rank, per in enumerate(res):
+                for r in per:
+                    key = (r["B"], r["D"], r["E"], r["mode"])
+                    f = _formula(W, r["B"], r["D"], r["E"], r["mode"])
+                    if r["bytes"] != f["total"]:
+                        failed = True
+                        log(f"CHECK FAILED: W={W} rank={rank} {key}: counted {r['bytes']} != formula {f['total']}")
+                    by.setdefault(key, []).append(r["bytes"])
+            for (B, D, E, mode), counts in by.items():
+                f = _formula(W, B, D, E, mode)
+                other = by[(B, D, E, "allgather" if mode == "ring" else "ring")]
+                ratio = (sum(counts) / sum(other)) if mode == "ring" else (sum(other) / sum(counts))
+                log(f"| {W} | {B} | {D} | {E} | {mode} | {counts[0]} | {f['total']} | {f['payload']} | "
+                    f"{sum(counts) / 1e6:.3f} | {ratio:.3f} |")
+                rows.append({"section": "bytes", "W": W, "B": B, "D": D, "E": E, "mode": mode,
+                             "threads": 1, "value": counts[0], "formula": f["total"],
+                             "unit": "bytes/rank", "min": min(counts), "max": max(counts)})
+        log(f"uptime (after bytes): {_uptime()}")
+
+    if only is None or "time" in only:
+        B, D, E = args.B, args.D, args.E
+        log("")
+        log(f"## S2L forward + backward, B = {B} global, D = {D}, E = {E}, float32, "
+            f"{args.rounds} interleaved rounds, warm-up {args.warmup}")
+        times: Dict[str, List[float]] = {}
+        values: Dict[str, float] = {}
+        for rnd in range(args.rounds):
+            order = ("ring", "allgather") if rnd % 2 == 0 else ("allgather", "ring")
+            for threads in ((1, 2) if rnd % 2 == 0 else (2, 1)):
+                t, v = _time_single(B, D, E, threads, args.warmup)
+                times.setdefault(f"1 process, {threads} thread(s)", []).append(t)
+                values[f"1 process, {threads} thread(s)"] = v
+            res = run_ranks(_time_body, 2, args=(B, D, E, order, args.warmup), timeout_s=600)
+            for mode in order:
+                times.setdefault(f"2 processes x 1 thread, {mode}", []).append(res[0][mode][0])
+                values[f"2 processes x 1 thread, {mode}"] = res[0][mode][1]
+            log(f"round {rnd}: " + ", ".join(f"{k}: {v[-1]:.3f} s" for k, v in times.items())
+                + f"   uptime: {_uptime()}")
+        agree = True
+        ref = values["1 process, 1 thread(s)"]
+        log("losses: " + ", ".join(f"{k}: {v!r}" for k, v in values.items()))
+        for k, v in values.items():
+            if abs(v - ref) > 1e-4 * max(1.0, abs(ref)):
+                failed, agree = True, False
+                log(f"CHECK FAILED: {k} loss {v} != single-process {ref}")
+        log("")
+        log("| configuration | median s | min s | max s | pairs/s (median) | vs 1 process, 1 thread |")
+        log("|---|---|---|---|---|---|")
+        base = statistics.median(times["1 process, 1 thread(s)"])
+        for k, v in times.items():
+            med = statistics.median(v)
+            log(f"| {k} | {med:.3f} | {min(v):.3f} | {max(v):.3f} | {B * B / med:.3e} | {base / med:.2f}x |")
+            rows.append({"section": "time", "W": 2 if k.startswith("2") else 1, "B": B, "D": D, "E": E,
+                         "mode": k, "threads": 2 if "2 thread" in k else 1, "value": med, "formula": "",
+                         "unit": "s (median)", "min": min(v), "max": max(v)})
+        log(f"losses agree across configurations (float32, within 1e-4 relative): "
+            f"{'yes' if agree else 'no'}")
+        log(f"uptime (after time): {_uptime()}")
+
+    if only is None or "train" in only:
+        log("")
+        log("## training step, 1 vs 2 processes")
+        reason = _train_supported()
+        if reason:
+            log(f"skipped: {reason}")
+        else:
+            log("skipped: molphenix.train's distributed launch exists, but this script does not "
+                "drive it yet (see the training issue's benchmarks)")
+
+    log("")
+    log(f"uptime (end): {_uptime()}")
+    log("status: " + ("FAILED" if failed else "ok"))
+    if not args.no_save:
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        (args.results_dir / "run.log").write_text("\n".join(lines) + "\n")
+        with open(args.results_dir / "results.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["timestamp", "git_sha", "section", "W", "B", "D", "E",
+                                               "mode", "threads", "value", "min", "max", "formula",
+                                               "unit"])
+            w.writeheader()
+            for r in rows:
+                w.writerow({"timestamp": stamp, "git_sha": git_sha(), **r})
+        print(f"wrote {args.results_dir}/run.log and results.csv")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
