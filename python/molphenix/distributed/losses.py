@@ -125,6 +125,16 @@ def _all_gather_rows(t: torch.Tensor, sizes: Sequence[int], group, world: int) -
     return torch.cat([part[:n] for part, n in zip(parts, sizes)], dim=0)
 
 
+def _p2p(ops: List[Any]) -> List[Any]:
+    """Post point-to-point sends and receives together (counted). ``batch_isend_irecv`` groups
+    them for NCCL, where a lone send and a lone receive between the same two ranks, issued in
+    opposite orders, would wait for each other; gloo posts them one by one."""
+    for op in ops:
+        if op.op is dist.isend:
+            _count("p2p", _nbytes(op.tensor))
+    return [wk for wk in dist.batch_isend_irecv(ops) if wk is not None]
+
+
 def _global_rank(group, r: int) -> int:
     return r if group is None else dist.get_global_rank(group, r)
 
@@ -290,13 +300,13 @@ def _ring(plan: _Plan, p, q, scale, bias, u, u_cols, need):
         if k < w - 1:  # post the next block's transfer first: it overlaps this block's compute
             s_next = (r - k - 1) % w
             n_next = plan.cols[s_next]
+            ops_: List[Any] = []
             for i, t in enumerate(cur):
                 buf = t.new_empty((n_next,) + tuple(t.shape[1:]))
                 nxt_blk.append(buf)
-                works.append(dist.irecv(buf, src=prv, group=group, tag=8 * k + i))
-            for i, t in enumerate(cur):
-                _count("p2p", _nbytes(t))
-                works.append(dist.isend(t, dst=nxt, group=group, tag=8 * k + i))
+                ops_.append(dist.P2POp(dist.irecv, buf, prv, group, 8 * k + i))
+                ops_.append(dist.P2POp(dist.isend, t, nxt, group, 8 * k + i))
+            works = _p2p(ops_)
         q_blk = cur[0]
         u_blk = cur[1] if len(cur) > 1 else None
         gq_blk = None
@@ -324,9 +334,8 @@ def _ring(plan: _Plan, p, q, scale, bias, u, u_cols, need):
             acc = acc.contiguous()
             s_in = (r - k - 1) % w  # the block the previous rank worked on at this step
             acc_in = torch.empty((plan.cols[s_in], d), dtype=q.dtype, device=device)
-            acc_works = [dist.irecv(acc_in, src=prv, group=group, tag=8 * k + 4)]
-            _count("p2p", _nbytes(acc))
-            acc_works.append(dist.isend(acc, dst=nxt, group=group, tag=8 * k + 4))
+            acc_works = _p2p([dist.P2POp(dist.irecv, acc_in, prv, group, 8 * k + 4),
+                              dist.P2POp(dist.isend, acc, nxt, group, 8 * k + 4)])
         for wk in works:
             wk.wait()
         if nxt_blk:
@@ -456,8 +465,11 @@ def _sigmoid_global(siglip: bool, p, q, scale, bias, u, *, group, mode, c, thres
     plan.op_kw = dict(backend=backend, num_threads=num_threads, deterministic=deterministic)
     if not siglip:
         plan.op_kw.update(c=c, threshold=threshold, gamma=gamma, delta=delta, diagonal=diagonal)
-    ut = None if u is None else u.detach()
-    uct = None if u is None else (ut if u_cols is None else u_cols.detach())
+    # The op computes the similarity space in float32 (float64 for float64 embeddings): convert
+    # once here (the same values the op would use) so the blocks travel in that precision.
+    u_dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
+    ut = None if u is None else u.detach().to(u_dtype)
+    uct = None if u is None else (ut if u_cols is None else u_cols.detach().to(u_dtype))
     st, bt = _as_scalar(scale, p), _as_scalar(bias, p)
     grad_on = torch.is_grad_enabled()
     plan.need = tuple(bool(grad_on and t.requires_grad) for t in (p, q, st, bt))
