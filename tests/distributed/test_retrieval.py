@@ -286,3 +286,63 @@ def test_cli_evaluate_and_retrieve_under_a_launch(two_ranks, cli_root):
     assert pq.read_table(root / "dist" / "lib.parquet").equals(
         pq.read_table(root / "one" / "lib.parquet"))
     assert (root / "dist" / "mol.csv").read_bytes() == (root / "one" / "mol.csv").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# in-process: one rank, the block reader, the block split
+# ---------------------------------------------------------------------------------------------
+
+
+def test_shard_range_blocks():
+    from molphenix.distributed import shard_range
+
+    for n in (0, 1, 2, 7, 41):
+        for w in (1, 2, 3, 5):
+            blocks = [shard_range(n, r, w) for r in range(w)]
+            assert blocks[0][0] == 0 and blocks[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+            sizes = [b - a for a, b in blocks]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    assert shard_range(5) == (0, 5)  # no process group: one rank
+    with pytest.raises(ValueError, match="rank"):
+        shard_range(5, 3, 3)
+
+
+def test_read_block_reads_only_its_row_groups(lib_file):
+    from molphenix.distributed.retrieval import _read_block
+
+    x, _, _ = _data()
+    for (a, b), want_groups in (((12, 27), [1, 2]), ((0, 10), [0]), ((40, 41), [4]),
+                                ((9, 11), [0, 1]), ((5, 5), [])):
+        table, groups = _read_block(lib_file, a, b)
+        assert groups == want_groups
+        assert table.column("id").to_pylist() == _ids("str")[a:b]
+        emb = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32).reshape(-1, D)
+        from molphenix.retrieval import Index
+
+        assert np.array_equal(emb, Index(x).embeddings.numpy()[a:b])
+
+
+def test_one_process_is_index(lib_file):
+    """Without a process group ShardedIndex / sharded_ranks / distributed=True are one process."""
+    from molphenix import ops
+    from molphenix.distributed import ShardedIndex, sharded_ranks
+    from molphenix.eval import evaluate_embeddings
+    from molphenix.retrieval import Index
+
+    x, q, t = _data()
+    for metric in METRICS:
+        idx, sh = Index(x, _ids("str"), metric=metric), ShardedIndex.from_full(x, _ids("str"), metric=metric)
+        assert len(sh) == N and sh.offset == 0 and list(sh.sizes) == [N]
+        _assert_same_search(sh.search(q, 5), idx.search(q, 5), metric)
+        tid = [_ids("str")[i] for i in t]
+        assert np.array_equal(sh.rank(q, tid), idx.rank(q, tid))
+        assert np.array_equal(sharded_ranks(q, x, t, metric=metric), ops.retrieval_ranks(q, x, t, metric=metric))
+    lib = ShardedIndex.load(lib_file)
+    _assert_same_search(lib.search(q, 4), Index.load(lib_file).search(q, 4), "load")
+    mol = [f"mol{i}" for i in range(N)]
+    a = evaluate_embeddings(q, [mol[i] for i in t], np.ones(Q), np.ones(Q, bool), x, mol, match="molecule",
+                            n_bootstrap=10, distributed=True)
+    b = evaluate_embeddings(q, [mol[i] for i in t], np.ones(Q), np.ones(Q, bool), x, mol, match="molecule",
+                            n_bootstrap=10)
+    assert a == b

@@ -328,6 +328,45 @@ def _merge(keys: torch.Tensor, pos: torch.Tensor, k: int, group: Optional[dist.P
     return allk.gather(1, cols), allp.gather(1, cols), cols
 
 
+def _num_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(path).metadata.num_rows)
+
+
+def _read_block(path: Path, start: int, stop: int) -> Tuple[Any, List[int]]:
+    """Rows ``[start, stop)`` of an index file's ``id`` / ``embedding`` columns as a pyarrow
+    Table, reading only the row groups that overlap them, streamed in batches and sliced
+    (memory in proportion to the block, not the file). Returns (table, the row groups read)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    groups: List[int] = []
+    first = row0 = 0
+    for g in range(pf.metadata.num_row_groups):
+        m = pf.metadata.row_group(g).num_rows
+        if stop > start and row0 < stop and row0 + m > start:
+            if not groups:
+                first = row0
+            groups.append(g)
+        row0 += m
+    pieces: List[Any] = []
+    pos = first
+    if groups:
+        for batch in pf.iter_batches(batch_size=65536, row_groups=groups,
+                                     columns=["id", "embedding"]):
+            lo, hi = max(start, pos), min(stop, pos + batch.num_rows)
+            if hi > lo:
+                pieces.append(batch.slice(lo - pos, hi - lo))
+            pos += batch.num_rows
+            if pos >= stop:
+                break
+    schema = pf.schema_arrow
+    fields = pa.schema([schema.field("id"), schema.field("embedding")])
+    return pa.Table.from_batches(pieces, schema=fields), groups
+
+
 # ---------------------------------------------------------------------------------------------
 # the index
 # ---------------------------------------------------------------------------------------------
@@ -479,8 +518,9 @@ class ShardedIndex:
 
         Reads the footer for the row count and metadata, then only the Parquet row groups that
         overlap this rank's rows (:func:`shard_range`), streamed in batches and sliced, so a
-        rank holds about its block, not the file. (Files written by an older ``Index.save``
-        with one row group are read group-wise all the same, streamed.)
+        rank's memory follows its block, not the file (``Index.save`` writes row groups of
+        ``molphenix.retrieval.index.ROW_GROUP_ROWS`` rows; an older file with one big row group
+        is decoded group-wise by every rank but still streamed and sliced).
 
         Args:
             path: the Parquet file.
@@ -490,39 +530,13 @@ class ShardedIndex:
         Raises:
             FileNotFoundError / ValueError: as :meth:`molphenix.retrieval.Index.load`.
         """
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
         from molphenix.retrieval.index import _read_meta, _table_rows
 
         path = Path(path)
         meta = _read_meta(path)
-        pf = pq.ParquetFile(path)
-        n = pf.metadata.num_rows
+        n = _num_rows(path)
         start, stop = shard_range(n, group=group)
-        groups, first = [], 0
-        row0 = 0
-        for g in range(pf.metadata.num_row_groups):
-            m = pf.metadata.row_group(g).num_rows
-            if row0 < stop and row0 + m > start and stop > start:
-                if not groups:
-                    first = row0
-                groups.append(g)
-            row0 += m
-        pieces: List[Any] = []
-        pos = first
-        if groups:
-            for batch in pf.iter_batches(batch_size=65536, row_groups=groups,
-                                         columns=["id", "embedding"]):
-                lo, hi = max(start, pos), min(stop, pos + batch.num_rows)
-                if hi > lo:
-                    pieces.append(batch.slice(lo - pos, hi - lo))
-                pos += batch.num_rows
-                if pos >= stop:
-                    break
-        schema = pf.schema_arrow
-        table = pa.Table.from_batches(pieces, schema=pa.schema(
-            [schema.field("id"), schema.field("embedding")]))
+        table, _ = _read_block(path, start, stop)
         emb, ids = _table_rows(table, meta, device)
         if ids is None:  # default ids: the global positions
             ids = np.arange(start, stop, dtype=np.int64)
