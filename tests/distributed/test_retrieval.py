@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from _utils import assert_close
 
 from ._launch import run_ranks
 
@@ -87,8 +90,11 @@ def _index_body(lib_path: str):
         got["rank_torch"] = idx.rank(torch.from_numpy(q), tid)
         got["len"] = len(idx)
         res["cases"].append(got)
-    # sharded_ranks on blocks (global targets), numpy in -> numpy out
+    # the pure-torch reference backend (its scores are formatted from its own keys)
     x, q, t = _data()
+    res["reference"] = {m: ShardedIndex.from_full(x, metric=m).search(q, 6, backend="reference")
+                        for m in METRICS}
+    # sharded_ranks on blocks (global targets), numpy in -> numpy out
     a, b = shard_range(N)
     res["sharded_ranks"] = {m: sharded_ranks(q, x[a:b], t, metric=m) for m in METRICS}
     # evaluation: all rows or this rank's block give the same metrics
@@ -219,8 +225,13 @@ def test_sharded_index_equals_index(world, lib_file, request):
                                          return_ranks=True)
     lib = Index.load(lib_file)
     want_load = (lib.search(q, 9), lib.rank(q, [f"m{i:03d}" for i in t]))
+    want_ref = {m: Index(x, metric=m).search(q, 6, backend="reference") for m in METRICS}
     offsets = []
     for res in results:
+        for m in METRICS:  # torch products: equal up to the last bits of a score, same order here
+            (gs, gi), (ws, wi) = res["reference"][m], want_ref[m]
+            assert_close(gs, ws, dtype=torch.float32)
+            assert np.array_equal(gi, wi), m
         for m in METRICS:
             assert np.array_equal(res["sharded_ranks"][m], ops.retrieval_ranks(q, x, t, metric=m)), m
         for key in ("eval_full", "eval_block"):

@@ -298,8 +298,8 @@ def _scores_from_keys(keys: torch.Tensor, metric: str, which: str, dtype: torch.
     out_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     if metric != "arctan_l2":
         return keys.to(out_dtype)
-    if which == "reference":
-        return (1.0 - (4.0 / math.pi) * torch.atan(keys / 0.3)).to(out_dtype)
+    if which == "reference":  # keys are minus the squared distances there
+        return (1.0 - (4.0 / math.pi) * torch.atan(-keys / 0.3)).to(out_dtype)
     d2 = -keys
     return (1.0 - (4.0 / math.pi) * torch.atan(d2.double() / 0.3)).to(d2.dtype)
 
