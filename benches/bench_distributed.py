@@ -13,7 +13,8 @@ Two measurements, both on this machine, in one run:
           A mismatch fails the run (exit status 1).
   time    Loss forward + backward at B global rows (default 4096), D = 256, E = 384, float32:
           one process with 1 and with 2 threads vs 2 processes with 1 thread each (ring and
-          allgather). Repeats are interleaved: every round runs each configuration once (the
+          allgather), and the blocks a ring step computes on each rank timed alone (the same
+          ops.s2l_loss calls without any communication: the step's compute floor here). Repeats are interleaved: every round runs each configuration once (the
           2-process job is spawned per round; its start-up is not timed; the step time is the
           slowest rank's, after a barrier). Median, min and max over the rounds.
   train   One training step with 1 vs 2 processes, when molphenix.train supports a distributed
@@ -141,6 +142,20 @@ def _time_body(B, D, E, order, warmup):
         t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)  # the step ends when the slowest rank is done
         res[mode] = (float(t), val)
+    # what the ring step computes on one rank, alone: its rows against each rank's block
+    # (the same work, no communication), timed on every rank at once after a barrier
+    from molphenix import ops
+
+    dist.barrier()
+    t0 = time.perf_counter()
+    for s in range(world):
+        qs, us = _slice(q_all, s, world), _slice(u_all, s, world)
+        pb, qb = p.detach().requires_grad_(True), qs.detach().requires_grad_(True)
+        ops.s2l_loss(pb, qb, 10.0, -10.0, u, u_cols=us, diag_offset=(rank - s) * p.shape[0],
+                     normalizer=B).backward()
+    t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    res["compute"] = (float(t), float("nan"))
     return res
 
 
@@ -262,6 +277,8 @@ def main(argv=None) -> int:
             for mode in order:
                 times.setdefault(f"2 processes x 1 thread, {mode}", []).append(res[0][mode][0])
                 values[f"2 processes x 1 thread, {mode}"] = res[0][mode][1]
+            times.setdefault("2 processes x 1 thread, blocks only (no communication)", []).append(
+                res[0]["compute"][0])
             log(f"round {rnd}: " + ", ".join(f"{k}: {v[-1]:.3f} s" for k, v in times.items())
                 + f"   uptime: {_uptime()}")
         agree = True

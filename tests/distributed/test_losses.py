@@ -49,6 +49,7 @@ CASES = [
                                           "init_t": 10.0}),
 ]
 SIGMOID = {"s2l", "siglip"}
+SUBGROUP_CASES = ("fn-s2l-soft-u", "s2l-projected", "clip")  # also run on a process subgroup
 
 
 def _data(sizes, seed=0):
@@ -63,7 +64,7 @@ def _data(sizes, seed=0):
     return p, q, u
 
 
-def _evaluate(case, p_all, q_all, u_all, lo, hi, mode):
+def _evaluate(case, p_all, q_all, u_all, lo, hi, mode, group=None):
     """Loss, stats and gradients (local p rows, local q rows, loss parameters) for rows lo:hi.
 
     Without a process group (the parent) lo:hi is the whole batch: the single-process reference.
@@ -80,22 +81,23 @@ def _evaluate(case, p_all, q_all, u_all, lo, hi, mode):
         log_t = torch.tensor(math.log(5.0), dtype=F64, requires_grad=True)
         b = torch.tensor(-2.0, dtype=F64, requires_grad=True)
         if loss_name == "siglip":
-            loss = md.siglip_loss(p, q, log_t.exp(), b, mode=mode)
+            loss = md.siglip_loss(p, q, log_t.exp(), b, mode=mode, group=group)
         else:
             loss = md.s2l_loss(p, q, log_t.exp(), b, u if kw["u"] else None, mode=mode,
-                               diagonal=kw["diagonal"])
+                               diagonal=kw["diagonal"], group=group)
         params = [log_t, b]
     else:
         lossmod = create_loss(loss_name, **kw).double()
-        out = md.DistributedLoss(lossmod, mode=mode)(p, q, u)
+        out = md.DistributedLoss(lossmod, mode=mode, group=group)(p, q, u)
         loss, stats = out.loss, out.stats
         params = [t for t in lossmod.parameters() if t.requires_grad]
     grads = torch.autograd.grad(loss, [p, q] + params)
     return {"loss": loss.detach(), "stats": stats, "grads": [g.detach() for g in grads]}
 
 
-def _rank_body(sizes, case_names, modes, with_errors):
-    """Runs on every rank: each case in each mode, the byte count of one ring call, errors."""
+def _rank_body(sizes, case_names, modes, with_errors, subgroup=None):
+    """Runs on every rank: each case in each mode, the byte count of one ring call, errors;
+    with ``subgroup`` (ranks holding every row), the cases again on that process group."""
     import torch.distributed as dist
 
     import molphenix.distributed as md
@@ -113,6 +115,14 @@ def _rank_body(sizes, case_names, modes, with_errors):
         p = p_all[lo:hi].clone().requires_grad_(True)
         md.s2l_loss(p, q_all[lo:hi].clone().requires_grad_(True), 5.0, -2.0, u_all[lo:hi]).backward()
     out["bytes"] = dict(counted)
+    if subgroup is not None:
+        sub = dist.new_group(subgroup)  # every rank takes part in creating it
+        if rank in subgroup:
+            for case in CASES:
+                if case[0] in SUBGROUP_CASES:
+                    for mode in (modes if case[2] in SIGMOID else ("ring",)):
+                        out[("subgroup", case[0], mode)] = _evaluate(case, p_all, q_all, u_all, lo, hi,
+                                                                    mode, group=sub)
     if with_errors:
         errors = {}
         width = D + (1 if rank == 1 else 0)  # rank 1's embeddings are one wider
@@ -139,7 +149,7 @@ def md_create(name):
     return create_loss(name).double()
 
 
-def _check_against_reference(results, sizes, case_names, modes):
+def _check_against_reference(results, sizes, case_names, modes, prefix=()):
     p_all, q_all, u_all = _data(sizes)
     b = sum(sizes)
     for case in CASES:
@@ -148,11 +158,13 @@ def _check_against_reference(results, sizes, case_names, modes):
         ref = _evaluate(case, p_all, q_all, u_all, 0, b, "ring")  # no process group here
         for mode in (modes if case[2] in SIGMOID else ("ring",)):
             for rank, res in enumerate(results):
-                got = res[(case[0], mode)]
+                if prefix + (case[0], mode) not in res:
+                    continue
+                got = res[prefix + (case[0], mode)]
                 lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
                 what = f"{case[0]} mode={mode} rank={rank}"
                 # the same loss, bit for bit, on every rank
-                assert torch.equal(got["loss"], results[0][(case[0], mode)]["loss"]), what
+                assert torch.equal(got["loss"], results[0][prefix + (case[0], mode)]["loss"]), what
                 assert_close(got["loss"], ref["loss"], dtype=F64, msg=f"{what}: loss")
                 assert abs(float(got["loss"] - ref["loss"])) <= ISSUE_TOL, what
                 expected = [ref["grads"][0][lo:hi], ref["grads"][1][lo:hi]] + ref["grads"][2:]
@@ -193,8 +205,13 @@ def test_three_ranks_unequal_and_empty_rows():
     sizes = [5, 0, 8]
     names = ["fn-s2l-soft-u", "fn-s2l-hard-no-u", "fn-siglip", "s2l-input-hard", "s2l-projected",
              "clip", "cwcl-input"]
-    results = run_ranks(_rank_body, 3, args=(sizes, names, ("ring", "allgather"), False), timeout_s=180)
+    results = run_ranks(_rank_body, 3, args=(sizes, names, ("ring", "allgather"), False, [0, 2]),
+                        timeout_s=180)
     _check_against_reference(results, sizes, names, ("ring", "allgather"))
+    # a process group of ranks 0 and 2 (rank 1 holds no rows: the same global batch)
+    key = ("subgroup", SUBGROUP_CASES[0], "ring")
+    assert key in results[0] and key in results[2] and key not in results[1]
+    _check_against_reference(results, sizes, SUBGROUP_CASES, ("ring", "allgather"), prefix=("subgroup",))
     for rank, res in enumerate(results):
         assert res["bytes"]["p2p_bytes"] == _expected_p2p_bytes(sizes, rank)
 
