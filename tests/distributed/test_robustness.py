@@ -20,7 +20,7 @@ import torch
 
 from . import _launch
 from ._launch import RankDied, run_ranks
-from .test_train import STEPS, assert_state_close, last, log_rows, reference_runs, train_config
+from .test_train import STEPS, assert_state_close, fit_on_rank, last, log_rows, reference_runs, train_config
 
 #: The collective timeout of the test runs (--dist-timeout): the error must come within it.
 TIMEOUT_S = 15.0
@@ -102,3 +102,31 @@ def test_dead_rank_is_a_clear_error_and_the_run_resumes(runs, monkeypatch, tmp_p
         assert all(torch.equal(final[key][k], ref[key][k]) for k in ref[key]), key
     assert_state_close(final, last(runs["one"]))
     assert [int(r["step"]) for r in log_rows(out)] == list(range(1, STEPS + 1))
+
+
+def test_hung_rank_times_out_and_one_process_resumes(runs, monkeypatch):
+    """A rank that stops responding (no closed connection to notice): the other fails after
+    --dist-timeout; the run then resumes with another world size (one process)."""
+    from molphenix.train import RankFailure, fit
+
+    timeout = 6.0
+    monkeypatch.setattr(_launch, "GRACE_S", 60.0)
+    out = runs["root"] / "hung"
+    cfg = train_config(runs["data"], out, dist_timeout=timeout)
+    t0 = time.monotonic()
+    res = run_ranks(fit_on_rank, 2, args=(cfg,), kwargs={"hang_at": 4, "hang_s": timeout + 6.0},
+                    init_group=False, timeout_s=180, return_exceptions=True)
+    assert isinstance(res[0], RankFailure), res[0]
+    msg = str(res[0])
+    assert msg.startswith("rank 0 of 2: lost contact with the other ranks during training step ")
+    assert f"collective timeout {timeout:g} s" in msg and "timed out" in msg.lower(), msg
+    assert time.monotonic() - t0 < 120
+    ck = last(out)
+    assert ck["step"] in (3, 4) and not ck["finished"]
+    msgs = []
+    fit(dict(cfg), log=msgs.append)
+    assert any(f"resuming {out} at step {ck['step']}" in m and "written by 2" in m for m in msgs), msgs
+    assert_state_close(last(out), last(runs["one"]))
+    rows = log_rows(out)
+    assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
+    assert [r["world_size"] for r in rows] == ["2"] * ck["step"] + ["1"] * (STEPS - ck["step"])

@@ -34,11 +34,20 @@ def allreduce_sum_hook(group, bucket):  # no annotations: DDP checks them (and t
     return fut.then(lambda f: f.value()[0])
 
 
+#: Collective timeout (seconds) while the other ranks wait for rank 0's set-up, validation and
+#: final checkpoint (at least the run's ``dist_timeout``): rank 0 may spend minutes there on a
+#: large dataset (fingerprint, activity calls, featurizer fit, the validation split), which a
+#: short training-step timeout must not turn into a failure. A rank that dies is still noticed
+#: at once (its connections close); only a rank that hangs there waits this long.
+SLOW_TIMEOUT_S = 3600.0
+
+
 class Ranks:
     """This process's place in a data-parallel run (rank 0 of 1 without a process group).
 
     Args:
-        timeout_s: The process group's collective timeout (named in error messages).
+        timeout_s: The training steps' collective timeout (``TrainConfig.dist_timeout``; the
+            default group's when this process made it; named in error messages).
     """
 
     def __init__(self, timeout_s: Optional[float] = None):
@@ -48,6 +57,20 @@ class Ranks:
         self.world = get_world_size()
         self.timeout_s = timeout_s
         self._grad_group = None
+        self._slow_group = None
+        self.slow_timeout_s = max(float(timeout_s or 0.0), SLOW_TIMEOUT_S)
+        if self.active:
+            import datetime
+
+            import torch.distributed as dist
+
+            # object broadcasts and waits for rank 0 go through gloo (CPU, also next to NCCL)
+            # with the long timeout; every rank creates the groups in the same order
+            try:
+                self._slow_group = dist.new_group(backend="gloo",
+                                                  timeout=datetime.timedelta(seconds=self.slow_timeout_s))
+            except Exception as exc:  # noqa: BLE001
+                raise self.failure(exc, "the process groups' set-up") from exc
 
     @property
     def active(self) -> bool:
@@ -60,9 +83,12 @@ class Ranks:
         return self.rank == 0
 
     # ------------------------------------------------------------------ collectives
-    def failure(self, exc: BaseException, where: str) -> RankFailure:
+    def failure(self, exc: BaseException, where: str, slow: bool = False) -> RankFailure:
         """The clear error for a collective that failed during ``where``."""
-        t = f" (collective timeout {self.timeout_s:g} s, --dist-timeout)" if self.timeout_s else ""
+        if slow:
+            t = f" (timeout {self.slow_timeout_s:g} s while waiting for rank 0)"
+        else:
+            t = f" (collective timeout {self.timeout_s:g} s, --dist-timeout)" if self.timeout_s else ""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return RankFailure(
             f"rank {self.rank} of {self.world}: lost contact with the other ranks during {where}{t}: "
@@ -70,16 +96,16 @@ class Ranks:
             "same command again to resume from the last checkpoint")
 
     def broadcast(self, obj: Any, where: str) -> Any:
-        """Rank 0's ``obj`` on every rank (pickled; tensors included)."""
+        """Rank 0's ``obj`` on every rank (pickled; tensors included; long timeout)."""
         if not self.active:
             return obj
         import torch.distributed as dist
 
         box: List[Any] = [obj if self.main else None]
         try:
-            dist.broadcast_object_list(box, src=0)
+            dist.broadcast_object_list(box, src=0, group=self._slow_group)
         except Exception as exc:  # noqa: BLE001 - gloo/NCCL raise RuntimeError subclasses
-            raise self.failure(exc, where) from exc
+            raise self.failure(exc, where, slow=True) from exc
         return box[0]
 
     def agree(self, error: Optional[BaseException], where: str) -> None:
@@ -97,9 +123,9 @@ class Ranks:
         msg = None if error is None else (type(error).__name__, str(error))
         gathered: List[Any] = [None] * self.world
         try:
-            dist.all_gather_object(gathered, msg)
+            dist.all_gather_object(gathered, msg, group=self._slow_group)
         except Exception as exc:  # noqa: BLE001
-            raise self.failure(exc, where) from exc
+            raise self.failure(exc, where, slow=True) from exc
         if error is not None:
             raise error
         for r, m in enumerate(gathered):
@@ -108,15 +134,15 @@ class Ranks:
                 raise cls(m[1] if cls is ValueError else f"rank {r}: {m[0]}: {m[1]}")
 
     def barrier(self, where: str) -> None:
-        """Wait for every rank (a failed peer raises :class:`RankFailure`)."""
+        """Wait for every rank (long timeout; a failed peer raises :class:`RankFailure`)."""
         if not self.active:
             return
         import torch.distributed as dist
 
         try:
-            dist.barrier()
+            dist.barrier(group=self._slow_group)
         except Exception as exc:  # noqa: BLE001
-            raise self.failure(exc, where) from exc
+            raise self.failure(exc, where, slow=True) from exc
 
     # ------------------------------------------------------------------ DDP
     def wrap(self, module: Any, device: Any) -> Any:

@@ -44,6 +44,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from .._warnings import external_stacklevel
+from ._dist import RankFailure
 from .checkpoint import CHECKPOINT_FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig
 from .inputs import MolFeatures, MolTable, centre_wells, dataset_fingerprint
@@ -657,7 +658,7 @@ class _Trainer:
         try:
             self._steps(total, logf, bar)
         except Exception as exc:
-            if ranks.active and _is_comm_error(exc):
+            if ranks.active and not isinstance(exc, RankFailure) and _is_comm_error(exc):
                 raise ranks.failure(exc, f"training step {st['step'] + 1}") from exc
             raise
         finally:
