@@ -353,6 +353,9 @@ class _Trainer:
 
         cfg, run, ranks = self.cfg, self.run_dir, self.ranks
         _check_names(cfg)
+        if ranks.active and cfg.batch_size < ranks.world:
+            raise ValueError(f"batch_size: the global batch of {cfg.batch_size} samples cannot be split over "
+                             f"{ranks.world} ranks (each rank needs at least one sample per step)")
         if cfg.mol_input is None:  # resolved once, so config.json always names the input
             from molphenix.nn import get_model_config
 
