@@ -17,8 +17,10 @@ Two measurements, both on this machine, in one run:
           ops.s2l_loss calls without any communication: the step's compute floor here). Repeats are interleaved: every round runs each configuration once (the
           2-process job is spawned per round; its start-up is not timed; the step time is the
           slowest rank's, after a barrier). Median, min and max over the rounds.
-  train   One training step with 1 vs 2 processes, when molphenix.train supports a distributed
-          launch (see the log: skipped with the reason otherwise).
+  train   One training step (molphenix.train's loop body: heads in DDP with the trainer's summing
+          hook, DistributedLoss, AdamW) at the same global B with 1 process (1 and 2 threads) vs
+          2 processes x 1 thread; interleaved like ``time``. Skipped, with the reason, when
+          molphenix.train has no data-parallel step.
 
 The machine is shared: ``uptime`` is recorded before and after every section.
 
@@ -180,13 +182,73 @@ def _time_single(B, D, E, threads, warmup):
 def _train_supported() -> str:
     """'' when molphenix.train can run a data-parallel step, else the reason it cannot."""
     try:
-        from molphenix.train import loop  # noqa: F401
+        from molphenix.train import loop
+        from molphenix.train._dist import Ranks  # noqa: F401
     except Exception as e:  # pragma: no cover
-        return f"molphenix.train does not import: {e}"
-    src = Path(loop.__file__).read_text()
-    if "DistributedLoss" not in src:
+        return f"molphenix.train has no data-parallel step to drive: {e}"
+    if not hasattr(loop, "_heads_module") or "DistributedLoss" not in Path(loop.__file__).read_text():
         return "molphenix.train has no distributed training (no DistributedLoss in train/loop.py)"
     return ""
+
+
+def _train_step_fn(B: int, E: int = 384, F: int = 2048):
+    """One training step as molphenix.train's loop takes it (heads in DDP with the trainer's
+    summing hook, the loss in DistributedLoss, AdamW), on this rank's rows of a global batch B."""
+    import torch.distributed as dist
+
+    from molphenix.benchmark.cases import phenomic_rows
+    from molphenix.distributed import DistributedLoss, get_rank, get_world_size
+    from molphenix.losses import create_loss
+    from molphenix.nn import create_model
+    from molphenix.train._dist import Ranks
+    from molphenix.train.loop import _heads_module
+
+    rank, world = get_rank(), get_world_size()
+    g = torch.Generator().manual_seed(0)
+    u = phenomic_rows(B, E, g).float()
+    x = u * 10.0
+    fp = torch.poisson(torch.full((B, F), 0.05), generator=g)
+    conc = torch.tensor([0.1, 1.0, 3.0, 10.0])[torch.randint(0, 4, (B,), generator=g)]
+    x, fp, conc, u = (_slice(t, rank, world) for t in (x, fp, conc, u))
+    torch.manual_seed(0)
+    model = create_model("molphenix-small", phenomic_dim=E, molecular_dim=F)
+    loss_fn = create_loss("s2l")
+    heads = Ranks().wrap(_heads_module(model), torch.device("cpu"))
+    call = DistributedLoss(loss_fn) if world > 1 else loss_fn
+    opt = torch.optim.AdamW(list(model.parameters()) + list(loss_fn.parameters()), lr=1e-4)
+
+    def step() -> float:
+        if world > 1:
+            dist.barrier()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        p, q = heads(x, fp, conc)
+        out = call(p, q, u)
+        out.loss.backward()
+        opt.step()
+        loss_fn.clamp_parameters_()
+        t = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t)
+
+    return step
+
+
+def _train_body(B, warmup):
+    step = _train_step_fn(B)
+    for _ in range(warmup):
+        step()
+    return step()
+
+
+def _train_single(B, threads, warmup):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _train_body(B, warmup)
+    finally:
+        torch.set_num_threads(old)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -199,6 +261,7 @@ def main(argv=None) -> int:
     ap.add_argument("--D", type=int, default=256)
     ap.add_argument("--E", type=int, default=384)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    ap.add_argument("--train-rounds", type=int, default=3, help="interleaved rounds of the train section")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--worlds", default="2,3,4", help="world sizes of the bytes section")
     ap.add_argument("--only", default=None, help="comma-separated subset of bytes,time,train")
@@ -208,7 +271,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     only = None if args.only is None else set(args.only.split(","))
     if args.quick:
-        args.B, args.D, args.E, args.rounds = 512, 64, 32, 1
+        args.B, args.D, args.E, args.rounds, args.train_rounds = 512, 64, 32, 1, 1
 
     from molphenix.benchmark import _versions, device_name, git_sha
 
@@ -309,8 +372,31 @@ def main(argv=None) -> int:
         if reason:
             log(f"skipped: {reason}")
         else:
-            log("skipped: molphenix.train's distributed launch exists, but this script does not "
-                "drive it yet (see the training issue's benchmarks)")
+            B = args.B
+            log(f"one step of molphenix.train's loop body at B = {B} global rows (molphenix-small, "
+                f"E = 384, F = 2048 Morgan counts, S2L input space, AdamW): heads forward, loss, "
+                f"backward (DDP with the trainer's summing hook), optimizer step; "
+                f"{args.train_rounds} interleaved rounds, warm-up {args.warmup}")
+            ttimes: Dict[str, List[float]] = {}
+            for rnd in range(args.train_rounds):
+                for threads in ((1, 2) if rnd % 2 == 0 else (2, 1)):
+                    ttimes.setdefault(f"1 process, {threads} thread(s)", []).append(
+                        _train_single(B, threads, args.warmup))
+                res = run_ranks(_train_body, 2, args=(B, args.warmup), timeout_s=600)
+                ttimes.setdefault("2 processes x 1 thread (ring)", []).append(res[0])
+                log(f"round {rnd}: " + ", ".join(f"{k}: {v[-1]:.3f} s" for k, v in ttimes.items())
+                    + f"   uptime: {_uptime()}")
+            log("")
+            log("| configuration | median s | min s | max s | samples/s (median) | vs 1 process, 1 thread |")
+            log("|---|---|---|---|---|---|")
+            base = statistics.median(ttimes["1 process, 1 thread(s)"])
+            for k, v in ttimes.items():
+                med = statistics.median(v)
+                log(f"| {k} | {med:.3f} | {min(v):.3f} | {max(v):.3f} | {B / med:.1f} | {base / med:.2f}x |")
+                rows.append({"section": "train", "W": 2 if k.startswith("2") else 1, "B": B, "D": 256,
+                             "E": 384, "mode": k, "threads": 2 if "2 thread" in k else 1, "value": med,
+                             "formula": "", "unit": "s (median)", "min": min(v), "max": max(v)})
+            log(f"uptime (after train): {_uptime()}")
 
     log("")
     log(f"uptime (end): {_uptime()}")
