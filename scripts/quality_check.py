@@ -34,7 +34,7 @@ spec = json.loads(sys.argv[1])
 run = fit(TrainConfig(data=spec["data"], out=spec["out"], loss=spec["method"], threads=1, progress=False))
 m = evaluate_run(run, n_bootstrap=1000)
 cfg = json.load(open(f"{run}/config.json"))
-print("RESULT " + json.dumps({"metrics": m, "config": {k: cfg[k] for k in ("lr", "inactive_rate", "soft_positive_fraction", "loss_kwargs", "samples", "steps", "batch_size")}}))
+print("RESULT " + json.dumps({"metrics": m, "config": {k: cfg[k] for k in ("lr", "inactive_rate", "soft_positive_fraction", "weight_decay", "model_overrides", "loss_kwargs", "samples", "steps", "batch_size")}}))
 """
 
 

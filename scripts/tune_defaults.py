@@ -45,6 +45,17 @@ for _m in ("clip", "siglip", "cloome"):
         ("inact1.0-lr1e-3", {"inactive_rate": 1.0, "lr": 1e-3}),
     ]
 SELECTION_BUDGET = 3
+
+#: Round 2 (`--round 2`, after round 1 froze its picks): regularisation, the same two settings for
+#: every method on top of its round-1 pick (the None fields of TrainConfig resolve to
+#: TUNED_DEFAULTS). Motivation, from round 1's train logs: validation recall peaks at 300-600 of
+#: 1,000 steps while the training loss keeps falling (CLIP: 0.05 at the end), i.e. the heads
+#: memorise the ~1,000 training molecules. Decoupled weight decay only bites at lr*wd*steps ~ 1
+#: over a 1,000-step run, hence 0.1 and 1.0. Selection: the round-1 rule over all 5 runs of
+#: a method (its 3 round-1 runs and these 2).
+GRID2 = {m: [("drop0.3-wd0.1", {"weight_decay": 0.1, "model_overrides": {"dropout": 0.3}}),
+             ("drop0.3-wd1.0", {"weight_decay": 1.0, "model_overrides": {"dropout": 0.3}})]
+         for m in ("s2l", "clip", "siglip", "cloome")}
 #: Selection rule (the one the ridge anchor uses; written down after 3 of the 14 runs had
 #: reported): the largest mean of active top-1% and top-5% recall on val (best-validation
 #: checkpoint); ties: the earlier config in GRID.
@@ -106,13 +117,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--methods", default=",".join(GRID))
+    ap.add_argument("--round", type=int, default=1, choices=(1, 2))
     args = ap.parse_args(argv)
+    grid = GRID if args.round == 1 else GRID2
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     # round-robin over methods, so that a run cut short leaves the budgets as equal as possible
     methods = args.methods.split(",")
-    jobs = [(m, *GRID[m][i]) for i in range(max(len(GRID[m]) for m in methods)) for m in methods
-            if i < len(GRID[m])]
+    jobs = [(m, *grid[m][i]) for i in range(max(len(grid[m]) for m in methods)) for m in methods
+            if i < len(grid[m])]
     csv_path = outdir / "tuning.csv"
     done = set()
     if csv_path.exists():

@@ -38,19 +38,26 @@ DEFAULT_SAMPLES = 256_000
 DEFAULT_LR = 1e-3
 
 #: Per-loss defaults frozen after the validation-split tuning (docs/design/training.md,
-#: scripts/tune_defaults.py, benches/results/tuning-2026-11-28/). A field left ``None`` in a
-#: :class:`TrainConfig` takes the value here for its loss, else the global default above; a
-#: ``loss_kwargs`` entry here is used unless the config sets the same key.
+#: scripts/tune_defaults.py, benches/results/tuning-2026-11-28/ and
+#: tuning-round2-2026-11-28/). A field left ``None`` in a :class:`TrainConfig` takes the value
+#: here for its loss, else the global default; a ``loss_kwargs`` or ``model_overrides`` entry here
+#: is used unless the config sets the same key (``model_overrides`` only with :data:`TUNED_MODEL`).
 TUNED_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    # selected from {0.005, 0.02, 0.08} (the scale rule); inactive_rate and lr not tuned for s2l
+    # round 1: s2l's scale rule from {0.005, 0.02, 0.08}, the baselines' inactive_rate from
+    # {0.1, 0.3, 1.0} at lr 1e-3; round 2 (every method): regularisation {dropout 0.3 with
+    # weight decay 0.1 or 1.0} on top of the round-1 pick; the best of the 5 runs per method kept
     "s2l": {"soft_positive_fraction": 0.005, "inactive_rate": 0.1, "lr": 1e-3},
-    # baselines: inactive_rate selected from {0.1, 0.3, 1.0} at lr 1e-3
     "clip": {"inactive_rate": 0.1, "lr": 1e-3},
-    "siglip": {"inactive_rate": 0.1, "lr": 1e-3},
-    "cloome": {"inactive_rate": 0.3, "lr": 1e-3},
+    "siglip": {"inactive_rate": 0.1, "lr": 1e-3, "weight_decay": 0.1, "model_overrides": {"dropout": 0.3}},
+    "cloome": {"inactive_rate": 0.3, "lr": 1e-3, "weight_decay": 0.1, "model_overrides": {"dropout": 0.3}},
 }
+#: AdamW weight decay when neither the config nor :data:`TUNED_DEFAULTS` sets one.
+DEFAULT_WEIGHT_DECAY = 1e-4
+#: The model the defaults were tuned with: a ``model_overrides`` entry of :data:`TUNED_DEFAULTS`
+#: applies to this model only (another model keeps its own config's values).
+TUNED_MODEL = "molphenix-small"
 _TUNABLE = {"soft_positive_fraction": DEFAULT_SOFT_POSITIVE_FRACTION, "inactive_rate": DEFAULT_INACTIVE_RATE,
-            "lr": DEFAULT_LR}
+            "lr": DEFAULT_LR, "weight_decay": DEFAULT_WEIGHT_DECAY}
 
 #: Keys that may differ when a run is resumed: they change where files are and how the run
 #: reports, not what it computes (``device`` and ``threads`` can change the low bits of float
@@ -98,7 +105,8 @@ class TrainConfig:
             ``steps``; both None: :data:`DEFAULT_SAMPLES`.
         lr: Peak learning rate (AdamW; ``None``: the loss's :data:`TUNED_DEFAULTS` entry).
         weight_decay: AdamW weight decay of the heads' weight matrices (biases, norms and the
-            loss's temperature/bias are not decayed).
+            loss's temperature/bias are not decayed; ``None``: the loss's :data:`TUNED_DEFAULTS`
+            entry, else :data:`DEFAULT_WEIGHT_DECAY`).
         warmup: Fraction of the steps spent in linear warm-up (then cosine to 0).
         grad_clip: Gradient-norm clip (``None`` or 0: off).
         p_cutoff: Samples with activity p >= cutoff are inactive (undersampled).
@@ -148,7 +156,7 @@ class TrainConfig:
     steps: Optional[int] = None
     samples: Optional[int] = None
     lr: Optional[float] = None
-    weight_decay: float = 1e-4
+    weight_decay: Optional[float] = None
     warmup: float = 0.05
     grad_clip: Optional[float] = 1.0
     p_cutoff: float = 0.1
@@ -177,6 +185,8 @@ class TrainConfig:
                 setattr(self, key, tuned.get(key, default))
         if isinstance(self.loss_kwargs, dict) and tuned.get("loss_kwargs"):
             self.loss_kwargs = {**tuned["loss_kwargs"], **self.loss_kwargs}
+        if isinstance(self.model_overrides, dict) and tuned.get("model_overrides") and self.model == TUNED_MODEL:
+            self.model_overrides = {**tuned["model_overrides"], **self.model_overrides}
         self.validate()
 
     # ------------------------------------------------------------------ validation
