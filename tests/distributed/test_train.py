@@ -181,3 +181,17 @@ def test_sharded_batches_are_the_single_process_rows(runs):
             for field in ("sample_index", "phenomic", "n_averaged", "concentration_um"):
                 cat = np.concatenate([getattr(g, field) for g in got])
                 assert cat.tobytes() == np.asarray(getattr(whole, field)).tobytes(), (world, bi, field)
+
+
+def test_dist_timeout_is_a_runtime_setting(runs, tmp_path, capsys):
+    """--dist-timeout is validated like every flag and is not part of the run's identity."""
+    from molphenix.cli.main import main
+    from molphenix.train import TrainConfig
+
+    a = TrainConfig(**train_config(runs["data"], tmp_path / "r"))
+    assert a.replace(dist_timeout=5.0).identity_hash() == a.identity_hash()
+    with pytest.raises(ValueError, match="^dist_timeout: must be > 0"):  # noqa: PT011
+        a.replace(dist_timeout=0)
+    code = main(["train", "--data", str(runs["data"]), "--out", str(tmp_path / "r"), "--dist-timeout", "-1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --dist-timeout: must be > 0"), err
