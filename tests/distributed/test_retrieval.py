@@ -320,18 +320,19 @@ def test_shard_range_blocks():
 
 
 def test_read_block_reads_only_its_row_groups(lib_file):
-    from molphenix.distributed.retrieval import _read_block
+    from molphenix.retrieval.index import _read_block
 
     x, _, _ = _data()
     for (a, b), want_groups in (((12, 27), [1, 2]), ((0, 10), [0]), ((40, 41), [4]),
                                 ((9, 11), [0, 1]), ((5, 5), [])):
-        table, groups = _read_block(lib_file, a, b)
+        emb, ids, groups = _read_block(lib_file, a, b, dim=D)
         assert groups == want_groups
-        assert table.column("id").to_pylist() == _ids("str")[a:b]
-        emb = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32).reshape(-1, D)
+        assert ids.tolist() == _ids("str")[a:b]
         from molphenix.retrieval import Index
 
-        assert np.array_equal(emb, Index(x).embeddings.numpy()[a:b])
+        assert emb.dtype == np.float32 and np.array_equal(emb, Index(x).embeddings.numpy()[a:b])
+        emb2, none, _ = _read_block(lib_file, a, b, dim=D, read_ids=False)
+        assert none is None and np.array_equal(emb2, emb)
 
 
 def test_one_process_is_index(lib_file):

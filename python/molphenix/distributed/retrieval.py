@@ -48,6 +48,7 @@ import torch.distributed as dist
 
 from molphenix.distributed._group import is_initialized
 from molphenix.ops import _common as C
+from molphenix.retrieval.index import _num_rows
 
 __all__ = ["ShardedIndex", "sharded_ranks", "shard_range"]
 
@@ -328,45 +329,6 @@ def _merge(keys: torch.Tensor, pos: torch.Tensor, k: int, group: Optional[dist.P
     return allk.gather(1, cols), allp.gather(1, cols), cols
 
 
-def _num_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return int(pq.ParquetFile(path).metadata.num_rows)
-
-
-def _read_block(path: Path, start: int, stop: int) -> Tuple[Any, List[int]]:
-    """Rows ``[start, stop)`` of an index file's ``id`` / ``embedding`` columns as a pyarrow
-    Table, reading only the row groups that overlap them, streamed in batches and sliced
-    (memory in proportion to the block, not the file). Returns (table, the row groups read)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
-    groups: List[int] = []
-    first = row0 = 0
-    for g in range(pf.metadata.num_row_groups):
-        m = pf.metadata.row_group(g).num_rows
-        if stop > start and row0 < stop and row0 + m > start:
-            if not groups:
-                first = row0
-            groups.append(g)
-        row0 += m
-    pieces: List[Any] = []
-    pos = first
-    if groups:
-        for batch in pf.iter_batches(batch_size=65536, row_groups=groups,
-                                     columns=["id", "embedding"]):
-            lo, hi = max(start, pos), min(stop, pos + batch.num_rows)
-            if hi > lo:
-                pieces.append(batch.slice(lo - pos, hi - lo))
-            pos += batch.num_rows
-            if pos >= stop:
-                break
-    schema = pf.schema_arrow
-    fields = pa.schema([schema.field("id"), schema.field("embedding")])
-    return pa.Table.from_batches(pieces, schema=fields), groups
-
-
 # ---------------------------------------------------------------------------------------------
 # the index
 # ---------------------------------------------------------------------------------------------
@@ -530,20 +492,19 @@ class ShardedIndex:
         Raises:
             FileNotFoundError / ValueError: as :meth:`molphenix.retrieval.Index.load`.
         """
-        from molphenix.retrieval.index import _read_meta, _table_rows
+        from molphenix.retrieval.index import _read_meta, _read_rows
 
         path = Path(path)
         meta = _read_meta(path)
-        n = _num_rows(path)
-        start, stop = shard_range(n, group=group)
-        table, _ = _read_block(path, start, stop)
-        emb, ids = _table_rows(table, meta, device)
+        start, stop = shard_range(_num_rows(path), group=group)
+        default_ids = bool(meta.get("default_ids", False))
+        emb, ids = _read_rows(path, meta, start, stop, device)
         if ids is None:  # default ids: the global positions
             ids = np.arange(start, stop, dtype=np.int64)
         self = cls.__new__(cls)
         self._build(emb, ids, meta["metric"], group,
                     normalized=bool(meta.get("normalized", False)))
-        if meta.get("default_ids", False):
+        if default_ids:
             self._id_kind = "positions"
         return self
 

@@ -414,11 +414,9 @@ class Index:
             FileNotFoundError: no such file. ValueError: not a molphenix index file, or a newer
                 format version.
         """
-        import pyarrow.parquet as pq
-
         path = Path(path)
         meta = _read_meta(path)
-        emb, ids = _table_rows(pq.read_table(path), meta, device)
+        emb, ids = _read_rows(path, meta, 0, _num_rows(path), device)
         return cls._from_rows(emb, ids, meta["metric"], normalized=bool(meta.get("normalized", False)))
 
 
@@ -445,28 +443,75 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def _table_rows(table: Any, meta: dict, device: Union[str, torch.device, None]
-                ) -> Tuple[torch.Tensor, Optional[np.ndarray]]:
-    """(embeddings [n, D] in the stored dtype on ``device``, ids or None for default ids) of a
-    pyarrow table (or a slice of one) with the ``id`` / ``embedding`` columns of an index file."""
-    import pyarrow as pa
+def _num_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
 
-    dim = int(meta["dim"])
-    col = table.column("embedding")
-    if col.num_chunks == 0:
-        flat = np.zeros(0, dtype=np.float32)
-    else:
-        arr = pa.concat_arrays(col.chunks) if col.num_chunks != 1 else col.chunk(0)
-        flat = arr.flatten().to_numpy(zero_copy_only=False)
-    emb = torch.from_numpy(np.array(flat).reshape(-1, dim))
+    return int(pq.ParquetFile(path).metadata.num_rows)
+
+
+def _read_block(path: Path, start: int, stop: int, *, dim: int, read_ids: bool = True
+                ) -> Tuple[np.ndarray, Optional[np.ndarray], List[int]]:
+    """Rows ``[start, stop)`` of an index file: ``(embeddings [n, dim] numpy in the stored
+    dtype, ids (int64 or object str; None when not read), the row groups read)``.
+
+    Reads only the row groups that overlap the rows, streamed in batches; each batch's slice is
+    copied straight into the preallocated ``[n, dim]`` array (Arrow's buffers are viewed, not
+    concatenated), so memory is the block plus one batch, never the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # pre_buffer=False: read column chunks as the batches need them, not every requested row
+    # group up front (that would hold the block's file bytes besides the decoded block).
+    pf = pq.ParquetFile(path, pre_buffer=False)
+    groups: List[int] = []
+    first = row0 = 0
+    for g in range(pf.metadata.num_row_groups):
+        m = pf.metadata.row_group(g).num_rows
+        if stop > start and row0 < stop and row0 + m > start:
+            if not groups:
+                first = row0
+            groups.append(g)
+        row0 += m
+    value_type = pf.schema_arrow.field("embedding").type.value_type
+    emb = np.empty((stop - start, dim), dtype=value_type.to_pandas_dtype())
+    id_parts: List[np.ndarray] = []
+    id_type = pf.schema_arrow.field("id").type
+    is_str = pa.types.is_string(id_type) or pa.types.is_large_string(id_type)
+    pos = first
+    if groups:
+        columns = ["id", "embedding"] if read_ids else ["embedding"]
+        for batch in pf.iter_batches(batch_size=65536, row_groups=groups, columns=columns):
+            lo, hi = max(start, pos), min(stop, pos + batch.num_rows)
+            if hi > lo:
+                part = batch.slice(lo - pos, hi - lo)
+                flat = part.column(columns.index("embedding")).flatten()
+                emb[lo - start:hi - start] = flat.to_numpy(zero_copy_only=False).reshape(-1, dim)
+                if read_ids:
+                    col = part.column(0)
+                    id_parts.append(np.asarray(col.to_pylist(), dtype=object) if is_str
+                                    else col.to_numpy(zero_copy_only=False).astype(np.int64))
+            pos += batch.num_rows
+            if pos >= stop:
+                break
+    ids = None
+    if read_ids:
+        ids = (np.concatenate(id_parts) if id_parts
+               else np.zeros(0, dtype=object if is_str else np.int64))
+    del pf
+    pa.default_memory_pool().release_unused()  # the allocator keeps freed batches otherwise
+    return emb, ids, groups
+
+
+def _read_rows(path: Path, meta: dict, start: int, stop: int,
+               device: Union[str, torch.device, None]) -> Tuple[torch.Tensor, Optional[np.ndarray]]:
+    """Rows ``[start, stop)`` of an index file as (embeddings [n, D] in the index dtype on
+    ``device``, ids; None for default ids)."""
+    default_ids = bool(meta.get("default_ids", False))
+    arr, ids, _ = _read_block(path, start, stop, dim=int(meta["dim"]), read_ids=not default_ids)
+    emb = torch.from_numpy(arr)
     dtype = getattr(torch, meta["dtype"])
-    if emb.dtype != dtype:
+    if emb.dtype != dtype:  # bfloat16 is stored as float32
         emb = emb.to(dtype)
     if device is not None:
         emb = emb.to(device)
-    ids = None
-    if not meta.get("default_ids", False):
-        idcol = table.column("id")
-        ids = (np.asarray(idcol.to_pylist(), dtype=object) if pa.types.is_string(idcol.type)
-               or pa.types.is_large_string(idcol.type) else idcol.to_numpy())
     return emb, ids
