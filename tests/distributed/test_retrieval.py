@@ -118,6 +118,10 @@ def _index_body(lib_path: str):
         "k": lambda: idx.search(q, N + 1),
         "queries": lambda: idx.search(q[: 2 + rank], 3),
         "nan": lambda: ShardedIndex(np.full((2, D), np.nan, np.float32) if rank == 1 else x[:2]),
+        # bad input on one rank only: that rank's error there, a pointer to it on the others
+        "nan_query_one_rank": lambda: idx.search(np.where(rank == 1, np.nan, q).astype(np.float32), 3),
+        "k_one_rank": lambda: idx.search(q, N + 1 if rank == 0 else 3),
+        "id_kind_one_rank": lambda: idx.rank(q[:1], [3] if rank == world - 1 else ["m003"]),
     }.items():
         try:
             fn()
@@ -248,6 +252,13 @@ def test_sharded_index_equals_index(world, lib_file, request):
         assert errs["k"].startswith("ValueError: k:")
         assert "queries (number of rows)" in errs["queries"]
         assert errs["nan"] is not None and errs["nan"].startswith("ValueError")
+        r = res["rank"]
+        assert ("queries" in errs["nan_query_one_rank"]) if r == 1 else \
+            ("rank 1 rejected its input" in errs["nan_query_one_rank"])
+        assert errs["k_one_rank"].startswith("ValueError: k:") if r == 0 else \
+            ("rank 0 rejected its input" in errs["k_one_rank"])
+        assert ("ids are str" in errs["id_kind_one_rank"]) if r == world - 1 else \
+            (f"rank {world - 1} rejected" in errs["id_kind_one_rank"])
     assert offsets == sorted(offsets) and offsets[0] == 0 and len(set(offsets)) == world
 
 

@@ -584,16 +584,22 @@ class ShardedIndex:
         if self._world == 1:
             return self._local.search(queries, k, fraction=fraction, backend=backend,
                                       num_threads=num_threads)
-        if (k is None) == (fraction is None):
-            raise ValueError("k/fraction: give exactly one of k or fraction")
-        if k is not None:
-            k = C.check_int(k, "k")
-            if not 1 <= k <= self._n:
-                raise ValueError(f"k: expected 1 <= k <= N = {self._n} (the index size), got {k}")
-        else:
-            k = C.fraction_to_k(fraction, self._n)
-        q, kind, back = _prepare_queries(queries, self._dim, self._dtype, self._device, self._metric)
-        rows = _gather_ints([q.shape[0], k], self._group)
+        err: Optional[BaseException] = None
+        try:  # checked on every rank, then agreed: a rank's bad input never strands the others
+            if (k is None) == (fraction is None):
+                raise ValueError("k/fraction: give exactly one of k or fraction")
+            if k is not None:
+                k = C.check_int(k, "k")
+                if not 1 <= k <= self._n:
+                    raise ValueError(f"k: expected 1 <= k <= N = {self._n} (the index size), "
+                                     f"got {k}")
+            else:
+                k = C.fraction_to_k(fraction, self._n)
+            q, kind, back = _prepare_queries(queries, self._dim, self._dtype, self._device,
+                                             self._metric)
+        except (TypeError, ValueError) as e:
+            err = e
+        rows = _agree(err, self._group, [0, 0] if err else [q.shape[0], k])
         _same_on_all(rows, 0, "queries (number of rows)")
         _same_on_all(rows, 1, "k")
         nq = q.shape[0]
@@ -678,9 +684,10 @@ class ShardedIndex:
 
         if self._world == 1:
             return self._local.rank(queries, target_ids, backend=backend, num_threads=num_threads)
-        q, kind, back = _prepare_queries(queries, self._dim, self._dtype, self._device, self._metric)
         err: Optional[BaseException] = None
         try:
+            q, kind, back = _prepare_queries(queries, self._dim, self._dtype, self._device,
+                                             self._metric)
             if self._local is not None:
                 pos, want = self._local._lookup(target_ids)
             else:
