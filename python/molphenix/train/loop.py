@@ -23,6 +23,14 @@ the learning rate is a function of the step, and the checkpoint holds the model,
 optimizer, the position (epoch, batch) and every global RNG state (dropout draws from torch's).
 A run resumed from any checkpoint therefore continues exactly as the uninterrupted run did
 (bitwise on CPU with the same thread count).
+
+Data-parallel (``torchrun ... -m molphenix train``, or ``fit`` in every process of a launch):
+``fit`` creates the process group from the launch environment (:func:`molphenix.distributed.init_from_env`
+with ``dist_timeout``) or uses the caller's; rank 0 owns the run directory and broadcasts the
+set-up; each rank takes a contiguous slice of every global batch (bitwise the single-process
+rows); the heads run in DistributedDataParallel with their gradients summed, the loss is
+:class:`molphenix.distributed.DistributedLoss`; validation runs on rank 0 and its value is
+broadcast; rank 0 writes checkpoints and the log (docs/distributed.md, "Training").
 """
 
 from __future__ import annotations
@@ -231,6 +239,10 @@ def fit(config: TrainConfig | Dict[str, Any] | str | os.PathLike, *,
     Running ``fit`` again with the same ``out`` resumes from ``checkpoints/last.pt``; a finished
     run returns at once (``log`` says so); ``overwrite=True`` starts over.
 
+    Under a distributed launch (``WORLD_SIZE`` > 1, e.g. ``torchrun``) or inside an initialised
+    process group, every process calls ``fit`` with the same config and trains one data-parallel
+    run: ``batch_size`` is the global batch, rank 0 writes the run (see the module docstring).
+
     Args:
         config: A :class:`TrainConfig`, a dict of its fields, or a JSON/YAML config file.
         log: Receives one-line progress messages (default: the ``molphenix.train`` logger).
@@ -245,6 +257,8 @@ def fit(config: TrainConfig | Dict[str, Any] | str | os.PathLike, *,
             batch of the data without control wells (named); a non-finite loss, embedding or
             gradient (step and tensor named); unknown model or loss name.
         FileNotFoundError: the dataset directory or its files are missing.
+        RankFailure: data-parallel: another rank died or hung (``dist_timeout``); launching
+            again resumes from the last checkpoint.
     """
     if isinstance(config, TrainConfig):
         cfg = config.replace(**overrides) if overrides else config
@@ -269,7 +283,7 @@ def fit(config: TrainConfig | Dict[str, Any] | str | os.PathLike, *,
     try:
         from ._dist import Ranks
 
-        ranks = Ranks(cfg.dist_timeout)
+        ranks = Ranks(cfg.dist_timeout if created else None)  # a caller's group has its own timeout
         with _threads(cfg.threads), ExitStack() as stack:
             return _Trainer(cfg, say, user_log=log is not None, ranks=ranks, stack=stack).run()
     finally:
