@@ -195,3 +195,28 @@ def test_dist_timeout_is_a_runtime_setting(runs, tmp_path, capsys):
     code = main(["train", "--data", str(runs["data"]), "--out", str(tmp_path / "r"), "--dist-timeout", "-1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --dist-timeout: must be > 0"), err
+
+
+def test_old_logs_get_the_world_size_column(tmp_path):
+    """A run logged before the world_size column existed resumes into the new layout."""
+    from molphenix.train import LOG_COLUMNS
+    from molphenix.train.loop import _truncate_log
+
+    old = ",".join(LOG_COLUMNS[:-1])
+    path = tmp_path / "train_log.csv"
+    path.write_text(f"{old}\n1,0,0,16,9.3,0.003,10,-10,0,35,120,0.1,\n2,0,1,32,8.7,0.002,10,-10,0,21,240,0.2,\n3,0")
+    _truncate_log(path, 1)
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == LOG_COLUMNS and len(rows) == 1
+    assert rows[0]["step"] == "1" and rows[0]["world_size"] == "" and rows[0]["val_recall"] == ""
+
+
+def test_transport_errors_are_told_from_computation_errors():
+    from molphenix.train.loop import _is_comm_error
+
+    assert _is_comm_error(RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer"))
+    assert _is_comm_error(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 6000ms "
+                                       "for recv operation to complete"))
+    assert not _is_comm_error(RuntimeError("ProcessGroupGloo::allgather: invalid tensor size at index 1"))
+    assert not _is_comm_error(ValueError("non-finite loss at step 3"))
