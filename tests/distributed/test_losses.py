@@ -115,6 +115,12 @@ def _rank_body(sizes, case_names, modes, with_errors, subgroup=None):
         p = p_all[lo:hi].clone().requires_grad_(True)
         md.s2l_loss(p, q_all[lo:hi].clone().requires_grad_(True), 5.0, -2.0, u_all[lo:hi]).backward()
     out["bytes"] = dict(counted)
+    # all_gather_with_grad itself: rank order, variable row counts, the local slice's gradient
+    x = torch.arange(float(lo), float(hi), dtype=F64).repeat(3, 1).T.contiguous().requires_grad_(True)
+    gathered = md.all_gather_with_grad(x)
+    weights = torch.arange(float(sum(sizes) * 3), dtype=F64).reshape(-1, 3)
+    (gathered * weights).sum().backward()
+    out["gather"] = (gathered.detach(), x.grad.clone(), weights[lo:hi])
     if subgroup is not None:
         sub = dist.new_group(subgroup)  # every rank takes part in creating it
         if rank in subgroup:
@@ -133,6 +139,7 @@ def _rank_body(sizes, case_names, modes, with_errors, subgroup=None):
             ("clip-module", lambda: md.DistributedLoss(md_create("clip"))(pw, pw)),
             ("s2l-module", lambda: md.DistributedLoss(md_create("s2l"))(pw, pw, u_all[lo:hi])),
             ("bias-differs", lambda: md.siglip_loss(p_all[lo:hi], q_all[lo:hi], 5.0, float(rank))),
+            ("gather", lambda: md.all_gather_with_grad(pw)),
         ):
             try:
                 call()
@@ -199,6 +206,10 @@ def test_two_ranks_every_loss_matches_one_process():
         for label in ("s2l", "siglip-allgather", "clip-module", "s2l-module"):
             assert errs[label] is not None and "width" in errs[label], (rank, label, errs[label])
         assert errs["bias-differs"] is not None and "bias" in errs["bias-differs"]
+        assert errs["gather"] is not None and "width" in errs["gather"]
+        gathered, grad, expected_grad = res["gather"]
+        assert torch.equal(gathered[:, 0], torch.arange(float(sum(sizes)), dtype=F64))
+        assert torch.equal(grad, expected_grad)  # the local slice, not W times it
 
 
 def test_three_ranks_unequal_and_empty_rows():
