@@ -118,6 +118,8 @@ def _index_body(lib_path: str):
         "k": lambda: idx.search(q, N + 1),
         "queries": lambda: idx.search(q[: 2 + rank], 3),
         "nan": lambda: ShardedIndex(np.full((2, D), np.nan, np.float32) if rank == 1 else x[:2]),
+        "metric": lambda: ShardedIndex(x[:2], metric="dot" if rank == 0 else "cosine"),
+        "duplicate_id": lambda: ShardedIndex(x[:2], ["a", "b"]).rank(q[:1], ["a"]),
         # bad input on one rank only: that rank's error there, a pointer to it on the others
         "nan_query_one_rank": lambda: idx.search(np.where(rank == 1, np.nan, q).astype(np.float32), 3),
         "k_one_rank": lambda: idx.search(q, N + 1 if rank == 0 else 3),
@@ -252,6 +254,8 @@ def test_sharded_index_equals_index(world, lib_file, request):
         assert errs["k"].startswith("ValueError: k:")
         assert "queries (number of rows)" in errs["queries"]
         assert errs["nan"] is not None and errs["nan"].startswith("ValueError")
+        assert "metric: every rank must pass the same value" in errs["metric"]
+        assert f"'a' is on {world} ranks" in errs["duplicate_id"]
         r = res["rank"]
         assert ("queries" in errs["nan_query_one_rank"]) if r == 1 else \
             ("rank 1 rejected its input" in errs["nan_query_one_rank"])

@@ -346,7 +346,9 @@ class ShardedIndex:
     Args:
         embeddings: [n_rank, D] this rank's candidate rows (n_rank may be 0 on some ranks).
         ids: [n_rank] this rank's ids (str or int, unique across all ranks), or None on every
-            rank: the ids are then the global row positions, as ``Index``'s default.
+            rank: the ids are then the global row positions, as ``Index``'s default. Uniqueness
+            is checked within a rank here; across ranks :meth:`rank` reports a target id found
+            on several ranks (checking every id would gather them all).
         metric: ``"cosine"`` (default), ``"dot"`` or ``"arctan_l2"``; the same on every rank.
         group: the process group (default: the default group).
 
@@ -400,10 +402,11 @@ class ShardedIndex:
                 kind = _ID_KIND["positions"]
         except (TypeError, ValueError) as e:
             err = e
-        rows = _agree(err, self._group, [n, dim, dcode, kind])
+        rows = _agree(err, self._group, [n, dim, dcode, kind, _METRIC_CODE[metric]])
         sizes = rows[:, 0]
         _same_on_all(rows, 1, "embeddings (number of columns)")
         _same_on_all(rows, 2, "embeddings (dtype)")
+        _same_on_all(rows, 4, "metric")
         kinds = {int(v) for v in rows[:, 3]} - {-2}
         if len(kinds) > 1:
             if _ID_KIND["positions"] in kinds:
