@@ -133,6 +133,9 @@ def _rank_body(sizes, case_names, modes, with_errors, subgroup=None):
         errors = {}
         width = D + (1 if rank == 1 else 0)  # rank 1's embeddings are one wider
         pw = torch.zeros(hi - lo, width, dtype=F64)
+        u_nan = u_all[lo:hi].clone()
+        if rank == 1:
+            u_nan[0, 0] = float("nan")  # only rank 1's u is bad: every rank must still raise
         for label, call in (
             ("s2l", lambda: md.s2l_loss(pw, pw, 5.0, -2.0)),
             ("siglip-allgather", lambda: md.siglip_loss(pw, pw, 5.0, -2.0, mode="allgather")),
@@ -140,6 +143,8 @@ def _rank_body(sizes, case_names, modes, with_errors, subgroup=None):
             ("s2l-module", lambda: md.DistributedLoss(md_create("s2l"))(pw, pw, u_all[lo:hi])),
             ("bias-differs", lambda: md.siglip_loss(p_all[lo:hi], q_all[lo:hi], 5.0, float(rank))),
             ("gather", lambda: md.all_gather_with_grad(pw)),
+            ("nan-u", lambda: md.s2l_loss(p_all[lo:hi], q_all[lo:hi], 5.0, -2.0, u_nan)),
+            ("scale-zero", lambda: md.s2l_loss(p_all[lo:hi], q_all[lo:hi], 0.0, -2.0, u_all[lo:hi])),
         ):
             try:
                 call()
@@ -180,6 +185,11 @@ def _check_against_reference(results, sizes, case_names, modes, prefix=()):
                     assert_close(g, e, dtype=F64, kind="grad", msg=f"{what}: grad {i}")
                     if g.numel():
                         assert float((g - e).abs().max()) <= ISSUE_TOL, f"{what}: grad {i}"
+                if mode == "allgather":  # ring == allgather (both also == one process, above)
+                    ring = res[prefix + (case[0], "ring")]
+                    assert_close(got["loss"], ring["loss"], dtype=F64, msg=f"{what}: ring vs allgather")
+                    for i, (g, e) in enumerate(zip(got["grads"], ring["grads"])):
+                        assert_close(g, e, dtype=F64, kind="grad", msg=f"{what}: ring vs allgather grad {i}")
                 assert set(got["stats"]) == set(ref["stats"]), what
                 for key, val in ref["stats"].items():
                     assert got["stats"][key] == pytest.approx(val, rel=1e-12, abs=1e-12), f"{what}: {key}"
@@ -207,6 +217,8 @@ def test_two_ranks_every_loss_matches_one_process():
             assert errs[label] is not None and "width" in errs[label], (rank, label, errs[label])
         assert errs["bias-differs"] is not None and "bias" in errs["bias-differs"]
         assert errs["gather"] is not None and "width" in errs["gather"]
+        assert errs["nan-u"] is not None and ("NaN" in errs["nan-u"] if rank == 1 else "rank(s) [1]" in errs["nan-u"])
+        assert errs["scale-zero"] is not None and "scale" in errs["scale-zero"]
         gathered, grad, expected_grad = res["gather"]
         assert torch.equal(gathered[:, 0], torch.arange(float(sum(sizes)), dtype=F64))
         assert torch.equal(grad, expected_grad)  # the local slice, not W times it

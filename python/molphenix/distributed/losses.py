@@ -38,6 +38,7 @@ single-process counterpart.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -426,13 +427,31 @@ def _sigmoid_global(siglip: bool, p, q, scale, bias, u, *, group, mode, c, thres
                 raise ValueError(f"{nm}: is on {t.device} but p is on {p.device}")
         if p.shape[1] != q.shape[1]:
             raise ValueError(f"q: width {q.shape[1]} differs from p's {p.shape[1]}")
-        for t, nm in ((p, "p"), (q, "q")):
-            if t.numel() and not bool(torch.isfinite(t.detach()).all()):
+        # Everything the op would reject on one rank only is checked here, before any transfer:
+        # an op error on one rank in the middle of the ring would leave the others waiting.
+        for t, nm in ((p, "p"), (q, "q"), (u, "u"), (u_cols, "u_cols")):
+            if t is not None and t.numel() and not bool(torch.isfinite(t.detach()).all()):
                 raise ValueError(f"{nm}: contains NaN or Inf")
+        sv, bv = _scalar_value(scale, "scale"), _scalar_value(bias, "bias")
+        if not (math.isfinite(sv) and sv > 0):
+            raise ValueError(f"scale: must be a finite number > 0, got {sv!r}")
+        if not math.isfinite(bv):
+            raise ValueError(f"bias: must be finite, got {bv!r}")
+        if normalizer is not None and not (math.isfinite(float(normalizer)) and float(normalizer) > 0):
+            raise ValueError(f"normalizer: must be a finite number > 0, got {normalizer!r}")
+        if not siglip:
+            if not (math.isfinite(float(c)) and float(c) > 0):
+                raise ValueError(f"c: must be a finite number > 0, got {c!r}")
+            if threshold is not None and not (-1.0 <= float(threshold) <= 1.0):
+                raise ValueError(f"threshold: must be in [-1, 1] or None, got {threshold!r}")
+            if diagonal not in ("soft", "hard"):
+                raise ValueError(f"diagonal: expected 'soft' or 'hard', got {diagonal!r}")
+        if isinstance(diag_offset, bool) or int(diag_offset) != diag_offset:
+            raise ValueError(f"diag_offset: expected an integer, got {diag_offset!r}")
         e_u = -1 if u is None else u.shape[1]
         e_c = -1 if u is None else (u if u_cols is None else u_cols).shape[1]
         meta = [p.shape[0], q.shape[0], p.shape[1], e_u, e_c, _DTYPE_CODES.get(p.dtype, 0),
-                _scalar_value(scale, "scale"), _scalar_value(bias, "bias"),
+                sv, bv,
                 -1.0 if normalizer is None else float(normalizer), float(diag_offset),
                 float(c), -9.0 if threshold is None else float(threshold),
                 float(gamma) * 1000.0 + float(delta) + (0.5 if diagonal == "hard" else 0.0)]
