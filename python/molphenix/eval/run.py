@@ -65,7 +65,7 @@ def evaluate_run(
         distributed: ``False`` (default): one process. ``True`` (the default process group, as
             ``torchrun`` makes it) or a process group: every rank embeds the queries and
             candidates, the candidates are sharded across the ranks for the rank counting
-            (:func:`molphenix.evaluate_embeddings` with ``distributed``), every rank returns the
+            (:func:`molphenix.eval.evaluate_embeddings` with ``distributed``), every rank returns the
             same metrics and only rank 0 writes the files. Without an initialised group it is
             one process.
 

@@ -132,6 +132,9 @@ class Index:
             row positions ``0..N-1``. Must be unique.
         metric: ``"cosine"`` (default), ``"dot"`` or ``"arctan_l2"`` (as :mod:`molphenix.ops`).
 
+    Candidates sharded across processes (``torchrun``): :class:`molphenix.distributed.ShardedIndex`,
+    the same search / rank results.
+
     Shapes:
         embeddings: [N, D]; ids: [N]
 
