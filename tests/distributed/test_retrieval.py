@@ -94,6 +94,15 @@ def _index_body(lib_path: str):
     x, q, t = _data()
     res["reference"] = {m: ShardedIndex.from_full(x, metric=m).search(q, 6, backend="reference")
                         for m in METRICS}
+    # queries merged in chunks (a tiny merge budget: one query per chunk, ids gathered per chunk)
+    import molphenix.distributed.retrieval as R
+
+    budget, R._MERGE_BUDGET = R._MERGE_BUDGET, 12
+    try:
+        res["chunked"] = [ShardedIndex.from_full(x, _ids("str")).search(q, 6),
+                          ShardedIndex.from_full(x, metric="arctan_l2").search(q, fraction=0.2)]
+    finally:
+        R._MERGE_BUDGET = budget
     # sharded_ranks on blocks (global targets), numpy in -> numpy out
     a, b = shard_range(N)
     res["sharded_ranks"] = {m: sharded_ranks(q, x[a:b], t, metric=m) for m in METRICS}
@@ -232,8 +241,12 @@ def test_sharded_index_equals_index(world, lib_file, request):
     lib = Index.load(lib_file)
     want_load = (lib.search(q, 9), lib.rank(q, [f"m{i:03d}" for i in t]))
     want_ref = {m: Index(x, metric=m).search(q, 6, backend="reference") for m in METRICS}
+    want_chunked = [Index(x, _ids("str")).search(q, 6),
+                    Index(x, metric="arctan_l2").search(q, fraction=0.2)]
     offsets = []
     for res in results:
+        for g, w in zip(res["chunked"], want_chunked):
+            _assert_same_search(g, w, "chunked merge")
         for m in METRICS:  # torch products: equal up to the last bits of a score, same order here
             (gs, gi), (ws, wi) = res["reference"][m], want_ref[m]
             assert_close(gs, ws, dtype=torch.float32)
