@@ -285,3 +285,15 @@ def test_import_and_ops_without_extension_subprocess():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.returncode == 0 and "OK" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.requires_extension
+def test_no_cuda_kernels_reason_quotes_the_build_decision(monkeypatch):
+    """A CUDA call on a build without CUDA kernels says why the build lacks them (the recorded
+    MOLPHENIX_WITH_CUDA decision of build_info) and how to get them."""
+    from molphenix.ops import _common
+
+    monkeypatch.setattr(_ext, "extension_has_cuda", lambda: False)
+    monkeypatch.setattr(_ext, "build_info", lambda: {"cuda_reason": "MOLPHENIX_WITH_CUDA=OFF (test)"})
+    why = _common._why_no_kernel(torch.device("cuda"), torch.float32)
+    assert "MOLPHENIX_WITH_CUDA=OFF (test)" in why and "MOLPHENIX_WITH_CUDA=ON" in why

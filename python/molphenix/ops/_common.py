@@ -252,7 +252,9 @@ def _why_no_kernel(device: torch.device, dtype: torch.dtype) -> Optional[str]:
         return None
     if device.type == "cuda":
         if not _ext.extension_has_cuda():
-            return "this molphenix build has no CUDA kernels (built with MOLPHENIX_WITH_CUDA=OFF or without nvcc)"
+            reason = _ext.build_info().get("cuda_reason") or "built with MOLPHENIX_WITH_CUDA=OFF or without nvcc"
+            return (f"this molphenix build has no CUDA kernels ({reason}); reinstall with "
+                    "MOLPHENIX_WITH_CUDA=ON (docs/DEV.md)")
         return None
     return f"no molphenix kernels for device type {device.type!r}"
 
