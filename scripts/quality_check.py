@@ -11,7 +11,8 @@ Usage:
         --work /tmp/quality --out benches/results/quality-YYYY-MM-DD --methods s2l,clip --jobs 4
 
 A run directory that already holds a finished run with the same config is reused (``fit`` says
-"already finished"), e.g. the tuning runs of the selected configurations.
+"already finished"), e.g. the tuning runs of the selected configurations. ``--variant
+NAME=LOSS:JSON`` names an ablation (a loss plus TrainConfig overrides) that ``--methods`` can list.
 """
 
 from __future__ import annotations
@@ -31,17 +32,19 @@ import json, sys
 from molphenix.train import TrainConfig, fit
 from molphenix.eval.run import evaluate_run
 spec = json.loads(sys.argv[1])
-run = fit(TrainConfig(data=spec["data"], out=spec["out"], loss=spec["method"], threads=1, progress=False))
+run = fit(TrainConfig(data=spec["data"], out=spec["out"], loss=spec["loss"], threads=1, progress=False,
+                      **spec["overrides"]))
 m = evaluate_run(run, n_bootstrap=1000)
 cfg = json.load(open(f"{run}/config.json"))
-print("RESULT " + json.dumps({"metrics": m, "config": {k: cfg[k] for k in ("lr", "inactive_rate", "soft_positive_fraction", "weight_decay", "model_overrides", "loss_kwargs", "samples", "steps", "batch_size")}}))
+print("RESULT " + json.dumps({"metrics": m, "config": {k: cfg[k] for k in ("seed", "lr", "inactive_rate", "soft_positive_fraction", "weight_decay", "model_overrides", "loss_kwargs", "samples", "steps", "batch_size")}}))
 """
 
 
-def run_one(name: str, data: str, method: str, work: Path) -> list[dict]:
+def run_one(name: str, data: str, method: str, work: Path, variants: dict) -> list[dict]:
     out = work / name / method
     out.parent.mkdir(parents=True, exist_ok=True)
-    spec = {"data": data, "out": str(out), "method": method}
+    loss, overrides = variants.get(method, (method, {}))
+    spec = {"data": data, "out": str(out), "loss": loss, "overrides": overrides}
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
     p = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, text=True, env=env)
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -72,7 +75,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--methods", default="s2l,clip,siglip,cloome")
     ap.add_argument("--jobs", type=int, default=4)
+    ap.add_argument("--variant", action="append", default=[],
+                    help='NAME=LOSS:JSON, an ablation usable in --methods, e.g. '
+                         's2l-nosoft=s2l:{"loss_kwargs": {"sim_space": "none"}} (TrainConfig overrides)')
     args = ap.parse_args(argv)
+    variants = {}
+    for v in args.variant:
+        name, rest = v.split("=", 1)
+        loss, js = rest.split(":", 1)
+        variants[name] = (loss, json.loads(js))
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     log = open(outdir / "quality.log", "a")
@@ -85,10 +96,10 @@ def main(argv=None) -> int:
 
     datas = [d.split("=", 1) for d in args.data]
     jobs = [(n, d, m) for n, d in datas for m in args.methods.split(",")]
-    say(f"jobs={len(jobs)} load={os.getloadavg()}")
+    say(f"jobs={len(jobs)} variants={json.dumps(variants, sort_keys=True)} load={os.getloadavg()}")
     csv_path = outdir / "quality.csv"
     with ThreadPoolExecutor(args.jobs) as ex:
-        futs = {ex.submit(run_one, n, d, m, Path(args.work)): (n, m) for n, d, m in jobs}
+        futs = {ex.submit(run_one, n, d, m, Path(args.work), variants): (n, m) for n, d, m in jobs}
         for f in futs:
             n, m = futs[f]
             try:

@@ -56,6 +56,13 @@ SELECTION_BUDGET = 3
 GRID2 = {m: [("drop0.3-wd0.1", {"weight_decay": 0.1, "model_overrides": {"dropout": 0.3}}),
              ("drop0.3-wd1.0", {"weight_decay": 1.0, "model_overrides": {"dropout": 0.3}})]
          for m in ("s2l", "clip", "siglip", "cloome")}
+
+#: Round 3 (`--round 3`, after round 2 re-froze the picks): the peak learning rate, the same two
+#: values for every method on top of its frozen pick (lr 1e-3 so far everywhere). Planned in
+#: round 1 (a grid of 5 per method with lr) and the last round of this tuning: whatever it picks
+#: is frozen and checked once on freshly simulated datasets. Selection: the same rule over all 7
+#: runs of a method.
+GRID3 = {m: [("lr3e-4", {"lr": 3e-4}), ("lr3e-3", {"lr": 3e-3})] for m in ("s2l", "clip", "siglip", "cloome")}
 #: Selection rule (the one the ridge anchor uses; written down after 3 of the 14 runs had
 #: reported): the largest mean of active top-1% and top-5% recall on val (best-validation
 #: checkpoint); ties: the earlier config in GRID.
@@ -117,9 +124,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--methods", default=",".join(GRID))
-    ap.add_argument("--round", type=int, default=1, choices=(1, 2))
+    ap.add_argument("--round", type=int, default=1, choices=(1, 2, 3))
     args = ap.parse_args(argv)
-    grid = GRID if args.round == 1 else GRID2
+    grid = {1: GRID, 2: GRID2, 3: GRID3}[args.round]
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     # round-robin over methods, so that a run cut short leaves the budgets as equal as possible
