@@ -38,17 +38,18 @@ DEFAULT_SAMPLES = 256_000
 DEFAULT_LR = 1e-3
 
 #: Per-loss defaults frozen after the validation-split tuning (docs/design/training.md,
-#: scripts/tune_defaults.py, benches/results/tuning-2026-11-28/ and
-#: tuning-round2-2026-11-28/). A field left ``None`` in a :class:`TrainConfig` takes the value
+#: scripts/tune_defaults.py, benches/results/tuning-2026-11-28/, tuning-round2-2026-11-28/ and
+#: tuning-round3-2026-11-28/). A field left ``None`` in a :class:`TrainConfig` takes the value
 #: here for its loss, else the global default; a ``loss_kwargs`` or ``model_overrides`` entry here
 #: is used unless the config sets the same key (``model_overrides`` only with :data:`TUNED_MODEL`).
 TUNED_DEFAULTS: Dict[str, Dict[str, Any]] = {
     # round 1: s2l's scale rule from {0.005, 0.02, 0.08}, the baselines' inactive_rate from
     # {0.1, 0.3, 1.0} at lr 1e-3; round 2 (every method): regularisation {dropout 0.3 with
-    # weight decay 0.1 or 1.0} on top of the round-1 pick; the best of the 5 runs per method kept
+    # weight decay 0.1 or 1.0} on top of the round-1 pick; round 3 (every method): lr {3e-4,
+    # 3e-3} on top of the round-2 pick; the best of the 7 runs per method kept
     "s2l": {"soft_positive_fraction": 0.005, "inactive_rate": 0.1, "lr": 1e-3},
     "clip": {"inactive_rate": 0.1, "lr": 1e-3},
-    "siglip": {"inactive_rate": 0.1, "lr": 1e-3, "weight_decay": 0.1, "model_overrides": {"dropout": 0.3}},
+    "siglip": {"inactive_rate": 0.1, "lr": 3e-4, "weight_decay": 0.1, "model_overrides": {"dropout": 0.3}},
     "cloome": {"inactive_rate": 0.3, "lr": 1e-3, "weight_decay": 0.1, "model_overrides": {"dropout": 0.3}},
 }
 #: AdamW weight decay when neither the config nor :data:`TUNED_DEFAULTS` sets one.
