@@ -39,7 +39,6 @@ last checkpoint (``fit``'s resume).
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,15 +142,14 @@ def _simulate(out: Path, profile: DemoProfile, seed: int, say) -> Any:
 def _train_config(out: Path, method: str, profile: DemoProfile, seed: int, extra: Dict[str, Any]):
     from molphenix.train import TrainConfig
 
-    base = TrainConfig()
-    bs = profile.batch_size or base.batch_size
-    steps = max(1, math.ceil(profile.samples / bs))
     fields: Dict[str, Any] = dict(data=str(out / "data"), out=str(out / method / "run"), seed=seed,
-                                  samples=profile.samples, batch_size=bs, progress=False,
-                                  eval_every=max(1, steps // max(1, profile.eval_points)))
+                                  samples=profile.samples, batch_size=profile.batch_size, progress=False)
     fields.update(LEARNED[method])
     fields.update(extra)
-    return TrainConfig(**fields)
+    # the batch size is the loss's frozen default unless the profile sets one; validation points
+    # are spread over the resulting steps
+    steps = TrainConfig(**fields).total_steps
+    return TrainConfig(**fields, eval_every=max(1, steps // max(1, profile.eval_points)))
 
 
 def _unit_scale(ds, seed: int) -> float:

@@ -38,27 +38,31 @@ DEFAULT_SAMPLES = 256_000
 DEFAULT_LR = 1e-3
 
 #: Per-loss defaults frozen after the validation-split tuning (docs/design/training.md,
-#: scripts/tune_defaults.py, benches/results/tuning-2026-11-28/, tuning-round2-2026-11-28/ and
-#: tuning-round3-2026-11-28/). A field left ``None`` in a :class:`TrainConfig` takes the value
+#: scripts/tune_defaults.py, benches/results/tuning-2026-11-28/ and tuning-round{2,3,4}-2026-11-28/). A field left ``None`` in a :class:`TrainConfig` takes the value
 #: here for its loss, else the global default; a ``loss_kwargs`` or ``model_overrides`` entry here
 #: is used unless the config sets the same key (``model_overrides`` only with :data:`TUNED_MODEL`).
 TUNED_DEFAULTS: Dict[str, Dict[str, Any]] = {
     # round 1: s2l's scale rule from {0.005, 0.02, 0.08}, the baselines' inactive_rate from
     # {0.1, 0.3, 1.0} at lr 1e-3; round 2 (every method): regularisation {dropout 0.3 with
     # weight decay 0.1 or 1.0} on top of the round-1 pick; round 3 (every method): lr {3e-4,
-    # 3e-3} on top of the round-2 pick; the best of the 7 runs per method kept
-    "s2l": {"soft_positive_fraction": 0.005, "inactive_rate": 0.1, "lr": 1e-3},
+    # 3e-3} on top of the round-2 pick; round 4: s2l diagonal "hard", the baselines batch 512;
+    # the best of the 8 runs per method kept
+    "s2l": {"soft_positive_fraction": 0.005, "inactive_rate": 0.1, "lr": 1e-3,
+            "loss_kwargs": {"diagonal": "hard"}},
     "clip": {"inactive_rate": 0.1, "lr": 1e-3},
     "siglip": {"inactive_rate": 0.1, "lr": 3e-4, "weight_decay": 0.1, "model_overrides": {"dropout": 0.3}},
-    "cloome": {"inactive_rate": 0.3, "lr": 1e-3, "weight_decay": 0.1, "model_overrides": {"dropout": 0.3}},
+    "cloome": {"inactive_rate": 0.3, "lr": 1e-3, "weight_decay": 0.1, "model_overrides": {"dropout": 0.3},
+               "batch_size": 512},
 }
+#: Samples per step when neither the config nor :data:`TUNED_DEFAULTS` sets it.
+DEFAULT_BATCH_SIZE = 256
 #: AdamW weight decay when neither the config nor :data:`TUNED_DEFAULTS` sets one.
 DEFAULT_WEIGHT_DECAY = 1e-4
 #: The model the defaults were tuned with: a ``model_overrides`` entry of :data:`TUNED_DEFAULTS`
 #: applies to this model only (another model keeps its own config's values).
 TUNED_MODEL = "molphenix-small"
 _TUNABLE = {"soft_positive_fraction": DEFAULT_SOFT_POSITIVE_FRACTION, "inactive_rate": DEFAULT_INACTIVE_RATE,
-            "lr": DEFAULT_LR, "weight_decay": DEFAULT_WEIGHT_DECAY}
+            "lr": DEFAULT_LR, "weight_decay": DEFAULT_WEIGHT_DECAY, "batch_size": DEFAULT_BATCH_SIZE}
 
 #: Keys that may differ when a run is resumed: they change where files are and how the run
 #: reports, not what it computes (``device`` and ``threads`` can change the low bits of float
@@ -100,7 +104,8 @@ class TrainConfig:
             (:func:`molphenix.data.make_splits`).
         device: ``"cpu"`` or ``"cuda"``.
         threads: CPU threads for torch (``None``: torch's current setting; must be >= 1).
-        batch_size: Samples per step (>= 2).
+        batch_size: Samples per step (>= 2; ``None``: the loss's :data:`TUNED_DEFAULTS` entry,
+            else :data:`DEFAULT_BATCH_SIZE`).
         steps: Optimiser steps; exclusive with ``samples``.
         samples: Total samples seen (steps = ceil(samples / batch_size)); exclusive with
             ``steps``; both None: :data:`DEFAULT_SAMPLES`.
@@ -153,7 +158,7 @@ class TrainConfig:
     unseen_wells_fraction: float = 0.2
     device: str = "cpu"
     threads: Optional[int] = None
-    batch_size: int = 256
+    batch_size: Optional[int] = None
     steps: Optional[int] = None
     samples: Optional[int] = None
     lr: Optional[float] = None
