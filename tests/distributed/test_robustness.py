@@ -130,3 +130,35 @@ def test_hung_rank_times_out_and_one_process_resumes(runs, monkeypatch):
     rows = log_rows(out)
     assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
     assert [r["world_size"] for r in rows] == ["2"] * ck["step"] + ["1"] * (STEPS - ck["step"])
+
+
+def test_rank_zero_dying_is_a_clear_error_on_the_others(runs, monkeypatch, tmp_path):
+    """Rank 0 hosts the rendezvous store and writes the run: when it dies, rank 1 still stops
+    with one clear error line within the timeout (no hang), and the last checkpoint resumes."""
+    monkeypatch.setattr(_launch, "GRACE_S", TIMEOUT_S + 20.0)
+    out = tmp_path / "run"
+    cfg = train_config(runs["data"], out)
+    flags = {k: cfg.pop(k) for k in ("data", "out", "steps", "batch_size", "threads", "checkpoint_every",
+                                     "dist_timeout", "progress")}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    argv = ["train", "--config", str(tmp_path / "cfg.json"), "--data", flags["data"], "--out", str(out),
+            "--steps", str(STEPS), "--batch-size", str(flags["batch_size"]), "--threads", "1",
+            "--checkpoint-every", "0", "--no-progress", "--dist-timeout", str(TIMEOUT_S)]
+
+    res = run_ranks(cli_on_rank, 2, args=(argv,), kwargs={"die_at": 4, "die_rank": 0}, init_group=False,
+                    timeout_s=180, return_exceptions=True)
+    assert isinstance(res[0], RankDied), res[0]
+    code, stdout, stderr, took = res[1]
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert code == 1 and len(lines) == 1, stderr
+    assert lines[0].startswith("error: rank 1 of 2: lost contact with the other ranks"), lines[0]
+    assert took < TIMEOUT_S + 30.0, took
+    assert stdout == ""  # only rank 0 prints
+    ck = last(out)
+    assert ck["step"] == 3 and not ck["finished"], ck["step"]  # rank 0 died before checkpointing step 4
+    # one process resumes it (another world size) and ends as the single-process run
+    res = run_ranks(cli_on_rank, 1, args=(argv,), init_group=False, timeout_s=180)
+    code0, stdout0, stderr0, _ = res[0]
+    assert code0 == 0, stderr0
+    assert f"resuming {out} at step 3 of {STEPS}" in stdout0
+    assert_state_close(last(out), last(runs["one"]))
