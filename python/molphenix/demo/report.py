@@ -164,7 +164,8 @@ def write_report(out: Path, results: Mapping[str, Mapping[str, Any]], plots: Map
     lines.append(f"Baselines: {', '.join(BASELINES)}. Ablations of MolPhenix: "
                  f"{', '.join(ABLATIONS)} (no concentration encoding; no inactive undersampling; "
                  "soft labels from cosine similarity of the inputs, emulated by L2-normalising them "
-                 "with the same soft-positive fraction). `ridge` is a linear anchor (closed-form "
+                 "with the same soft-positive fraction; identity labels, i.e. the S2L loss without "
+                 "soft labels). `ridge` is a linear anchor (closed-form "
                  "ridge regression from Morgan counts x dose to the control-centred phenotype, "
                  "retrieved by cosine; alpha chosen on validation).")
     grid_file = out / "ridge" / "ridge_grid.json"

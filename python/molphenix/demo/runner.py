@@ -2,8 +2,9 @@
 ``report.md``.
 
 Every learned method trains with the frozen defaults of :class:`molphenix.train.TrainConfig`
-(model config ``molphenix-small``: the same heads for every method; the same batch size, learning
-rate schedule, undersampling and samples seen). Only what defines the method differs:
+(model config ``molphenix-small``: the same heads for every method, and the same samples seen;
+each loss's own frozen batch size, learning rate, regularisation and undersampling rate, from
+``molphenix.train.TUNED_DEFAULTS``). Only what defines the method differs:
 
 =============================  ================================================================
 method                         TrainConfig fields changed from the defaults
@@ -16,6 +17,8 @@ method                         TrainConfig fields changed from the defaults
 ``molphenix-no-undersampling`` ``inactive_rate=1.0``
 ``molphenix-cosine-labels``    soft labels from row-normalised inputs (cosine; see
                                :mod:`molphenix.demo._cosine`)
+``molphenix-no-soft-labels``   ``loss_kwargs={"sim_space": "none"}`` (identity labels: the S2L
+                               loss without soft labels; docs/design/training.md)
 ``ridge``                      not trained: :func:`molphenix.baselines.fit_ridge`
 =============================  ================================================================
 
@@ -90,10 +93,12 @@ LEARNED: Dict[str, Dict[str, Any]] = {
     "molphenix-no-conc": {"concentration": "none"},
     "molphenix-no-undersampling": {"inactive_rate": 1.0},
     "molphenix-cosine-labels": {"loss_kwargs": {"unit_u": True}},  # + unit_scale, fitted
+    "molphenix-no-soft-labels": {"loss_kwargs": {"sim_space": "none"}},
 }
 METHODS: Tuple[str, ...] = tuple(LEARNED) + ("ridge",)
 BASELINES = ("clip", "siglip", "cloome", "ridge")
-ABLATIONS = ("molphenix-no-conc", "molphenix-no-undersampling", "molphenix-cosine-labels")
+ABLATIONS = ("molphenix-no-conc", "molphenix-no-undersampling", "molphenix-cosine-labels",
+             "molphenix-no-soft-labels")
 
 
 class _Progress:
