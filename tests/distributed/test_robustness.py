@@ -55,6 +55,18 @@ def cli_on_rank(argv: List[str], die_at: Optional[int] = None, die_rank: int = 1
     return code, out.getvalue(), err.getvalue(), time.monotonic() - t0
 
 
+def train_argv(runs, out: Path, tmp_path: Path) -> List[str]:
+    """``molphenix train`` arguments of the test run into ``out`` (the model and loss settings
+    through a ``--config`` file in ``tmp_path``, the rest as flags; --dist-timeout TIMEOUT_S)."""
+    cfg = train_config(runs["data"], out)
+    flags = {k: cfg.pop(k) for k in ("data", "out", "steps", "batch_size", "threads", "checkpoint_every",
+                                     "dist_timeout", "progress")}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    return ["train", "--config", str(tmp_path / "cfg.json"), "--data", flags["data"], "--out", str(out),
+            "--steps", str(STEPS), "--batch-size", str(flags["batch_size"]), "--threads", "1",
+            "--checkpoint-every", "0", "--no-progress", "--dist-timeout", str(TIMEOUT_S)]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     return reference_runs(tmp_path_factory.getbasetemp())
@@ -64,13 +76,7 @@ def test_dead_rank_is_a_clear_error_and_the_run_resumes(runs, monkeypatch, tmp_p
     # the survivor needs time to report (the launcher kills the others a few seconds after a death)
     monkeypatch.setattr(_launch, "GRACE_S", TIMEOUT_S + 20.0)
     out = tmp_path / "run"
-    cfg = train_config(runs["data"], out)
-    flags = {k: cfg.pop(k) for k in ("data", "out", "steps", "batch_size", "threads", "checkpoint_every",
-                                     "dist_timeout", "progress")}
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    argv = ["train", "--config", str(tmp_path / "cfg.json"), "--data", flags["data"], "--out", str(out),
-            "--steps", str(STEPS), "--batch-size", str(flags["batch_size"]), "--threads", "1",
-            "--checkpoint-every", "0", "--no-progress", "--dist-timeout", str(TIMEOUT_S)]
+    argv = train_argv(runs, out, tmp_path)
 
     res = run_ranks(cli_on_rank, 2, args=(argv,), kwargs={"die_at": 4}, init_group=False,
                     timeout_s=180, return_exceptions=True)
@@ -137,13 +143,7 @@ def test_rank_zero_dying_is_a_clear_error_on_the_others(runs, monkeypatch, tmp_p
     with one clear error line within the timeout (no hang), and the last checkpoint resumes."""
     monkeypatch.setattr(_launch, "GRACE_S", TIMEOUT_S + 20.0)
     out = tmp_path / "run"
-    cfg = train_config(runs["data"], out)
-    flags = {k: cfg.pop(k) for k in ("data", "out", "steps", "batch_size", "threads", "checkpoint_every",
-                                     "dist_timeout", "progress")}
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    argv = ["train", "--config", str(tmp_path / "cfg.json"), "--data", flags["data"], "--out", str(out),
-            "--steps", str(STEPS), "--batch-size", str(flags["batch_size"]), "--threads", "1",
-            "--checkpoint-every", "0", "--no-progress", "--dist-timeout", str(TIMEOUT_S)]
+    argv = train_argv(runs, out, tmp_path)
 
     res = run_ranks(cli_on_rank, 2, args=(argv,), kwargs={"die_at": 4, "die_rank": 0}, init_group=False,
                     timeout_s=180, return_exceptions=True)

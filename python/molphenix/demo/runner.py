@@ -153,8 +153,8 @@ def _train_config(out: Path, method: str, profile: DemoProfile, seed: int, extra
     fields.update(extra)
     # the batch size is the loss's frozen default unless the profile sets one; validation points
     # are spread over the resulting steps
-    steps = TrainConfig(**fields).total_steps
-    return TrainConfig(**fields, eval_every=max(1, steps // max(1, profile.eval_points)))
+    cfg = TrainConfig(**fields)
+    return cfg.replace(eval_every=max(1, cfg.total_steps // max(1, profile.eval_points)))
 
 
 def _unit_scale(ds, seed: int) -> float:

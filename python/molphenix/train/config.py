@@ -38,9 +38,11 @@ DEFAULT_SAMPLES = 256_000
 DEFAULT_LR = 1e-3
 
 #: Per-loss defaults frozen after the validation-split tuning (docs/design/training.md,
-#: scripts/tune_defaults.py, benches/results/tuning-2026-11-28/ and tuning-round{2,3,4}-2026-11-28/). A field left ``None`` in a :class:`TrainConfig` takes the value
-#: here for its loss, else the global default; a ``loss_kwargs`` or ``model_overrides`` entry here
-#: is used unless the config sets the same key (``model_overrides`` only with :data:`TUNED_MODEL`).
+#: scripts/tune_defaults.py, benches/results/tuning-2026-11-28/ and
+#: tuning-round{2,3,4}-2026-11-28/). A field left ``None`` in a :class:`TrainConfig` takes the
+#: value here for its loss, else the global default; a ``loss_kwargs`` or ``model_overrides``
+#: entry here is used unless the config sets the same key (``model_overrides`` only with
+#: :data:`TUNED_MODEL`).
 TUNED_DEFAULTS: Dict[str, Dict[str, Any]] = {
     # round 1: s2l's scale rule from {0.005, 0.02, 0.08}, the baselines' inactive_rate from
     # {0.1, 0.3, 1.0} at lr 1e-3; round 2 (every method): regularisation {dropout 0.3 with
