@@ -1,4 +1,4 @@
-"""Paired comparison of two methods' zero-shot recall on the same queries (issue 7's quality bar).
+"""Paired comparison of two methods' zero-shot recall on the same queries (ratio with a bootstrap interval).
 
 Reads the per-query ranks files (``RUN/ranks.parquet`` written by ``evaluate_run``) of runs
 trained on the same datasets, and reports for one split and query subset the top-K% recall of
@@ -7,11 +7,11 @@ intervals (queries resampled together, so the shared query difficulty cancels), 
 pooled over datasets (resampling within each dataset).
 
 Usage:
-    python scripts/paired_compare.py --runs NAME=DIR [--runs NAME=DIR ...] --a s2l --b clip \
+    python experiments/paired_compare.py --runs NAME=DIR [--runs NAME=DIR ...] --a s2l --b clip \
         [--split unseen_molecules] [--subset active] [--fraction 0.01] [--out FILE.json]
 
 ``DIR`` holds one run directory per method (``DIR/<method>/ranks.parquet`` and ``metrics.json``),
-the layout of ``scripts/quality_check.py``'s ``--work``.
+the layout of ``experiments/quality_check.py``'s ``--work``.
 """
 
 from __future__ import annotations

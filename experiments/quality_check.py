@@ -1,4 +1,4 @@
-"""Zero-shot quality with the FROZEN defaults (issue 7, "Quality, measured and reported honestly").
+"""Zero-shot quality with the FROZEN defaults, on datasets whose test splits were never read.
 
 For each dataset directory, trains every method with ``TrainConfig(loss=method)`` (the per-loss
 defaults of ``molphenix.train.TUNED_DEFAULTS``; nothing is tuned here), evaluates every split with
@@ -7,8 +7,8 @@ defaults of ``molphenix.train.TUNED_DEFAULTS``; nothing is tuned here), evaluate
 the test splits.
 
 Usage:
-    OMP_WAIT_POLICY=PASSIVE python scripts/quality_check.py --data NAME=DIR [--data NAME=DIR ...] \
-        --work /tmp/quality --out benches/results/quality-YYYY-MM-DD --methods s2l,clip --jobs 4
+    OMP_WAIT_POLICY=PASSIVE python experiments/quality_check.py --data NAME=DIR [--data NAME=DIR ...] \
+        --work /tmp/quality --out experiments/results/quality-YYYY-MM-DD --methods s2l,clip --jobs 4
 
 A run directory that already holds a finished run with the same config is reused (``fit`` says
 "already finished"), e.g. the tuning runs of the selected configurations. ``--variant

@@ -1,4 +1,4 @@
-"""Choose the training defaults on the VALIDATION split (issue 7: "Soft-label scale — measure it").
+"""Choose the training defaults on the VALIDATION split (the soft-label scale and the per-loss settings).
 
 Every method gets the same tuning budget (the same number of training runs, the same samples seen,
 the same model config); each run is scored on the ``val`` split only (top-1% recall of active
@@ -6,8 +6,8 @@ queries, match="pair"); the test splits are never read here. Results go to one C
 
 Usage:
     molphenix simulate --out DATA --molecules 1500 --seed 0
-    OMP_WAIT_POLICY=PASSIVE python scripts/tune_defaults.py --data DATA --work /tmp/tune \
-        --out benches/results/tuning-YYYY-MM-DD --jobs 2
+    OMP_WAIT_POLICY=PASSIVE python experiments/tune_defaults.py --data DATA --work /tmp/tune \
+        --out experiments/results/tuning-YYYY-MM-DD --jobs 2
 
 The grid is written in GRID below (and in docs/design/training.md with its numbers).
 """
@@ -136,8 +136,15 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--methods", default=",".join(GRID))
     ap.add_argument("--round", type=int, default=1, choices=(1, 2, 3, 4))
+    ap.add_argument("--samples", type=int, default=None,
+                    help="training samples per run (default: TrainConfig's); a smaller value is a smoke run "
+                         "only, recorded in the CSV's overrides column and not comparable with the tuning")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated METHOD:CONFIG subset of the round's grid (a smoke run)")
     args = ap.parse_args(argv)
     grid = {1: GRID, 2: GRID2, 3: GRID3, 4: GRID4}[args.round]
+    if args.samples is not None:
+        grid = {m: [(n, dict(o, samples=args.samples)) for n, o in runs] for m, runs in grid.items()}
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     # round-robin over methods, so that a run cut short leaves the budgets as equal as possible
@@ -150,6 +157,9 @@ def main(argv=None) -> int:
         with open(csv_path) as fh:
             done = {(r["method"], r["config"]) for r in csv.DictReader(fh)}
     jobs = [j for j in jobs if (j[0], j[1]) not in done]
+    if args.only:
+        keep = set(args.only.split(","))
+        jobs = [j for j in jobs if f"{j[0]}:{j[1]}" in keep]
     log = open(outdir / "tuning.log", "a")
 
     def say(msg: str) -> None:

@@ -5,7 +5,7 @@ Draws every training sample once (no undersampling, replicate-averaged, control-
 target fraction f of all pairs inside the window (sigma fitted as fit_similarity_scale does),
 the fraction of inactive-inactive (ii), active-active (aa) and active-inactive (ai) pairs inside.
 
-Usage: python scripts/soft_label_composition.py DATA_DIR
+Usage: python experiments/soft_label_composition.py DATA_DIR
 """
 import sys
 
