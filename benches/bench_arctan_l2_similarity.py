@@ -14,7 +14,7 @@ and forward + backward. The check (float64 reference, small odd shape) runs firs
 
 from __future__ import annotations
 
-from _harness import open_run, parse_sizes, parser, run_op
+from _harness import open_run, parse_sizes, parser, run_plan
 
 from molphenix.benchmark.cases import ARCTAN
 
@@ -32,8 +32,7 @@ def main(argv=None) -> int:
     cases = expand(parse_sizes(args.sizes or (QUICK if args.quick else DEFAULT), ["N", "M", "E"]))
     run = open_run(args, title="bench_arctan_l2_similarity")
     with run:
-        run_op(run, ARCTAN, cases, args)
-    return 0
+        return run_plan(run, [(ARCTAN, c) for c in cases], args)
 
 
 if __name__ == "__main__":

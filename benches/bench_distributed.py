@@ -1,4 +1,4 @@
-"""Issue 10's benchmark: the global-batch S2L loss over torch.distributed (gloo on localhost).
+"""Benchmark: the global-batch S2L loss over torch.distributed (gloo on localhost).
 
 Two measurements, both on this machine, in one run:
 
@@ -22,17 +22,20 @@ Two measurements, both on this machine, in one run:
           2 processes x 1 thread; interleaved like ``time``. Skipped, with the reason, when
           molphenix.train has no data-parallel step.
 
-The machine is shared: ``uptime`` is recorded before and after every section.
+Rows (the shared harness: appended to the machine's table, raw log beside it): op
+``s2l_distributed_bytes`` (provider ring / allgather; the counted bytes and the formula in
+``notes``, no time), ``s2l_loss_distributed`` and ``train_step_distributed`` (providers
+``1proc-1thread``, ``1proc-2threads``, ``2proc-ring``, ``2proc-allgather``, ``2proc-blocks-only``;
+``threads`` is per process). The machine is shared: ``uptime`` is recorded before and after every
+section and after every round.
 
-    python benches/bench_distributed.py                     # writes benches/results/distributed-<date>/
+    python benches/bench_distributed.py
     python benches/bench_distributed.py --quick --no-save
+    python benches/bench_distributed.py --only time,train --rounds 5 --train-rounds 5
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import datetime
 import os
 import statistics
 import subprocess
@@ -47,6 +50,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # the test launcher: N spawned g
 import torch  # noqa: E402
 
 from distributed._launch import run_ranks  # noqa: E402
+
+from _harness import Row, open_run, parser  # noqa: E402
 
 SCALARS = 136  # bytes of float64 scalars per peer: a 14-value metadata row + 3 sums (8 bytes each)
 
@@ -255,40 +260,49 @@ def _train_single(B, threads, warmup):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes, 1 round, for smoke runs")
+    ap = parser(__doc__.split("\n")[0])
     ap.add_argument("--B", type=int, default=4096, help="global batch of the timing section")
     ap.add_argument("--D", type=int, default=256)
     ap.add_argument("--E", type=int, default=384)
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
-    ap.add_argument("--train-rounds", type=int, default=3, help="interleaved rounds of the train section")
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default --repeats)")
+    ap.add_argument("--train-rounds", type=int, default=None,
+                    help="interleaved rounds of the train section (default --repeats)")
     ap.add_argument("--worlds", default="2,3,4", help="world sizes of the bytes section")
     ap.add_argument("--only", default=None, help="comma-separated subset of bytes,time,train")
-    ap.add_argument("--results-dir", type=Path,
-                    default=HERE / "results" / f"distributed-{datetime.date.today().isoformat()}")
-    ap.add_argument("--no-save", action="store_true", help="print only")
     args = ap.parse_args(argv)
+    if args.device != "cpu":
+        ap.error("--device: this benchmark runs gloo ranks on the CPU")
     only = None if args.only is None else set(args.only.split(","))
+    if only is not None and only - {"bytes", "time", "train"}:
+        ap.error(f"--only: expected some of bytes,time,train, got {args.only!r}")
+    args.rounds = args.rounds or args.repeats
+    args.train_rounds = args.train_rounds or args.repeats
     if args.quick:
         args.B, args.D, args.E, args.rounds, args.train_rounds = 512, 64, 32, 1, 1
 
-    from molphenix.benchmark import _versions, device_name, git_sha
+    run = open_run(args, title="benches/bench_distributed.py", matmul=False)
+    with run:
+        failed = _sections(run, args, only)
+    return 1 if failed else 0
 
-    lines: List[str] = []
-    rows: List[Dict[str, Any]] = []
 
+def _provider(config: str) -> str:
+    """'1 process, 2 thread(s)' -> '1proc-2threads'; '2 processes x 1 thread, ring' -> '2proc-ring'."""
+    if config.startswith("1 process"):
+        return "1proc-2threads" if "2 thread" in config else "1proc-1thread"
+    if "blocks only" in config:
+        return "2proc-blocks-only"
+    return "2proc-allgather" if "allgather" in config else "2proc-ring"
+
+
+def _sections(run, args, only) -> bool:
     def log(msg: str = "") -> None:
         print(msg, flush=True)
-        lines.append(msg)
 
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    log(f"# bench_distributed  {stamp}")
-    log(f"command: python benches/bench_distributed.py {' '.join(argv if argv is not None else sys.argv[1:])}")
-    log(f"machine: {device_name('cpu')}; git {git_sha()}; {_versions()}")
-    log(f"backend: gloo on localhost; every rank OMP_NUM_THREADS=1, torch.set_num_threads(1)")
+    log("backend: gloo on localhost; every rank OMP_NUM_THREADS=1, torch.set_num_threads(1)")
     log(f"uptime (start): {_uptime()}")
     failed = False
+    rows: List[Row] = []
 
     if only is None or "bytes" in only:
         configs = [(1024, 128, 64), (4096, 256, 384), (4096, 256, 0)]
@@ -318,9 +332,13 @@ def main(argv=None) -> int:
                 ratio = (sum(counts) / sum(other)) if mode == "ring" else (sum(other) / sum(counts))
                 log(f"| {W} | {B} | {D} | {E} | {mode} | {counts[0]} | {f['total']} | {f['payload']} | "
                     f"{sum(counts) / 1e6:.3f} | {ratio:.3f} |")
-                rows.append({"section": "bytes", "W": W, "B": B, "D": D, "E": E, "mode": mode,
-                             "threads": 1, "value": counts[0], "formula": f["total"],
-                             "unit": "bytes/rank", "min": min(counts), "max": max(counts)})
+                rows.append(Row(
+                    op="s2l_distributed_bytes", provider=mode, case={"W": W, "B": B, "D": D, "E": E},
+                    dtype="float32", device="cpu", threads=1, warmup=0,
+                    status="ok" if all(c == f["total"] for c in counts) else "CHECK FAILED",
+                    notes=(f"bytes each rank sent for one S2L forward + backward: rank 0 {counts[0]}, "
+                           f"min {min(counts)}, max {max(counts)} over the {W} ranks; formula {f['total']} "
+                           f"(payload {f['payload']}); all ranks {sum(counts)}; no time measured")))
         log(f"uptime (after bytes): {_uptime()}")
 
     if only is None or "time" in only:
@@ -358,9 +376,13 @@ def main(argv=None) -> int:
         for k, v in times.items():
             med = statistics.median(v)
             log(f"| {k} | {med:.3f} | {min(v):.3f} | {max(v):.3f} | {B * B / med:.3e} | {base / med:.2f}x |")
-            rows.append({"section": "time", "W": 2 if k.startswith("2") else 1, "B": B, "D": D, "E": E,
-                         "mode": k, "threads": 2 if "2 thread" in k else 1, "value": med, "formula": "",
-                         "unit": "s (median)", "min": min(v), "max": max(v)})
+            rows.append(Row(
+                op="s2l_loss_distributed", provider=_provider(k),
+                case={"W": 2 if k.startswith("2") else 1, "B": B, "D": D, "E": E}, dtype="float32",
+                device="cpu", threads=2 if "2 thread" in k else 1, warmup=args.warmup, times=list(v),
+                flops=2.0 * B * B * (3 * D + E), work=float(B * B), unit="pairs/s",
+                status="ok" if agree else "CHECK FAILED",
+                notes=f"{k}; loss forward + backward over the global batch; threads per process"))
         log(f"losses agree across configurations (float32, within 1e-4 relative): "
             f"{'yes' if agree else 'no'}")
         log(f"uptime (after time): {_uptime()}")
@@ -393,26 +415,21 @@ def main(argv=None) -> int:
             for k, v in ttimes.items():
                 med = statistics.median(v)
                 log(f"| {k} | {med:.3f} | {min(v):.3f} | {max(v):.3f} | {B / med:.1f} | {base / med:.2f}x |")
-                rows.append({"section": "train", "W": 2 if k.startswith("2") else 1, "B": B, "D": 256,
-                             "E": 384, "mode": k, "threads": 2 if "2 thread" in k else 1, "value": med,
-                             "formula": "", "unit": "s (median)", "min": min(v), "max": max(v)})
+                rows.append(Row(
+                    op="train_step_distributed", provider=_provider(k),
+                    case={"W": 2 if k.startswith("2") else 1, "B": B, "E": 384, "F": 2048,
+                          "model": "molphenix-small", "loss": "s2l"},
+                    dtype="float32", device="cpu", threads=2 if "2 thread" in k else 1, warmup=args.warmup,
+                    times=list(v), work=float(B), unit="samples/s",
+                    notes=f"{k}; one step of molphenix.train's loop body (DDP heads, DistributedLoss, AdamW)"))
             log(f"uptime (after train): {_uptime()}")
 
     log("")
     log(f"uptime (end): {_uptime()}")
     log("status: " + ("FAILED" if failed else "ok"))
-    if not args.no_save:
-        args.results_dir.mkdir(parents=True, exist_ok=True)
-        (args.results_dir / "run.log").write_text("\n".join(lines) + "\n")
-        with open(args.results_dir / "results.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=["timestamp", "git_sha", "section", "W", "B", "D", "E",
-                                               "mode", "threads", "value", "min", "max", "formula",
-                                               "unit"])
-            w.writeheader()
-            for r in rows:
-                w.writerow({"timestamp": stamp, "git_sha": git_sha(), **r})
-        print(f"wrote {args.results_dir}/run.log and results.csv")
-    return 1 if failed else 0
+    for r in rows:
+        run.add(r)
+    return failed
 
 
 if __name__ == "__main__":

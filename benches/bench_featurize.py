@@ -4,8 +4,8 @@
     python benches/bench_featurize.py --quick   # 300 molecules
 
 Providers: morgan (r=2, 2048 counts), maccs, rdkit2d (all 2D descriptors), graph (atom/bond
-features) and morgan_cached (a warm Parquet cache lookup). Rows go to the run's results directory
-(results.csv + run.log) through the shared harness; no memory is measured.
+features) and morgan_cached (a warm Parquet cache lookup). Rows go to the machine's table (raw log
+beside it) through the shared harness; no memory is measured.
 """
 
 from __future__ import annotations

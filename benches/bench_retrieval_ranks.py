@@ -18,7 +18,7 @@ float64 scores (every differing rank lies in the range the scores within the tol
 
 from __future__ import annotations
 
-from _harness import open_run, parse_sizes, parser, run_op
+from _harness import open_run, parse_sizes, parser, run_plan
 
 from molphenix.benchmark.cases import RANKS
 
@@ -31,8 +31,7 @@ def main(argv=None) -> int:
     cases = parse_sizes(args.sizes or (QUICK if args.quick else DEFAULT), ["Q", "N", "D"])
     run = open_run(args, title="bench_retrieval_ranks")
     with run:
-        run_op(run, RANKS, cases, args)
-    return 0
+        return run_plan(run, [(RANKS, c) for c in cases], args)
 
 
 if __name__ == "__main__":

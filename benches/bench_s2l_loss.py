@@ -19,7 +19,7 @@ a disagreement ends the run with exit status 1.
 
 from __future__ import annotations
 
-from _harness import open_run, parse_sizes, parser, run_op
+from _harness import open_run, parse_sizes, parser, run_plan
 
 from molphenix.benchmark.cases import S2L
 
@@ -32,8 +32,7 @@ def main(argv=None) -> int:
     cases = parse_sizes(args.sizes or (QUICK if args.quick else DEFAULT), ["B", "D", "E"])
     run = open_run(args, title="bench_s2l_loss")
     with run:
-        run_op(run, S2L, cases, args)
-    return 0
+        return run_plan(run, [(S2L, c) for c in cases], args)
 
 
 if __name__ == "__main__":

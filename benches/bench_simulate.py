@@ -3,9 +3,9 @@
     python benches/bench_simulate.py            # 10k molecules (~133k wells), E = 384
     python benches/bench_simulate.py --quick    # 1k molecules
 
-Rows (results.csv + run.log in the run's results directory, the shared harness's layout):
+Rows (the shared harness: appended to the machine's table, raw log beside it):
   simulate_cli   the whole default pipeline in a fresh process, exactly as
-                 ``python -m molphenix.data.simulate --out DIR --molecules N`` runs it
+                 ``molphenix simulate --out DIR --molecules N`` runs it
                  (generation + activity calling); peak MB = that process's peak RSS
   simulate       generation + streaming Parquet write (no activity calling)
   load_dataset   memory-mapped, streamed read + validation
@@ -65,8 +65,9 @@ def main(argv=None) -> int:
             times, peak = [], 0
             for _ in range(a.repeats):
                 t0 = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "molphenix.data.simulate", "--out", str(tmp / "cli"),
-                                "--molecules", str(n_mol), "--seed", str(a.seed), "--overwrite"], check=True, env=env,
+                subprocess.run([sys.executable, "-m", "molphenix", "simulate", "--out", str(tmp / "cli"),
+                                "--molecules", str(n_mol), "--seed", str(a.seed), "--overwrite", "--no-progress"],
+                               check=True, env=env,
                                stdout=subprocess.DEVNULL)
                 times.append(time.perf_counter() - t0)
                 peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)

@@ -16,7 +16,7 @@ to near-ties, verified on float64 scores.
 
 from __future__ import annotations
 
-from _harness import open_run, parse_sizes, parser, run_op
+from _harness import open_run, parse_sizes, parser, run_plan
 
 from molphenix.benchmark.cases import TOPK
 
@@ -32,8 +32,7 @@ def main(argv=None) -> int:
              for c in parse_sizes(args.sizes or (QUICK if args.quick else DEFAULT), ["Q", "N", "D"])]
     run = open_run(args, title="bench_topk_retrieve")
     with run:
-        run_op(run, TOPK, cases, args)
-    return 0
+        return run_plan(run, [(TOPK, c) for c in cases], args)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,21 @@
-"""The README's benchmark tables, generated from a committed results directory.
+"""The README's benchmark table, generated from committed benchmark runs.
 
-    python benches/make_tables.py benches/results/<run> [<run> ...]                # print the markdown
-    python benches/make_tables.py benches/results/<run> ... --update README.md     # rewrite the table
-    python benches/make_tables.py benches/results/<run> ... --check README.md      # exit 1 if it differs
+    python benches/make_tables.py RUN [RUN ...]                       # print the markdown
+    python benches/make_tables.py RUN [RUN ...] --update README.md    # rewrite the README's table
+    python benches/make_tables.py --check README.md                   # exit 1 unless it is up to date
 
-Reads each directory's ``results.csv`` (the layout of ``molphenix.benchmark.CSV_FIELDS``); where
-a (op, case, dtype, provider) was measured more than once the latest row wins. The table in
-the README sits between ``<!-- bench-table START -->`` and ``<!-- bench-table END -->``.
+A RUN is the raw log of a CPU run, ``benches/results/<machine>/<start>-<script>.log``, whose rows
+are read from the machine's table ``benches/results/<machine>.csv`` (the rows with the log's
+command and load average, measured after the log's start), or a dated folder holding
+``results.csv`` (a GPU run). Rows use the layout of ``molphenix.benchmark.CSV_FIELDS``; where a
+(op, case, dtype, provider) was measured more than once the latest row wins.
+
+The table sits between ``<!-- bench-table START -->`` and ``<!-- bench-table END -->`` (a second
+one, e.g. the GPU's, between ``<!-- bench-table:gpu START -->`` and its END, with ``--table gpu``);
+the line after START lists the runs it was made from, so ``--check`` regenerates every table of
+the file from the runs it lists.
+Only rows measured on a committed tree are published: a row whose commit is ``-dirty`` or
+unknown stops ``--update`` and ``--check`` (``--allow-dirty`` prints such a table, for history).
 """
 
 from __future__ import annotations
@@ -14,28 +23,89 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
-START, END = "<!-- bench-table START -->", "<!-- bench-table END -->"
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- bench-table START -->", "<!-- bench-table END -->"  # the default table's markers
+MARKER_RE = re.compile(r"<!-- bench-table(?::(\w[\w-]*))? START -->")
+RUNS_RE = re.compile(r"^<!-- runs: (.*) -->$")
 ORDER = ["ours", "naive", "chunked", "faiss"]
 OP_ORDER = ["s2l_loss", "arctan_l2_similarity", "retrieval_ranks", "topk_retrieve"]
 
 
-def load(run_dirs: List[Path]) -> List[Dict[str, str]]:
-    rows = []
-    for d in run_dirs:
-        with (d / "results.csv").open(newline="") as fh:
-            rows += [dict(r, _dir=d.as_posix()) for r in csv.DictReader(fh)]
+class TableError(Exception):
+    """A run cannot be read or may not be published."""
+
+
+def _resolve(p: Path) -> Path:
+    return p if p.is_absolute() or p.exists() else ROOT / p
+
+
+def log_header(path: Path) -> Dict[str, str]:
+    """The first run header of a raw log: start time, command, load average at start, git line."""
+    head: Dict[str, str] = {}
+    with _resolve(path).open() as fh:
+        for i, line in enumerate(fh):
+            if i > 40:
+                break
+            line = line.rstrip("\n")
+            m = re.match(r"^# .+?: (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00)$", line)
+            if m and "start" not in head:
+                head["start"] = m.group(1)
+            elif line.startswith("# command: ") and "command" not in head:
+                head["command"] = line[len("# command: "):]
+            elif line.startswith("# load average at start (1/5/15 min): ") and "load" not in head:
+                head["load"] = line.split(": ", 1)[1]
+    missing = {"start", "command", "load"} - set(head)
+    if missing:
+        raise TableError(f"{path}: not a benchmark log (no {', '.join(sorted(missing))} in its header)")
+    return head
+
+
+def load_run(run: Path) -> List[Dict[str, str]]:
+    """The rows of one run (each with ``_run``: the run's path as given)."""
+    real = _resolve(run)
+    if real.is_dir():
+        csv_path = real / "results.csv"
+        if not csv_path.exists():
+            raise TableError(f"{run}: a run folder must hold results.csv")
+        with csv_path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    else:
+        if not real.exists():
+            raise TableError(f"{run}: no such log or folder")
+        head = log_header(run)
+        table = real.parent.parent / f"{real.parent.name}.csv"
+        if not table.exists():
+            raise TableError(f"{run}: the machine's table {table.name} is not beside its folder")
+        with table.open(newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r["command"] == head["command"]
+                    and r["load_avg_start"] == head["load"] and r["timestamp"] >= head["start"]]
+    if not rows:
+        raise TableError(f"{run}: no rows")
+    return [dict(r, _run=run.as_posix()) for r in rows]
+
+
+def load(runs: List[Path]) -> List[Dict[str, str]]:
+    rows: List[Dict[str, str]] = []
+    for run in runs:
+        rows += load_run(run)
     latest: Dict[tuple, Dict[str, str]] = {}
     rows = sorted(rows, key=lambda r: r["timestamp"])
     keep = [r for r in rows if r["op"] == "matmul"]  # every yardstick measurement stays
     for r in rows:
-        if r["op"] == "matmul":
-            continue
-        latest[(r["op"], r["case"], r["dtype"], r["provider"])] = r
+        if r["op"] != "matmul":
+            latest[(r["op"], r["case"], r["dtype"], r["provider"])] = r
     return keep + list(latest.values())
+
+
+def uncommitted(rows: List[Dict[str, str]]) -> List[str]:
+    """The commits of rows that were not measured on a committed tree."""
+    return sorted({r["git_sha"] or "(none)" for r in rows
+                   if not r["git_sha"] or r["git_sha"].endswith("-dirty") or r["git_sha"] == "unknown"})
 
 
 def _case_text(op: str, case: Dict) -> str:
@@ -57,24 +127,32 @@ def _sec(x: float) -> str:
     return f"{x:.3g}"
 
 
-def table(rows: List[Dict[str, str]]) -> str:
+def _sha(s: str) -> str:
+    base = s[:-len("-dirty")] if s.endswith("-dirty") else s
+    return f"`{base[:7]}`" + ("-dirty" if s.endswith("-dirty") else "")
+
+
+def table(rows: List[Dict[str, str]], runs: List[Path]) -> str:
     mm = sorted((r for r in rows if r["op"] == "matmul"), key=lambda r: r["timestamp"])
     ops = [r for r in rows if r["op"] != "matmul"]
     first = ops[0] if ops else rows[0]
     mem = sorted({r["mem_counted"] for r in ops if r["mem_counted"]})
     stamps = sorted(r["timestamp"] for r in rows)
-    runs: Dict[str, Dict[str, str]] = {}  # one entry per run (its load average at start)
-    for r in sorted(rows, key=lambda r: r["timestamp"]):
-        runs.setdefault(r["load_avg_start"] + r["command"], r)
-    out = [f"{first['device_name']}, {first['threads']} threads for every provider, {first['dtype']}; "
+    shas = sorted({r["git_sha"] for r in rows})
+    out = [f"<!-- runs: {' '.join(r.as_posix() for r in runs)} -->",
+           f"{first['device_name']}, {first['threads']} threads for every provider, {first['dtype']}; "
            f"python {first['python']}, torch {first['torch']}, faiss {first['faiss'] or '-'}, molphenix "
-           f"{first['molphenix']}; measured {stamps[0][:16]}Z to {stamps[-1][:16]}Z; the git commit of each "
-           "row is in the table. Runs (each directory holds `results.csv` and the raw `run.log`):"]
-    out.append("")
-    for r in runs.values():
-        line = (f"- `{r['_dir']}`: `{r['command']}`, started {r['timestamp'][:16]}Z, load average "
-                f"{r['load_avg_start']} (1/5/15 min)")
-        m = [x for x in mm if x["load_avg_start"] + x["command"] == r["load_avg_start"] + r["command"]]
+           f"{first['molphenix']}; measured {stamps[0][:16]}Z to {stamps[-1][:16]}Z on commit "
+           f"{', '.join(_sha(s) for s in shas)}. Runs (the rows are in the machine's table, "
+           "`benches/results/<machine>.csv`; the raw log is the file named):", ""]
+    for run in runs:
+        rr = [r for r in rows if r["_run"] == run.as_posix()]
+        if not rr:
+            continue
+        r = min(rr, key=lambda x: x["timestamp"])
+        line = (f"- `{run.as_posix()}`: `{r['command']}`, load average {r['load_avg_start']} (1/5/15 min) "
+                "at the start")
+        m = [x for x in mm if x["_run"] == run.as_posix()]
         if m:
             line += "; torch.mm " + (m[0]["matmul_case"] or "") + ": " + ", ".join(
                 f"{float(x['gflops']):.0f} GFLOP/s ({'start' if 'start' in x['notes'] else 'end'})" for x in m)
@@ -82,7 +160,8 @@ def table(rows: List[Dict[str, str]]) -> str:
     out.append("")
     out.append("\"% of mm\" compares with torch.mm measured at the start of the same run.")
     out.append("")
-    out.append("| op | case | provider | median s (min–max), warm-up+timed calls | time / ours | GFLOP/s (% of mm) | peak MB | git | status |")
+    out.append("| op | case | provider | median s (min–max), warm-up+timed calls | time / ours | GFLOP/s (% of mm) "
+               "| peak MB | git | status |")
     out.append("|---|---|---|---|---|---|---|---|---|")
     groups: Dict[tuple, List[Dict[str, str]]] = {}
     for r in ops:
@@ -92,7 +171,7 @@ def table(rows: List[Dict[str, str]]) -> str:
         op, case, _ = k
         c = json.loads(case)
         nums = tuple(v for _, v in sorted(c.items()) if isinstance(v, (int, float)) and not isinstance(v, bool))
-        return (OP_ORDER.index(op) if op in OP_ORDER else 99, c.get("pass", ""), str(c.get("threshold")), nums)
+        return (OP_ORDER.index(op) if op in OP_ORDER else 99, op, c.get("pass", ""), str(c.get("threshold")), nums)
 
     for k in sorted(groups, key=gkey):
         op, case, _ = k
@@ -110,8 +189,8 @@ def table(rows: List[Dict[str, str]]) -> str:
                 timing, ratio, gf = "—", "", ""
             mb = f"{float(r['peak_mem_mb']):.0f}" if r["peak_mem_mb"] else "—"
             status = r["status"] if r["status"] != "ok" else ""
-            out.append(f"| `{op}` | {ctext} | {r['provider']} | {timing} | {ratio} | {gf} | {mb} | "
-                       f"`{r['git_sha'][:7]}`{'-dirty' if r['git_sha'].endswith('-dirty') else ''} | {status} |")
+            out.append(f"| `{op}` | {ctext} | {r['provider']} | {timing} | {ratio} | {gf} | {mb} | {_sha(r['git_sha'])} "
+                       f"| {status} |")
     out.append("")
     out.append("Every provider of a case: the same warm-up and number of timed calls, interleaved across the "
                "providers. Peak MB: " + "; ".join(mem) + ". The outputs' own size (gradients, ranks, top-k "
@@ -119,36 +198,98 @@ def table(rows: List[Dict[str, str]]) -> str:
     return "\n".join(out)
 
 
-def main(argv=None) -> int:
+def markers(name: str = "") -> tuple:
+    """The START and END markers of the table called ``name`` ("" is the default table)."""
+    tag = f"bench-table:{name}" if name else "bench-table"
+    return f"<!-- {tag} START -->", f"<!-- {tag} END -->"
+
+
+def tables_in(doc: str) -> List[str]:
+    """The names of the tables in ``doc`` ("" for the default one)."""
+    return [m.group(1) or "" for m in MARKER_RE.finditer(doc)]
+
+
+def _block(doc: str, target: Path, name: str = "") -> tuple:
+    start, end = markers(name)
+    if start not in doc or end not in doc:
+        raise TableError(f"{target}: no {start} ... {end} markers")
+    head, rest = doc.split(start, 1)
+    body, tail = rest.split(end, 1)
+    return head, body, tail
+
+
+def runs_of(doc: str, target: Path, name: str = "") -> List[Path]:
+    """The runs the table ``name`` in ``doc`` says it was made from."""
+    _, body, _ = _block(doc, target, name)
+    lines = body.strip("\n").splitlines()
+    m = RUNS_RE.match(lines[0]) if lines else None
+    if not m or not m.group(1).split():
+        raise TableError(f"{target}: the line after {markers(name)[0]} must be '<!-- runs: RUN ... -->'")
+    return [Path(x) for x in m.group(1).split()]
+
+
+def render(doc: str, target: Path, name: str, runs: List[Path], allow_dirty: bool = False) -> str:
+    """``doc`` with the table ``name`` regenerated from ``runs``."""
+    rows = load(runs)
+    bad = uncommitted(rows)
+    if bad and not allow_dirty:
+        raise TableError(f"rows measured on an uncommitted tree ({', '.join(bad)}): a published table holds "
+                         "only rows of a clean, committed tree (rerun after committing)")
+    head, _, tail = _block(doc, target, name)
+    start, end = markers(name)
+    return head + start + "\n" + table(rows, runs) + "\n" + end + tail
+
+
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dirs", type=Path, nargs="+")
+    ap.add_argument("runs", type=Path, nargs="*", help="raw logs under benches/results/<machine>/ or run folders")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--update", type=Path, help="rewrite the table between the markers in this file")
-    g.add_argument("--check", type=Path, help="exit 1 unless this file's table equals the generated one")
+    g.add_argument("--check", type=Path,
+                   help="exit 1 unless every table in this file equals the one generated from the runs it "
+                        "lists (with RUN ...: only the --table one, from those runs)")
+    ap.add_argument("--table", default="", metavar="NAME",
+                    help="which table: markers <!-- bench-table:NAME START/END --> (default: <!-- bench-table START -->)")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="print a table with rows of uncommitted trees (never with --update or --check)")
     a = ap.parse_args(argv)
-    text = table(load(a.run_dirs))
-    dirs = " ".join(d.as_posix() for d in a.run_dirs)
+    if a.allow_dirty and (a.update or a.check):
+        ap.error("--allow-dirty: only for printing; published tables hold committed rows only")
+    if not a.runs and not a.check:
+        ap.error("give at least one RUN (or --check FILE, which reads them from FILE)")
     target = a.update or a.check
-    if target is None:
-        print(text)
-        return 0
-    doc = target.read_text()
-    if START not in doc or END not in doc:
-        print(f"{target}: no {START} ... {END} markers", file=sys.stderr)
+    try:
+        if target is None:
+            rows = load(a.runs)
+            bad = uncommitted(rows)
+            if bad and not a.allow_dirty:
+                raise TableError(f"rows measured on an uncommitted tree ({', '.join(bad)}); --allow-dirty "
+                                 "prints them (history), a published table may not hold them")
+            print(table(rows, a.runs))
+            return 0
+        doc = _resolve(target).read_text()
+        if a.update:
+            _resolve(target).write_text(render(doc, target, a.table, a.runs))
+            print(f"{target}: table {a.table or '(default)'} regenerated from {' '.join(r.as_posix() for r in a.runs)}")
+            return 0
+        names = [a.table] if a.runs else tables_in(doc)
+        if not names:
+            raise TableError(f"{target}: no bench-table markers")
+        status = 0
+        for name in names:
+            runs = a.runs or runs_of(doc, target, name)
+            listed = " ".join(r.as_posix() for r in runs)
+            if render(doc, target, name, runs) != doc:
+                print(f"{target}: table {name or '(default)'} differs from the one generated from {listed} "
+                      f"(python benches/make_tables.py {listed}{' --table ' + name if name else ''} "
+                      f"--update {target})", file=sys.stderr)
+                status = 1
+            else:
+                print(f"{target}: table {name or '(default)'} matches {listed}")
+        return status
+    except (TableError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
-    head, rest = doc.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = head + START + "\n" + text + "\n" + END + tail
-    if a.check:
-        if new != doc:
-            print(f"{target}: the benchmark table differs from the results in {dirs}", file=sys.stderr)
-            return 1
-        print(f"{target}: the benchmark table matches the results in {dirs}")
-        return 0
-    target.write_text(new)
-    print(f"{target}: table regenerated from the results in {dirs}")
-    return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

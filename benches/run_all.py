@@ -1,8 +1,8 @@
-"""Every op benchmark in one run: one results directory (results.csv + run.log), one torch.mm
-yardstick (measured at the start, and again at the end for the log), the README's cases.
+"""Every op benchmark in one run: the README's cases, one raw log, one torch.mm yardstick
+(measured at the start, and again at the end for the log); rows appended to the machine's table.
 
-    python benches/run_all.py                        # the README's CPU cases (about 15 min on 2 cores)
-    python benches/run_all.py --quick --no-save      # seconds
+    python benches/run_all.py --threads 2 --arctan-threshold 0.75   # the README's CPU cases
+    python benches/run_all.py --quick --no-save                     # seconds
     python benches/run_all.py --only s2l_loss,retrieval_ranks
     python benches/run_all.py --device cuda          # the same cases on a GPU (bf16); see bench_gpu.py
 
@@ -15,10 +15,9 @@ takes tens of seconds) run with ``--big-warmup`` (default 0) warm-up calls for e
 
 from __future__ import annotations
 
-from _harness import CheckFailed, open_run, parser
+from _harness import open_run, parser, run_plan
 from bench_arctan_l2_similarity import expand
 
-from molphenix.benchmark import run_case, run_checks
 from molphenix.benchmark.cases import ARCTAN, RANKS, S2L, TOPK
 
 FULL = [  # (spec, params, big)
@@ -49,28 +48,14 @@ def main(argv=None) -> int:
         plan = [x for x in plan if x[0] is not ARCTAN or x[1]["threshold"] == thr]
     if args.only:
         keep = set(args.only.split(","))
+        unknown = keep - {x[0].op for x in FULL}
+        if unknown:
+            p.error(f"--only: unknown op(s) {', '.join(sorted(unknown))}; expected some of "
+                    f"{', '.join(dict.fromkeys(x[0].op for x in FULL))}")
         plan = [x for x in plan if x[0].op in keep]
-    only = args.providers.split(",") if args.providers else None
     run = open_run(args, title="benches/run_all.py")
-    status = 0
     with run:
-        for spec in dict.fromkeys(s for s, _, _ in plan):
-            try:
-                run_checks(run, spec, dtype=args.dtype, only=only)
-            except CheckFailed as e:
-                print(f"CHECK FAILED: {e}", flush=True)
-                status = 1
-        if status:
-            print("# correctness check failed: nothing timed")
-            return status
-        for spec, params, big in plan:
-            print(flush=True)
-            run_case(run, spec, params, dtype=args.dtype, only=only,
-                     warmup=args.big_warmup if big else args.warmup, repeats=args.repeats,
-                     memory=not args.no_memory, variants=args.variants)
-        print()
-        run.measure_matmul(when="end")  # the log shows the drift
-    return status
+        return run_plan(run, plan, args, big_warmup=args.big_warmup, end_matmul=True)
 
 
 if __name__ == "__main__":
