@@ -98,6 +98,7 @@ def main(argv=None) -> int:
     jobs = [(n, d, m) for n, d in datas for m in args.methods.split(",")]
     say(f"jobs={len(jobs)} variants={json.dumps(variants, sort_keys=True)} load={os.getloadavg()}")
     csv_path = outdir / "quality.csv"
+    failed = 0
     with ThreadPoolExecutor(args.jobs) as ex:
         futs = {ex.submit(run_one, n, d, m, Path(args.work), variants): (n, m) for n, d, m in jobs}
         for f in futs:
@@ -106,6 +107,7 @@ def main(argv=None) -> int:
                 rows = f.result()
             except Exception as exc:
                 say(f"FAILED {n}/{m}: {exc}")
+                failed += 1
                 continue
             new = not csv_path.exists()
             with open(csv_path, "a", newline="") as fh:
@@ -117,7 +119,9 @@ def main(argv=None) -> int:
                 if r["split"] == "unseen_molecules" and r["subset"] == "active":
                     say(f"{n}/{m}: unseen_molecules active top1 {r['top1']:.3f} [{r['top1_lo']:.3f}, "
                         f"{r['top1_hi']:.3f}] chance {r['chance_top1']:.3f} (n={r['n_queries']}) load={os.getloadavg()[0]:.1f}")
-    return 0
+    if failed:
+        say(f"{failed} run(s) FAILED (see above); the others are in the CSV")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -169,6 +169,7 @@ def main(argv=None) -> int:
         log.flush()
 
     say(f"data={args.data} jobs={args.jobs} runs={len(jobs)} load={os.getloadavg()}")
+    failed = 0
     with ThreadPoolExecutor(args.jobs) as ex:
         futs = {ex.submit(run_one, m, n, o, args): (m, n) for m, n, o in jobs}
         for f in futs:
@@ -177,6 +178,7 @@ def main(argv=None) -> int:
                 row = f.result()
             except Exception as exc:  # keep the other runs
                 say(f"FAILED {m}-{n}: {exc}")
+                failed += 1
                 continue
             new = not csv_path.exists()
             with open(csv_path, "a", newline="") as fh:
@@ -187,7 +189,9 @@ def main(argv=None) -> int:
             say(f"{m}-{n}: val active top1 best={row['best_active_top1']:.3f} last={row['last_active_top1']:.3f} "
                 f"all top1 best={row['best_all_top1']:.3f} soft_pos={row['soft_pos_frac']} train {row['train_s']} s "
                 f"load={os.getloadavg()[0]:.1f}")
-    return 0
+    if failed:
+        say(f"{failed} run(s) FAILED (see above); the others are in the CSV")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
