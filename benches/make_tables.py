@@ -249,7 +249,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="exit 1 unless every table in this file equals the one generated from the runs it "
                         "lists (with RUN ...: only the --table one, from those runs)")
     ap.add_argument("--table", default="", metavar="NAME",
-                    help="which table: markers <!-- bench-table:NAME START/END --> (default: <!-- bench-table START -->)")
+                    help="which table: markers <!-- bench-table:NAME START/END --> "
+                         "(default: <!-- bench-table START -->)")
     ap.add_argument("--allow-dirty", action="store_true",
                     help="print a table with rows of uncommitted trees (never with --update or --check)")
     a = ap.parse_args(argv)
