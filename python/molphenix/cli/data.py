@@ -1,4 +1,5 @@
-"""``molphenix simulate`` and ``molphenix call-activity``: the data layer's commands.
+"""``molphenix simulate`` and ``molphenix call-activity``: the data layer's commands
+(``molphenix import-profiles`` lives in :mod:`molphenix.cli.profiles` and is registered here too).
 
 Registered on the app by :func:`register`; errors follow :mod:`molphenix.cli._errors`
 (``error: --flag: message``). ``python -m molphenix.data.simulate ...`` runs the same
@@ -130,8 +131,11 @@ def call_activity_command(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``simulate`` and ``call-activity`` to ``app``."""
+    """Add ``simulate``, ``call-activity`` and ``import-profiles`` to ``app``."""
+    from molphenix.cli.profiles import register as register_profiles
+
     app.command("simulate", help="Simulate a paired phenomic/molecular dataset (offline, seeded) into --out.")(
         simulate_command)
     app.command("call-activity", help="Activity p-values of a dataset's (molecule, concentration) samples.")(
         call_activity_command)
+    register_profiles(app)

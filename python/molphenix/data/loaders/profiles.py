@@ -72,6 +72,23 @@ _NONFINITE = ("drop", "fail")
 _TRUE, _FALSE = "\x00true", "\x00false"
 
 
+_OPTION_REF = re.compile(r"<<(\w+)(?:=(\w+))?>>")
+
+
+def _render(template: str, names: Mapping[str, str] | None) -> str:
+    """Fill ``<<option>>`` / ``<<option=value>>`` references: as Python parameters
+    (``where``, ``nonfinite='drop'``) or, given ``names`` (option -> flag), as flags
+    (``--where``, ``--nonfinite drop``)."""
+    def sub(m: re.Match) -> str:
+        opt, val = m.group(1), m.group(2)
+        if names is None:
+            return f"{opt}={val!r}" if val else opt
+        flag = names.get(opt, opt)
+        return f"{flag} {val}" if val else flag
+
+    return _OPTION_REF.sub(sub, template)
+
+
 class ProfileImportError(SchemaError):
     """An import that cannot go on: bad options, missing columns or bad data.
 
@@ -79,16 +96,42 @@ class ProfileImportError(SchemaError):
         option: The :func:`load_profiles` parameter at fault (``"smiles_column"``, ...), or None.
         usage: True when the options are wrong (the CLI exits 2), False for bad data (exit 1).
         missing: For missing columns: ``[(column, option), ...]``, every one of them.
+        template: The message with its references to options left open (see :meth:`message`).
     """
 
     def __init__(self, message: str, *, option: str | None = None, usage: bool = False,
                  table: str = "profiles", column: str | None = None, row: int | None = None,
                  missing: Sequence[tuple[str, str]] = ()):
-        super().__init__(table, column, row, message)
+        super().__init__(table, column, row, _render(message, None))
         self.option = option
         self.usage = usage
         self.missing = list(missing)
-        self.detail = message
+        self.template = message
+
+    @property
+    def located(self) -> bool:
+        """Whether the message points at a file, column or row (not just at an option)."""
+        return self.table != "profiles" or self.column is not None or self.row is not None
+
+    def message(self, names: Mapping[str, str] | None = None, *, location: bool = True) -> str:
+        """The message, with options named as in ``names`` (e.g. the CLI's flags).
+
+        Args:
+            names: option -> how to call it (default: the Python parameter names).
+            location: Prefix the table (file), column and row as ``str(error)`` does.
+
+        Returns:
+            One line.
+        """
+        text = _render(self.template, names)
+        if not location:
+            return text
+        where = f"{self.table}"
+        if self.column is not None:
+            where += f", column {self.column!r}"
+        if self.row is not None:
+            where += f", row {self.row}"
+        return f"{where}: {text}"
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -430,7 +473,7 @@ def build_from_table(
                 f1, r1 = origin.where(i)
                 raise ProfileImportError(
                     f"molecule id {m!r} has two structures: {smiles[first[1]]!r} ({f0} row {r0}) and "
-                    f"{smiles[i]!r}; hint: fix the table, or leave out molecule_column to group wells "
+                    f"{smiles[i]!r}; hint: fix the table, or leave out <<molecule_column>> to group wells "
                     f"by structure (InChIKey)", table=f1, column=molecule_column, row=r1)
             ids = struct_ids.setdefault(k, [])
             if m not in ids:
@@ -500,10 +543,10 @@ def build_from_table(
             f0, r0 = origin.where(j)
             f1, r1 = origin.where(i)
             hint = ("hint: if the table holds several conditions (time points, cell lines, ...), give "
-                    "dataset_column so each is its own dataset, or keep one with where; if it holds one "
+                    "<<dataset_column>> so each is its own dataset, or keep one with <<where>>; if it holds one "
                     "row per site or per cell, aggregate it to one row per well first")
             if well_column is None and not well_id_columns:
-                hint = "hint: give well_column (and plate_column) so that wells are identified"
+                hint = "hint: give <<well_column>> (and <<plate_column>>) so that wells are identified"
             raise ProfileImportError(f"duplicate well id {w!r} (from {' + '.join(id_cols)}), first at {f0} row {r0}; {hint}",
                                      table=f1, column=(well_id_columns or [well_column])[-1], row=r1)
 
@@ -541,13 +584,13 @@ def build_from_table(
             raise ProfileImportError(
                 f"{len(not_num)} column(s) chosen as features are not numeric: "
                 + ", ".join(f"{c!r} ({table.schema.field(c).type})" for c in not_num[:5])
-                + ("" if features is not None else "; give features (a regular expression) to choose the features"),
+                + ("" if features is not None else "; choose the features with <<features>> (a regular expression)"),
                 option="features", usage=True)
         chosen = matched
     if not chosen:
         raise ProfileImportError(
             ("no column matches the default feature rule (names starting Cells_, Cytoplasm_ or Nuclei_, "
-             "or embedding names such as emb_12); give features (a regular expression)")
+             "or embedding names such as emb_12); choose the features with <<features>> (a regular expression)")
             if features is None else f"no column matches {features!r}", option="features", usage=True)
     chosen_set = set(chosen)
     left_out = [c for c in numeric if c not in chosen_set and c not in role_columns]
@@ -566,7 +609,7 @@ def build_from_table(
         f, fr = origin.where(rows[r])
         raise ProfileImportError(
             f"non-finite feature value {mat[r, j]} ({len(bad_cols)} feature column(s) have NaN/Inf values); "
-            "hint: nonfinite='drop' drops those columns", table=f, column=chosen[j], row=fr)
+            "hint: <<nonfinite=drop>> drops those columns", table=f, column=chosen[j], row=fr)
     if len(bad_cols) and nonfinite == "drop":
         for j in bad_cols:
             dropped[chosen[j]] = f"{int((~finite[:, j]).sum())} non-finite values"
@@ -589,7 +632,7 @@ def build_from_table(
         if nonfinite == "fail":
             raise ProfileImportError(
                 f"{len(zm)} feature column(s) have a median absolute deviation of 0 over some plate's "
-                f"control wells, so robust-z divides by epsilon: {_short_list(zm)}; hint: nonfinite='drop' "
+                f"control wells, so robust-z divides by epsilon: {_short_list(zm)}; hint: <<nonfinite=drop>> "
                 "drops them", option="normalize")
         if nonfinite == "drop":
             for c in zm:
@@ -1012,6 +1055,9 @@ def write_dataset_atomic(ds: Dataset, out: str | os.PathLike, *, overwrite: bool
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     old = None
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; give the directory the usual mode
         save_dataset(ds, tmp, overwrite=True)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
