@@ -504,3 +504,46 @@ def test_loader_presets_share_the_machinery(fixtures_dir):
 
 def test_schema_error_is_a_schema_error():
     assert issubclass(ProfileImportError, SchemaError)
+
+
+# --------------------------------------------------------------------------- invariants
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SMILES_POOL = [s for _, s in DRUGS[:4]] + ["OC(=O)C1=CC=CC=C1OC(C)=O", "", None, "C1CC((", "xyz"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from(_SMILES_POOL),
+                          st.sampled_from([None, -1.0, 0.0, 0.5, 2.0, float("nan")])), min_size=2, max_size=40))
+def test_every_row_is_imported_or_counted(rows):
+    rows = [(True, DMSO_SMILES, None)] + rows  # at least one control: a dataset is never empty
+    n = len(rows)
+    t = pa.table({
+        "Metadata_Plate": ["P"] * n,
+        "Metadata_Well": [f"W{i}" for i in range(n)],
+        "ctrl": pa.array([r[0] for r in rows], pa.bool_()),
+        "Metadata_SMILES": [r[1] for r in rows],
+        "dose": pa.array([r[2] for r in rows], pa.float64()),
+        "Cells_A": np.arange(n, dtype=np.float64),
+    })
+    usable = [not c and s in _SMILES_POOL[:5] and d is not None and d > 0 for c, s, d in rows]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opts = dict(smiles_column="Metadata_SMILES", control_column="ctrl", control_values=["true"],
+                    dose_column="dose", plate_column="Metadata_Plate", well_column="Metadata_Well")
+        if not any(usable):  # only controls left: nothing to learn from, a clear error
+            with pytest.raises(ProfileImportError, match="no treated wells left"):
+                load_profiles(t, **opts)
+            return
+        ds = load_profiles(t, **opts)
+    assert ds.n_wells - int(ds.control_mask().sum()) == sum(usable)
+    rep = ds.meta["loader_report"]
+    skipped = rep["treated_without_smiles"] + rep["treated_invalid_smiles"] + rep["treated_without_dose"]
+    assert ds.n_wells + skipped == n
+    assert rep["control_wells"] == sum(r[0] for r in rows) == int(ds.control_mask().sum())
+    mols = ds.wells.column("molecule_id").to_pylist()
+    assert all((m is None) == c for m, c in zip(mols, ds.control_mask()))
+    # two spellings of aspirin are one molecule
+    assert ds.molecules.num_rows == len({m for m in mols if m is not None}) <= 4

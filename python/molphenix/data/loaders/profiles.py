@@ -500,11 +500,11 @@ def build_from_table(
         report[available[1]] = int((usable & ~ok).sum())
         usable &= ok
     rows = np.flatnonzero(usable)
-    if len(rows) == 0:
-        raise ProfileImportError("no wells left to import (see the skip counts: "
-                                 + ", ".join(f"{k}={v}" for k, v in report.items()) + ")")
     report["control_wells"] = int(is_control[rows].sum())
     report["treated_wells"] = int(len(rows) - report["control_wells"])
+    if report["treated_wells"] == 0:
+        what = "wells" if len(rows) == 0 else "treated wells"
+        raise ProfileImportError(f"no {what} left to import (" + ", ".join(f"{k}={v}" for k, v in report.items()) + ")")
 
     # ---- plate / well / ids
     def required_texts(col: str, option: str) -> list[str | None]:
@@ -781,6 +781,8 @@ def profiles_command(files: Sequence[Any], out: str | os.PathLike | None = None,
             argv += [fl, str(v)]
             for cv in options.get("control_values") or ():
                 argv += ["--control-value", str(cv)]
+        elif key == "features" and v is not None and not isinstance(v, str):
+            argv += [fl, "^(?:" + "|".join(re.escape(c) for c in v) + ")$"]  # an explicit list as a regex
         elif v is not None:
             argv += [fl, str(v)]
     for col, vals in (options.get("where") or {}).items():
