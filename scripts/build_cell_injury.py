@@ -60,7 +60,10 @@ def find_source(explicit: str | None = None) -> Path | None:
 
 def build(source: Path, out: Path) -> int:
     """Run the import into ``out`` (a new directory named ``cell_injury``)."""
-    sys.path.insert(0, str(ROOT / "python"))
+    try:
+        import molphenix  # noqa: F401 - installed, or on PYTHONPATH
+    except ImportError:
+        sys.path.insert(0, str(ROOT / "python"))
     from molphenix.cli.main import main
 
     return main(["import-profiles", *[str(source / f) for f in FILES], *IMPORT_ARGS, "--out", str(out)])
