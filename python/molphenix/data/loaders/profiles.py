@@ -616,7 +616,7 @@ def build_from_table(
         good = finite.all(0)
         mat = mat[:, good]
         chosen = [c for c, g in zip(chosen, good) if g]
-        _warn_if_empty(chosen, "every feature column has NaN/Inf values")
+        _require_features(chosen, "every feature column has NaN/Inf values")
     report["nonfinite_feature_columns"] = int(len(bad_cols)) if nonfinite != "keep" else 0
 
     # ---- normalization, per plate against its controls
@@ -639,7 +639,7 @@ def build_from_table(
                 dropped[c] = "MAD 0 over some plate's controls"
             x = x[:, ~norm.zero_mad]
             chosen = [c for c, z in zip(chosen, norm.zero_mad) if not z]
-            _warn_if_empty(chosen, "every feature column has a control MAD of 0 on some plate")
+            _require_features(chosen, "every feature column has a control MAD of 0 on some plate")
         report["zero_mad_feature_columns"] = len(zm)
     x = np.ascontiguousarray(x, dtype=np.float32)
 
@@ -682,7 +682,7 @@ def build_from_table(
     return BuildResult(ds, report, chosen, left_out, dropped, merged, norm.info)
 
 
-def _warn_if_empty(chosen: list[str], why: str) -> None:
+def _require_features(chosen: list[str], why: str) -> None:
     if not chosen:
         raise ProfileImportError(why, option="features")
 
