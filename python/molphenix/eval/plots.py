@@ -37,7 +37,7 @@ def _figure(ncols: int = 1, size: Tuple[float, float] = (6.0, 4.0)):
 
 
 def _save(fig, path: PathLike) -> Path:
-    from .io import atomic_write
+    from molphenix._atomic import atomic_write
 
     fig.tight_layout()
     return atomic_write(path, lambda f: fig.savefig(f, format="png"))

@@ -78,7 +78,7 @@ class RunFinished(str):
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from molphenix.eval.io import atomic_write_bytes
+    from molphenix._atomic import atomic_write_bytes
 
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
@@ -216,7 +216,7 @@ def _truncate_log(path: Path, step: int) -> None:
             break
         if s <= step:
             keep.append(line[:-1] + pad + "\n" if pad else line)
-    from molphenix.eval.io import atomic_write_bytes
+    from molphenix._atomic import atomic_write_bytes
 
     atomic_write_bytes(path, "".join(keep).encode())
 
