@@ -5,7 +5,7 @@
 
 Rows (results.csv + run.log in the run's results directory, the shared harness's layout):
   simulate_cli   the whole default pipeline in a fresh process, exactly as
-                 ``python -m molphenix.data.simulate --out DIR --molecules N`` runs it
+                 ``python -m molphenix simulate --out DIR --molecules N`` runs it
                  (generation + activity calling); peak MB = that process's peak RSS
   simulate       generation + streaming Parquet write (no activity calling)
   load_dataset   memory-mapped, streamed read + validation
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
             times, peak = [], 0
             for _ in range(a.repeats):
                 t0 = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "molphenix.data.simulate", "--out", str(tmp / "cli"),
+                subprocess.run([sys.executable, "-m", "molphenix", "simulate", "--out", str(tmp / "cli"),
                                 "--molecules", str(n_mol), "--seed", str(a.seed), "--overwrite"], check=True, env=env,
                                stdout=subprocess.DEVNULL)
                 times.append(time.perf_counter() - t0)

@@ -2,8 +2,7 @@
 (``molphenix import-profiles`` lives in :mod:`molphenix.cli.profiles` and is registered here too).
 
 Registered on the app by :func:`register`; errors follow :mod:`molphenix.cli._errors`
-(``error: --flag: message``). ``python -m molphenix.data.simulate ...`` runs the same
-``molphenix simulate`` command.
+(``error: --flag: message``).
 """
 
 from __future__ import annotations
