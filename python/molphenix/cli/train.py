@@ -123,7 +123,7 @@ def evaluate_command(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed.", callback=non_negative_int),
 ) -> None:
     """Zero-shot retrieval metrics of a run on its saved splits; writes RUN/metrics.json."""
-    from molphenix.eval.run import evaluate_run
+    from molphenix.train import evaluate_run
 
     if match not in ("pair", "molecule"):
         usage_error("--match", f"must be pair or molecule, got {match!r}")

@@ -14,9 +14,11 @@ from . import normalize
 from .loaders import ProfileImportError, import_profiles, load_jump, load_profiles, load_rxrx3_core
 from .preprocess import (
     TVN,
+    ControlMeans,
     average_replicates,
     center_by_controls,
     fit_tvn,
+    normalize_wells,
     typical_variation_normalize,
 )
 from .sampling import ReplicateSampler
@@ -25,6 +27,7 @@ from .simulator import SimulatorConfig, simulate
 from .splits import SPLIT_NAMES, Splits, make_splits, scaffold_of
 
 __all__ = [
+    "ControlMeans",
     "DataFileError",
     "Dataset",
     "DEFAULT_CUTOFF",
@@ -51,6 +54,7 @@ __all__ = [
     "load_rxrx3_core",
     "make_splits",
     "normalize",
+    "normalize_wells",
     "roc_auc",
     "save_calls",
     "save_dataset",

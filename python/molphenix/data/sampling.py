@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from .._warnings import external_stacklevel
 from .activity import DEFAULT_CUTOFF
-from .preprocess import control_statistics, encode_labels, fit_tvn
+from .preprocess import normalize_wells
 
 __all__ = ["ReplicateSampler", "SampleBatch", "shard_bounds"]
 
@@ -155,23 +155,9 @@ class ReplicateSampler:
         if rows.size == 0:
             raise ValueError("wells: no treated wells selected")
 
-        x = dataset.phenomic_matrix()
-        if normalize is None:
-            self._x = np.ascontiguousarray(x[rows], dtype=np.float32)
-        else:
-            # centre only the selected rows (memory: one copy of them, not of the whole matrix)
-            codes, names = encode_labels(w.column("batch").to_numpy(zero_copy_only=False))
-            sums, _sq, counts = control_statistics(x, codes, is_control, len(names))
-            need = np.unique(codes[rows])
-            bad = need[counts[need] == 0]
-            if bad.size:
-                raise ValueError(f"batch {str(names[bad[0]])!r} has no control wells; cannot centre its wells")
-            mean = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-            self._x = x[rows] - mean[codes[rows]]
-            if normalize == "tvn":
-                ctrl = np.flatnonzero(is_control)
-                tvn = fit_tvn(x[ctrl] - mean[codes[ctrl]])
-                self._x = tvn.transform(self._x)
+        # center (and whiten) only the selected rows: one copy of them, not of the whole matrix
+        self._x = normalize_wells(dataset.phenomic_matrix(), w.column("batch").to_numpy(zero_copy_only=False),
+                                  is_control, rows, normalize=normalize)
 
         mol = w.column("molecule_id").take(pa.array(rows)).to_pylist()
         conc = w.column("concentration_um").take(pa.array(rows)).to_numpy(zero_copy_only=False)

@@ -1,6 +1,6 @@
 """The demo's glue to trained runs: their split's queries, molecule embeddings, recall curves.
 
-(Metrics come from :func:`molphenix.eval.run.evaluate_run`; :func:`evaluate_trained` is the same
+(Metrics come from :func:`molphenix.train.evaluate_run`; :func:`evaluate_trained` is the same
 recipe in memory, for callers that do not want files written.)"""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _run_calls(run: Path, dataset) -> Any:
 def split_inputs(run: Path, dataset, tm, name: str) -> Optional[Dict[str, Any]]:
     """The run's queries of split ``name`` (its saved split and calls), or None if empty."""
     from molphenix.data import Splits
-    from molphenix.train.loop import split_queries
+    from molphenix.eval.queries import split_queries
 
     splits = Splits.load(run / "split.parquet", dataset)
     rows = splits.indices(name)

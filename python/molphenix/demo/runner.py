@@ -159,21 +159,21 @@ def _train_config(out: Path, method: str, profile: DemoProfile, seed: int, extra
 
 def _unit_scale(ds, seed: int) -> float:
     """unit_scale of the cosine-label ablation, fitted on the training split's inputs."""
-    from molphenix.baselines._splits import centred_wells, split_queries
-    from molphenix.data import make_splits
+    from molphenix.data import center_by_controls, make_splits
+    from molphenix.eval.queries import split_queries
     from molphenix.train import DEFAULT_SOFT_POSITIVE_FRACTION, TrainConfig
 
     from ._cosine import fit_unit_scale
 
     splits = make_splits(ds, seed=TrainConfig().split_seed)
-    q = split_queries(ds, splits, "train", ds.calls, centred=centred_wells(ds))
+    centered = center_by_controls(ds.phenomic_matrix(), ds.column("batch"), ds.control_mask())
+    q = split_queries(ds, splits.indices("train"), ds.calls, centered=centered)
     return fit_unit_scale(q["x"], DEFAULT_SOFT_POSITIVE_FRACTION, seed=seed)
 
 
 def _train_and_evaluate(out: Path, method: str, ds, profile: DemoProfile, seed: int, say) -> Dict[str, Any]:
     from molphenix.eval import read_metrics
-    from molphenix.eval.run import evaluate_run
-    from molphenix.train import fit
+    from molphenix.train import evaluate_run, fit
 
     from ._cosine import unit_s2l_loss_available
 

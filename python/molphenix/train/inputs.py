@@ -1,16 +1,16 @@
-"""What training, evaluation and :func:`~molphenix.train.load_run` share: the phenomic
-preprocessing, the molecular featurizer of a run, and the dataset fingerprint.
+"""What training, evaluation and :func:`~molphenix.train.load_run` share: the molecular
+featurizer of a run and the dataset fingerprint.
 
 The phenomic contract (the same for every consumer of a run):
 
-1. **Centre** every well on the mean of the control wells of its own batch (float64 sums,
-   float32 means and difference: exactly the arithmetic of
-   :class:`~molphenix.data.ReplicateSampler`); with ``normalize="tvn"`` then whiten with a TVN
-   fitted on the centred controls; ``"none"`` leaves the embeddings as they are.
+1. **Center** every well on the mean of the control wells of its own batch, optionally
+   TVN-whiten (:func:`molphenix.data.normalize_wells`, the arithmetic of
+   :class:`~molphenix.data.ReplicateSampler`; ``TrainConfig.normalize``).
 2. **Average** replicate wells per (molecule, concentration) (training: random subsets; queries
    at evaluation: all replicates).
 3. **Scale**: the model sees ``x / input_scale`` (the RMS per dimension of the sampled training
-   inputs, a constant of the run); the similarity inputs of S2L/CWCL are ``u = x / sigma``.
+   inputs, a constant of the run); the similarity inputs of S2L/CWCL are ``u = x / sigma``
+   (``sigma``, the run's similarity scale, is stored as ``run.json``'s ``sigma``).
 """
 
 from __future__ import annotations
@@ -22,71 +22,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 __all__ = [
-    "centre_wells",
     "MolFeatures",
+    "MolTable",
     "dataset_fingerprint",
     "FINGERPRINT_METHOD",
 ]
-
-
-# --------------------------------------------------------------------------- phenomic
-
-
-def centre_wells(
-    x: np.ndarray,
-    batches: Any,
-    is_control: Any,
-    rows: Optional[np.ndarray] = None,
-    *,
-    normalize: str = "center",
-) -> np.ndarray:
-    """Control-centre (optionally TVN-whiten) wells, as the training sampler does.
-
-    Args:
-        x: Raw phenomic embeddings [N, E] (all wells: the controls define the centres).
-        batches: Batch label per well [N].
-        is_control: bool [N].
-        rows: Rows to return (default: all).
-        normalize: ``"center"``, ``"tvn"`` or ``"none"``.
-
-    Returns:
-        float32 [len(rows), E] (TVN: [len(rows), k]).
-
-    Raises:
-        ValueError: a batch of the requested rows has no control wells (the batch is named);
-            shapes disagree; unknown ``normalize``.
-    """
-    from molphenix.data.preprocess import control_statistics, encode_labels, fit_tvn
-
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"wells: expected phenomic embeddings [N, E], got shape {x.shape}")
-    n = x.shape[0]
-    if normalize not in ("center", "tvn", "none", None):
-        raise ValueError(f"normalize: expected 'center', 'tvn' or 'none', got {normalize!r}")
-    rows = np.arange(n) if rows is None else np.asarray(rows)
-    if normalize in ("none", None):
-        return np.ascontiguousarray(x[rows], dtype=np.float32)
-    if batches is None or is_control is None:
-        raise ValueError("batches: control centring needs the batch label and the control mask of every well")
-    batches = np.asarray(batches, dtype=object)
-    is_control = np.asarray(is_control, dtype=bool)
-    if batches.shape != (n,) or is_control.shape != (n,):
-        raise ValueError(f"batches / is_control: expected {n} entries (one per well), got "
-                         f"{batches.shape[0] if batches.ndim else 0} / {is_control.shape[0] if is_control.ndim else 0}")
-    codes, names = encode_labels(batches)
-    sums, _sq, counts = control_statistics(x, codes, is_control, len(names))
-    need = np.unique(codes[rows])
-    bad = need[counts[need] == 0]
-    if bad.size:
-        raise ValueError(f"batch {str(names[bad[0]])!r} has no control wells; cannot centre its wells")
-    mean = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-    out = x[rows].astype(np.float32, copy=False) - mean[codes[rows]]
-    if normalize == "tvn":
-        ctrl = np.flatnonzero(is_control)
-        tvn = fit_tvn(x[ctrl].astype(np.float32, copy=False) - mean[codes[ctrl]])
-        out = tvn.transform(out)
-    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- molecules

@@ -55,7 +55,7 @@ from .._warnings import external_stacklevel
 from ._dist import RankFailure
 from .checkpoint import CHECKPOINT_FORMAT, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig
-from .inputs import MolFeatures, MolTable, centre_wells, dataset_fingerprint
+from .inputs import MolFeatures, MolTable, dataset_fingerprint
 
 __all__ = ["fit", "LOG_COLUMNS", "RunFinished"]
 
@@ -635,8 +635,9 @@ class _Trainer:
         rows = splits.indices("val")
         if rows.size == 0:
             return None
-        q = split_queries(ds, rows, calls, normalize=self.cfg.normalize, p_cutoff=self.cfg.p_cutoff)
-        return q
+        from molphenix.eval.queries import split_queries
+
+        return split_queries(ds, rows, calls, normalize=self.cfg.normalize, p_cutoff=self.cfg.p_cutoff)
 
     # ------------------------------------------------------------------ the loop
     def _batches(self, epoch: int, batch: int) -> Iterator[Tuple[int, int, Any]]:
@@ -826,6 +827,8 @@ class _Trainer:
 
         from molphenix.eval import evaluate_embeddings, fraction_key
 
+        from .embed import embed_molecule_rows, embed_wells_prepared
+
         v = self.val
         self.model.eval()
         with torch.no_grad():
@@ -902,74 +905,3 @@ def _is_comm_error(exc: BaseException) -> bool:
 
 def _fmt(v: Any) -> str:
     return "" if v is None else f"{float(v):.6g}"
-
-
-# --------------------------------------------------------------------------- shared with eval / load_run
-
-
-def split_queries(ds: Any, rows: np.ndarray, calls: Any, *, normalize: str, p_cutoff: float) -> Dict[str, Any]:
-    """Replicate-averaged, control-centred queries per (molecule, concentration) of some wells.
-
-    Args:
-        ds: The dataset.
-        rows: Treated well rows (e.g. ``splits.indices("val")``).
-        calls: Activity calls (a sample without a call counts as inactive).
-        normalize: The run's phenomic preprocessing.
-        p_cutoff: ``active = p < p_cutoff``.
-
-    Returns:
-        dict ``x`` float32 [G, E], ``molecule`` object [G], ``concentration`` float64 [G],
-        ``active`` bool [G], ``n_wells`` int64 [G] (sorted by key).
-    """
-    from molphenix.eval import average_queries
-
-    x = centre_wells(ds.phenomic_matrix(), ds.column("batch"), ds.control_mask(), rows, normalize=normalize)
-    mol = ds.wells.column("molecule_id").take(rows).to_pylist()
-    conc = ds.wells.column("concentration_um").take(rows).to_numpy(zero_copy_only=False)
-    q = average_queries(x, mol, conc)
-    q["active"] = lookup_active(calls, q["molecule"], q["concentration"], p_cutoff)
-    return q
-
-
-def lookup_active(calls: Any, molecule: Any, concentration: Any, p_cutoff: float) -> np.ndarray:
-    """``p_value < p_cutoff`` of each (molecule, concentration) in ``calls`` (False if absent)."""
-    if calls is None:
-        return np.zeros(len(molecule), dtype=bool)
-    from molphenix.eval import concentration_key
-
-    cm = calls.column("molecule_id").to_pylist()
-    cc = calls.column("concentration_um").to_numpy(zero_copy_only=False)
-    cp = calls.column("p_value").to_numpy(zero_copy_only=False)
-    table = {(m, concentration_key(c)): float(p) for m, c, p in zip(cm, cc, cp)}
-    return np.asarray([table.get((m, concentration_key(c)), 1.0) < p_cutoff
-                       for m, c in zip(molecule, concentration)], dtype=bool)
-
-
-def embed_wells_prepared(model: Any, x: np.ndarray, input_scale: float, device: Any,
-                         chunk: int = 8192) -> Any:
-    """Model embeddings of already preprocessed (centred, averaged) phenomic rows [N, E] -> [N, D]."""
-    import torch
-
-    outs = []
-    for s in range(0, x.shape[0], chunk):
-        xb = torch.as_tensor(np.ascontiguousarray(x[s : s + chunk]), dtype=torch.float32, device=device)
-        outs.append(model.encode_wells(xb / input_scale).float())
-    if not outs:
-        return torch.zeros(0, model.config.embed_dim)
-    return torch.cat(outs)
-
-
-def embed_molecule_rows(model: Any, mols: MolTable, rows: np.ndarray, conc: np.ndarray, device: Any,
-                        chunk: int = 8192) -> Any:
-    """Model embeddings of (molecule row, concentration) pairs -> [N, D]."""
-    import torch
-
-    outs = []
-    conc = np.asarray(conc, dtype=np.float32)
-    for s in range(0, len(rows), chunk):
-        mb = mols.batch(rows[s : s + chunk], device)
-        cb = torch.from_numpy(np.ascontiguousarray(conc[s : s + chunk])).to(device)
-        outs.append(model.encode_molecules(mb, cb).float())
-    if not outs:
-        return torch.zeros(0, model.config.embed_dim)
-    return torch.cat(outs)

@@ -13,7 +13,8 @@ from torch import nn
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .inputs import MolFeatures, centre_wells
+from .embed import embed_molecule_rows, embed_wells_prepared
+from .inputs import MolFeatures
 
 __all__ = ["TrainedModel", "load_run"]
 
@@ -152,8 +153,6 @@ class TrainedModel(nn.Module):
             ValueError: wrong width; missing batches/is_control; a batch without controls
                 (named); NaN/Inf inputs.
         """
-        from .loop import embed_wells_prepared
-
         if hasattr(wells, "phenomic_matrix") and hasattr(wells, "wells"):
             x = wells.phenomic_matrix()
             batches, is_control = wells.column("batch"), wells.control_mask()
@@ -166,7 +165,9 @@ class TrainedModel(nn.Module):
         if not np.isfinite(x).all():
             raise ValueError(f"wells: row {int(np.flatnonzero(~np.isfinite(x).all(1))[0])} holds NaN/Inf")
         if not preprocessed:
-            x = centre_wells(x, batches, is_control, normalize=self.normalize)
+            from molphenix.data import normalize_wells
+
+            x = normalize_wells(x, batches, is_control, normalize=self.normalize)
         if x.shape[1] != self.model.config.phenomic_dim:
             raise ValueError(f"wells: expected {self.model.config.phenomic_dim} columns (the run's "
                              f"phenomic width), got {x.shape[1]}")
@@ -200,7 +201,6 @@ class TrainedModel(nn.Module):
 
     def _embed_pairs(self, smiles: Sequence[str], conc: np.ndarray, table: Any, batch_size: int = 8192) -> torch.Tensor:
         from .inputs import MolTable
-        from .loop import embed_molecule_rows
 
         mt = MolTable(self.features, smiles, table)
         return embed_molecule_rows(self.model, mt, np.arange(len(smiles)), conc, self.device, chunk=batch_size)
