@@ -30,7 +30,7 @@ def collect() -> Dict[str, Any]:
 
     import molphenix
     from molphenix import _ext
-    from molphenix.ops import _common
+    from molphenix.ops import why_no_kernel
 
     info: Dict[str, Any] = {
         "molphenix": molphenix.__version__,
@@ -62,7 +62,7 @@ def collect() -> Dict[str, Any]:
         row = {}
         for dev, dtype in (("cpu", torch.float32), ("cuda", torch.bfloat16)):
             why = ("the extension is not importable (see above)" if no_ext
-                   else _common._why_no_kernel(torch.device(dev), dtype))
+                   else why_no_kernel(torch.device(dev), dtype))
             if dev == "cuda" and why is None and not torch.cuda.is_available():
                 why = "no CUDA device visible to torch"
             row[dev] = dev if why is None else f"reference ({why})"

@@ -22,7 +22,7 @@ process per provider) like every other case.
   and cosine order them alike.
 * :data:`FINITE_CHECK`: only the NaN/Inf scan of the candidate matrix that the ops'
   argument checks run on every ``topk_retrieve`` / ``retrieval_ranks`` call
-  (:func:`molphenix.ops._common.check_finite`), at the index's size: the part of a search that
+  (:func:`molphenix.ops.check_finite`), at the index's size: the part of a search that
   does not depend on Q or k.
 """
 
@@ -425,15 +425,15 @@ class _FiniteCheckSpec:
         return None
 
     def build(self, params, device="cpu", dtype="float32", threads=1, only=None, variants=False):
-        from molphenix.ops import _common as C
+        from molphenix.ops import check_finite
 
         N, D = params["N"], params["D"]
         cand = _ours_index(N, D, params.get("seed", 0)).embeddings
         case = Case(op=self.op, sizes={"N": N, "D": D}, dtype=dtype, work=float(N) * D * 4 / 1e9, unit="GB/s")
         out = []
         if _want("ours", only):
-            out.append(Provider("ours", lambda: C.check_finite(cand, "candidates"),
-                                notes="molphenix.ops._common.check_finite(candidates): the scan that "
+            out.append(Provider("ours", lambda: check_finite(cand, "candidates"),
+                                notes="molphenix.ops.check_finite(candidates): the scan that "
                                       "topk_retrieve / retrieval_ranks run on every call"))
         if _want("torch-isfinite", only):
             out.append(Provider("torch-isfinite", lambda: bool(torch.isfinite(cand).all()),
@@ -445,13 +445,13 @@ class _FiniteCheckSpec:
         return case, out
 
     def check(self, device="cpu", dtype="float32", threads=1, only=None) -> Iterator[str]:
-        from molphenix.ops import _common as C
+        from molphenix.ops import check_finite
 
         x = torch.zeros(3000, 64)
-        C.check_finite(x, "x")
+        check_finite(x, "x")
         x[2999, 63] = float("nan")
         try:
-            C.check_finite(x, "x")
+            check_finite(x, "x")
         except ValueError:
             yield "check_finite: accepts a finite matrix, rejects one NaN"
             return
