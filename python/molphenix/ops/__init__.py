@@ -13,9 +13,9 @@ from molphenix.ops.s2l_loss import s2l_loss, siglip_loss
 #   reference       the pure-torch twins of the kernels (molphenix.ops._reference, same signatures)
 #   why_no_kernel   (device, dtype) -> None when a compiled kernel can run there, else the reason
 #   check_finite    the NaN/Inf scan every op runs on its inputs (ValueError naming the argument)
-from molphenix.ops import _reference as reference
-from molphenix.ops._common import _why_no_kernel as why_no_kernel
-from molphenix.ops._common import check_finite
+from molphenix.ops import _reference as reference  # noqa: F401
+from molphenix.ops._common import _why_no_kernel as why_no_kernel  # noqa: F401
+from molphenix.ops._common import check_finite  # noqa: F401
 
 __all__ = [
     "arctan_l2_similarity",

@@ -74,8 +74,6 @@ RUNTIME_KEYS = ("data", "out", "overwrite", "progress", "checkpoint_every", "dev
                 "dist_timeout")
 
 _NORMALIZE = ("center", "tvn", "none")
-#: Losses that can take similarity inputs u (and so read ``soft_positive_fraction``).
-_USES_SIMILARITY_INPUTS = ("s2l", "cwcl")
 _DEVICES = ("cpu", "cuda")
 
 
@@ -89,7 +87,8 @@ class TrainConfig:
         model: Model config name (:func:`molphenix.nn.list_models`) or a JSON config path.
         model_overrides: :class:`~molphenix.nn.ModelConfig` fields replacing the named
             config's (``phenomic_dim``, ``molecular_dim`` and ``doses`` come from the data).
-        loss: Loss name (:data:`molphenix.losses.LOSSES`).
+        loss: Loss name (:data:`molphenix.losses.LOSSES`, or any registered with
+            :func:`molphenix.losses.register_loss`).
         loss_kwargs: Keyword arguments of :func:`molphenix.losses.create_loss`.
         mol_input: Molecular input: ``"morgan"`` (Morgan count fingerprint from SMILES),
             ``"rdkit2d"``, ``"maccs"``, ``"graph"`` or ``"column:<name>"`` (a precomputed
@@ -332,7 +331,7 @@ class TrainConfig:
         """The fields that define what a run computes (everything but :data:`RUNTIME_KEYS`;
         ``soft_positive_fraction`` only for losses that read it)."""
         d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
-        if self.loss not in _USES_SIMILARITY_INPUTS:  # the field has no effect on such a run
+        if not _uses_similarity_inputs(self.loss):  # the field has no effect on such a run
             d.pop("soft_positive_fraction", None)
         return d
 
@@ -345,6 +344,17 @@ class TrainConfig:
         """Identity fields whose values differ: ``{field: (self's, other's)}``."""
         a, b = self.identity(), other.identity()
         return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _uses_similarity_inputs(loss: str) -> bool:
+    """Whether the registered loss ``loss`` can read similarity inputs (and so
+    ``soft_positive_fraction``); False for an unknown name."""
+    from molphenix.losses import loss_entry
+
+    try:
+        return loss_entry(loss).uses_similarity_inputs
+    except ValueError:
+        return False
 
 
 def _int(v: Any, name: str, lo: Optional[int]) -> int:
