@@ -1,13 +1,12 @@
-"""Benchmarked pipeline stages (issue 7, "Performance"): a training step, an evaluation, an index
-search. Same protocol as :mod:`molphenix.benchmark.cases` (``build``, ``check``, ``small``,
+"""Benchmarked pipeline stages: a training step, an evaluation, an index search (the performance
+targets of the training and retrieval pipeline). Same protocol as :mod:`molphenix.benchmark.cases` (``build``, ``check``, ``small``,
 ``memory_estimate``; providers ``naive`` / ``ours`` / ``ours-<mode>`` / ``faiss``), so the harness
 in :mod:`molphenix.benchmark` times them (interleaved repeats) and measures their memory (a fresh
 process per provider) like every other case.
 
 * :data:`TRAIN_STEP`: one optimisation step of ``molphenix-small`` (E phenomic inputs, F Morgan
   bits, log10+sigmoid dose encoding) with the ``s2l`` loss in the input similarity space, the way
-  :mod:`molphenix.train` takes it: forward of both encoders, loss (with its soft-positive
-  statistic), backward, gradient-norm clip at 1, AdamW step, clamp of t and b. ``u`` is scaled by
+  :mod:`molphenix.train` takes it: forward of both encoders, loss, backward, gradient-norm clip at 1, AdamW step, clamp of t and b. ``u`` is scaled by
   :func:`molphenix.losses.fit_similarity_scale` to the training default soft-positive fraction.
   ``naive``: the loss with ``backend="reference"``; ``ours``: the compiled ops. The encoders are
   the same torch code in both. Work: samples/s.

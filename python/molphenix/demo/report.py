@@ -115,7 +115,7 @@ def metrics_table(results: Mapping[str, Mapping[str, Any]], split: str, *,
 
 
 def _quality_lines(results: Mapping[str, Mapping[str, Any]]) -> List[str]:
-    """The issue's checks on unseen molecules (active top-1%), reported as measured."""
+    """The acceptance checks on unseen molecules (active top-1%), reported as measured."""
     def get(m):
         return results.get(m, {}).get("unseen_molecules", {}).get("active", {})
 
@@ -136,7 +136,7 @@ def _quality_lines(results: Mapping[str, Mapping[str, Any]]) -> List[str]:
     if clip:
         checks.append(f"MolPhenix at least 0.9x CLIP: **{'yes' if s2l['top1'] >= 0.9 * clip else 'no'}** "
                       f"({s2l['top1'] / clip:.2f}x)")
-    lines += ["", "Checks of issue 7 on this run: " + "; ".join(checks) + "."]
+    lines += ["", "Acceptance checks on this run: " + "; ".join(checks) + "."]
     return lines
 
 

@@ -75,8 +75,8 @@ class DemoProfile:
     sim_overrides: Dict[str, Any] = field(default_factory=dict)
 
 
-#: ``default`` and ``quick`` are sized for the issue's time limits on 2 CPU cores; ``tiny`` is for
-#: tests. Timings: benches/bench_demo.py, log in benches/results/demo-cpu-x86_64-2c.log. The
+#: ``default`` and ``quick`` are sized for the demo's time limits (10 and 2 minutes) on 2 CPU
+#: cores; ``tiny`` is for tests. Timings: benches/bench_demo.py, log in benches/results/demo-cpu-x86_64-2c.log. The
 #: default's 131,072 samples (512 steps of 256) are about half the tuning budget (256,000; the
 #: validation recall of the tuning runs peaked at 300-600 steps), at about half the time limit.
 PROFILES: Dict[str, DemoProfile] = {
