@@ -2,10 +2,10 @@
 
 The statistic (documented in docs/design/data.md):
 
-1. Per dataset, every well is centred on the mean of the control wells of its own batch
+1. Per dataset, every well is centered on the mean of the control wells of its own batch
    (control wells on the mean of the *other* controls of their batch: leave-one-out).
 2. The control wells of each batch are split at random into a *fit* half and a *null* half.
-   A TVN whitening (PCA on the centred fit-half controls, eigenvalue ridge ``eps``) is fitted
+   A TVN whitening (PCA on the centered fit-half controls, eigenvalue ridge ``eps``) is fitted
    per dataset. Fitting and null wells are disjoint, so the null is out-of-sample exactly as
    the treated wells are.
 3. For a (molecule, concentration) sample with n replicate wells (across batches), the
@@ -152,7 +152,7 @@ def call_activity(
         rows_d = np.flatnonzero(ds_codes[treated] == d)
         if rows_d.size == 0:
             continue
-        # per-sample sums of centred wells, indexed locally to this dataset's samples;
+        # per-sample sums of centered wells, indexed locally to this dataset's samples;
         # float32 accumulators (sums of a handful of wells) keep this at n_samples_d x E x 4 B
         nd_all = np.bincount(sample_of[rows_d], minlength=n_s)
         touched = np.flatnonzero(nd_all)

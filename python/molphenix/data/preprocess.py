@@ -3,7 +3,7 @@ and replicate averaging.
 
 Control centering subtracts, from every well, the mean of the control wells of its own batch
 (optionally dividing by their per-dimension standard deviation). TVN then whitens with a PCA
-fitted on the centred control wells: ``w = (x - 0) V diag(1 / sqrt(λ + ε·mean(λ)))`` — control
+fitted on the centered control wells: ``w = (x - 0) V diag(1 / sqrt(λ + ε·mean(λ)))`` — control
 variation becomes isotropic, so a distance measures departure from typical (control) variation.
 """
 
@@ -303,7 +303,7 @@ class TVN:
     """A fitted typical-variation normalisation (PCA whitening on control wells).
 
     Attributes:
-        mean: [E] mean of the fitting controls (≈0 after centring).
+        mean: [E] mean of the fitting controls (≈0 after centering).
         components: [E, k] principal axes (columns).
         scale: [k] 1 / sqrt(λ + ε·mean λ).
     """
@@ -333,7 +333,7 @@ class TVN:
 
 
 def fit_tvn(controls: np.ndarray, *, eps: float = 0.05, n_components: int | None = None) -> TVN:
-    """Fit a PCA whitening on (centred) control wells.
+    """Fit a PCA whitening on (centered) control wells.
 
     Args:
         controls: Control embeddings [n, E], n >= 2.
@@ -369,13 +369,13 @@ def typical_variation_normalize(
     eps: float = 0.05,
     n_components: int | None = None,
 ) -> tuple[np.ndarray, TVN | None]:
-    """Per-batch control centring followed by optional PCA whitening fitted on the controls.
+    """Per-batch control centering followed by optional PCA whitening fitted on the controls.
 
     Args:
         x: Embeddings [N, E].
         batches: Batch label per well [N].
         is_control: bool [N].
-        whiten: Apply TVN whitening after centring.
+        whiten: Apply TVN whitening after centering.
         eps: Eigenvalue ridge (see :func:`fit_tvn`).
         n_components: Components kept (default all that the controls support).
 
@@ -386,11 +386,11 @@ def typical_variation_normalize(
     Raises:
         ValueError: a batch without controls; fewer than 2 controls in total.
     """
-    centred = center_by_controls(x, batches, is_control)
+    centered = center_by_controls(x, batches, is_control)
     if not whiten:
-        return centred, None
-    tvn = fit_tvn(centred[np.asarray(is_control, bool)], eps=eps, n_components=n_components)
-    return tvn.transform(centred), tvn
+        return centered, None
+    tvn = fit_tvn(centered[np.asarray(is_control, bool)], eps=eps, n_components=n_components)
+    return tvn.transform(centered), tvn
 
 
 def average_replicates(x: np.ndarray, keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

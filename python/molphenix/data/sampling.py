@@ -4,7 +4,7 @@ Each epoch, :class:`ReplicateSampler` keeps every *active* sample (p < ``p_cutof
 *inactive* sample (p >= ``p_cutoff``) with probability ``inactive_rate`` (undersampling), shuffles
 them, and for every drawn sample averages a random subset of its replicate wells (size uniform
 in [``min_average``, min(``max_average``, n_wells)]; the wells sit in different batches, so the
-average mixes batches). Embeddings are control-centred per batch (optionally TVN-whitened) once,
+average mixes batches). Embeddings are control-centered per batch (optionally TVN-whitened) once,
 up front.
 """
 
@@ -96,7 +96,7 @@ class ReplicateSampler:
             undersampling, 0 = actives only).
         min_average, max_average: Replicate-subset size range (``max_average=None``: all).
         batch_size: Samples per batch.
-        normalize: ``"center"`` (per-batch control centring), ``"tvn"`` (centring + TVN
+        normalize: ``"center"`` (per-batch control centering), ``"tvn"`` (centering + TVN
             whitening fitted on the controls) or ``None`` (raw embeddings).
         drop_last: Drop the final incomplete batch.
         seed: Seed; epoch e draws its samples from the stream (seed, e) and averages batch b's

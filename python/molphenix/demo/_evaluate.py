@@ -46,7 +46,7 @@ def evaluate_trained(run: str | Path, dataset, *, n_bootstrap: int = 1000, seed:
                      ) -> Tuple[Dict[str, Any], Any]:
     """Metrics of a run's best checkpoint on every evaluation split its data can form.
 
-    Every split: queries are the split's control-centred wells averaged per (molecule,
+    Every split: queries are the split's control-centered wells averaged per (molecule,
     concentration); candidates are the split's (molecule, concentration) pairs; ``match="pair"``.
 
     Returns:

@@ -24,7 +24,7 @@ def fit_similarity_scale(x: Any, target_fraction: float, c: float = ARCTAN_C, th
     ``u`` by ``sigma`` before the loss (``S2LLoss`` / ``CWCLLoss`` with ``sim_space="input"``).
 
     Args:
-        x: Rows defining similarity (e.g. the control-centred training wells), array-like
+        x: Rows defining similarity (e.g. the control-centered training wells), array-like
             (numpy, a CPU torch tensor, lists).
         target_fraction: Desired fraction of soft-positive random pairs, in (0, 1).
         c: arctan width (> 0).

@@ -50,7 +50,7 @@ class ModelConfig:
             ``concentration`` contains ``onehot``; the trainer fills it from the data).
         onehot_unknown: ``"nearest"`` (a dose outside the set is encoded as the nearest dose
             in log10 space) or ``"zero"`` (an all-zero one-hot).
-        sigmoid_centers: Centres of the sigmoid bank in log10 µM.
+        sigmoid_centers: Centers of the sigmoid bank in log10 µM.
         sigmoid_slope: Slope of every sigmoid of the bank, per log10 unit (> 0).
         mpnn_hidden: Node width of the message-passing network (graph input).
         mpnn_rounds: Message-passing rounds (>= 1).
@@ -129,7 +129,7 @@ class ModelConfig:
         self.sigmoid_centers = _check_float_list(self.sigmoid_centers, "sigmoid_centers")
         if "sigmoid" in kinds and not self.sigmoid_centers:
             raise ValueError("sigmoid_centers: the 'sigmoid' concentration encoding needs at "
-                             "least one centre")
+                             "least one center")
         if not _check_float(self.sigmoid_slope, "sigmoid_slope") > 0.0:
             raise ValueError(f"sigmoid_slope: must be > 0, got {self.sigmoid_slope!r}")
         _check_choice(self.mpnn_pool, "mpnn_pool", POOLING_KINDS)

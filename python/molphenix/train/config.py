@@ -121,8 +121,8 @@ class TrainConfig:
             loss's :data:`TUNED_DEFAULTS` entry).
         min_average, max_average: Replicate-subset size range of the random averaging
             (``max_average=None``: up to all replicates).
-        normalize: Phenomic preprocessing: ``"center"`` (per-batch control centring),
-            ``"tvn"`` (centring + TVN whitening on the controls) or ``"none"``.
+        normalize: Phenomic preprocessing: ``"center"`` (per-batch control centering),
+            ``"tvn"`` (centering + TVN whitening on the controls) or ``"none"``.
         soft_positive_fraction: For losses that need similarity inputs u (s2l with
             ``sim_space="input"``, cwcl): the fraction of random pairs of training inputs
             inside the soft-label window; sigma is fitted once to reach it

@@ -3,7 +3,7 @@
 For every evaluation split present in the run's ``split.parquet`` (``val``, ``unseen_wells``,
 ``unseen_molecules``, ``unseen_dataset``; a split without wells is omitted):
 
-* queries: the split's treated wells, control-centred per batch exactly as in training, averaged
+* queries: the split's treated wells, control-centered per batch exactly as in training, averaged
   over all replicates per (molecule, concentration), embedded by the phenomic head;
 * candidates (``match="pair"``): every (molecule, concentration) of the split, embedded by the
   molecular head at that concentration; (``match="molecule"``): one row per molecule of the

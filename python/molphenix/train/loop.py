@@ -96,7 +96,7 @@ def fit(config: TrainConfig | Dict[str, Any] | str | os.PathLike, *,
 
     The run trains on the ``train`` split: every step draws ``batch_size`` (molecule,
     concentration) samples with inactive undersampling and random replicate averaging
-    (:class:`~molphenix.data.ReplicateSampler`), embeds the control-centred phenomic input and
+    (:class:`~molphenix.data.ReplicateSampler`), embeds the control-centered phenomic input and
     the featurized molecule at its concentration, and takes an AdamW step on the contrastive
     loss (linear warm-up, cosine decay, gradient clipping). Every ``eval_every`` steps and at
     the end it computes the top-``eval_fraction`` recall of the ``val`` split (active queries;

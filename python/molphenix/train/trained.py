@@ -73,11 +73,11 @@ def load_run(path: str | os.PathLike, checkpoint: str = "best", *, device: str |
 class TrainedModel(nn.Module):
     """A trained MolPhenix model with the preprocessing of its run.
 
-    The phenomic contract (``embed_wells``): raw well embeddings are centred per batch on the
+    The phenomic contract (``embed_wells``): raw well embeddings are centered per batch on the
     mean of that batch's control wells (``normalize="center"``; ``"tvn"`` also whitens with a
     TVN fitted on those controls), exactly as in training, then divided by the run's
-    ``input_scale`` and embedded. Pass ``preprocessed=True`` for rows that are already centred
-    (e.g. replicate averages of centred wells, as evaluation queries are).
+    ``input_scale`` and embedded. Pass ``preprocessed=True`` for rows that are already centered
+    (e.g. replicate averages of centered wells, as evaluation queries are).
 
     The molecular contract (``embed_molecules``): SMILES are featurized with the run's
     featurizer (``run.json``'s ``features``) and embedded at the given concentrations (µM).
@@ -124,7 +124,7 @@ class TrainedModel(nn.Module):
         return list(self.meta.get("doses") or [])
 
     def forward(self, x: torch.Tensor, mol: Any, conc_um: torch.Tensor):
-        """The underlying model on prepared inputs: centred ``x`` [B, E] (not yet scaled),
+        """The underlying model on prepared inputs: centered ``x`` [B, E] (not yet scaled),
         molecular features [B, F] (or a GraphBatch) and concentrations [B] -> (p, q) [B, D]."""
         return self.model(x / self.input_scale, mol, conc_um)
 
@@ -138,9 +138,9 @@ class TrainedModel(nn.Module):
             wells: Raw phenomic embeddings [N, E] (numpy or torch), or a
                 :class:`molphenix.data.Dataset` (its batches and control mask are used).
             batches: Batch label per row [N] (required unless ``preprocessed`` or a Dataset).
-            is_control: bool [N], the control wells that define each batch's centre (required
+            is_control: bool [N], the control wells that define each batch's center (required
                 unless ``preprocessed`` or a Dataset). Every batch present needs controls.
-            preprocessed: The rows are already centred (and averaged): skip the centring.
+            preprocessed: The rows are already centered (and averaged): skip the centering.
             batch_size: Rows per forward pass.
 
         Returns:
