@@ -86,7 +86,7 @@ def test_rows_and_precisions_of_the_one_centering():
     with pytest.raises(ValueError, match="precision"):
         center_by_controls(x, b, c, precision="float16")
     with pytest.raises(ValueError, match="normalize"):
-        normalize_wells(x, b, c, normalize="center")
+        normalize_wells(x, b, c, normalize="zscore")
 
 
 def test_normalize_wells_checks_only_the_batches_it_returns():
