@@ -34,7 +34,7 @@ LEVELS: Dict[str, int] = {
     "train": 4,
     "eval": 3,
     "nn": 2, "losses": 2, "retrieval": 2, "distributed": 2,
-    "ops": 1,
+    "ops": 1, "datasets": 1,
     "data": 0,
     # root-level private helpers (shared by design) and the extension
     "_atomic": -1, "_ext": -1, "_options": -1, "_similarity": -1, "_version": -1, "_warnings": -1,

@@ -316,11 +316,11 @@ def load_dataset(
     """
     root = Path(path)
     if not root.is_dir():
-        from molphenix import datasets as _bundled
+        from . import bundled
 
-        if str(path).replace("_", "-") not in _bundled.names():
+        if str(path).replace("_", "-") not in bundled.names():
             raise FileNotFoundError(f"dataset directory not found: {root}")
-        root = _bundled.path(str(path))
+        root = bundled.path(str(path))
     for f in (WELLS_FILE, MOLECULES_FILE):
         if not (root / f).exists():
             raise FileNotFoundError(f"{root / f} is missing")

@@ -14,7 +14,8 @@ Each is a dataset directory inside the installed package (read-only; load it, or
 before changing it). Nothing is downloaded. ``molphenix.data.load_dataset("cell-injury")``
 finds a bundled dataset by name when no directory of that name exists.
 
-This module imports nothing from the rest of molphenix.
+The name lookup is :mod:`molphenix.data.bundled` (the data layer finds bundled datasets by name
+without importing this package); this package adds the files and :func:`load`.
 """
 
 from __future__ import annotations
@@ -22,40 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from molphenix.data.bundled import names, path
+
 __all__ = ["cell_injury_path", "load", "names", "path"]
-
-_HERE = Path(__file__).resolve().parent
-#: bundled name -> directory inside this package
-_BUNDLED = {"cell-injury": "cell_injury"}
-
-
-def names() -> list[str]:
-    """Names of the bundled datasets."""
-    return sorted(_BUNDLED)
-
-
-def path(name: str) -> Path:
-    """Directory of a bundled dataset.
-
-    Args:
-        name: A name from :func:`names` (``"cell-injury"``; ``cell_injury`` is accepted too).
-
-    Returns:
-        The dataset directory (``wells.parquet``, ``molecules.parquet``, ``meta.json``, plus the
-        dataset's ``README.md`` and ``NOTICE``).
-
-    Raises:
-        ValueError: an unknown name (the message lists the known ones).
-        FileNotFoundError: the package was installed without its data files.
-    """
-    key = str(name).replace("_", "-")
-    if key not in _BUNDLED:
-        raise ValueError(f"no bundled dataset {name!r}; bundled: {', '.join(names())}")
-    root = _HERE / _BUNDLED[key]
-    if not (root / "wells.parquet").is_file():
-        raise FileNotFoundError(f"{root / 'wells.parquet'} is missing: this molphenix was installed without its "
-                                "bundled data files")
-    return root
 
 
 def cell_injury_path() -> Path:
