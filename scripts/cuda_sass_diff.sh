@@ -8,11 +8,12 @@
 # compares them kernel by kernel. Normalised before comparing: instruction addresses (`/*0a30*/`)
 # are dropped, each instruction is joined with its two 64-bit encoding words (opcode, operands and
 # the scheduling control bits: stall counts, barriers, reuse flags), and nvcc's per-file name of
-# the anonymous namespace (`_GLOBAL__N__<hash>_<len>_<file>_cu_<hash>`, which carries a hash that
+# the anonymous namespace (`<len>_GLOBAL__N__<hash>_<file>_cu_<hash>`, which carries hashes that
 # may change with the file) becomes `_GLOBAL__N_`. Branch targets are offsets inside the kernel
 # and are kept. A kernel is `identical` when its normalised SASS text and encodings and its
 # resource usage are the same; `same-text` when only encoding words differ (control bits);
-# `DIFFERS` otherwise. A kernel present on one side only is `ONLY-BEFORE` / `ONLY-AFTER`.
+# `DIFFERS` otherwise, with `ops same` when the two have the same multiset of opcodes (the same
+# instructions, scheduled or register-allocated differently) or `ops +N/-M` instructions. A kernel present on one side only is `ONLY-BEFORE` / `ONLY-AFTER`.
 #
 #   scripts/cuda_sass_diff.sh BEFORE_BUILD AFTER_BUILD [OUT_DIR]
 #
@@ -57,12 +58,16 @@ exec "$py" - "$cuobjdump" "${CXXFILT:-c++filt}" "$before" "$after" "$out" <<'PY'
 import difflib, os, re, subprocess, sys
 
 cuobjdump, cxxfilt, before, after, out = sys.argv[1:6]
-ANON = re.compile(r"\d+_GLOBAL__N__[0-9a-f]+_\d+_[A-Za-z0-9_]*?_cu_[0-9a-f]{8}")
-
-
 def norm_name(s):
-    # The mangled length prefix goes with the hashed name: `_GLOBAL__N_` keeps the demangler happy.
-    return ANON.sub("11_GLOBAL__N_", s)
+    # nvcc names the anonymous namespace <len>_GLOBAL__N__<hash>_<file>_<hash>[_<n>]; the mangled
+    # length says where the name ends. `11_GLOBAL__N_` keeps the demangler happy.
+    res, pos = [], 0
+    for m in re.finditer(r"(\d+)(_GLOBAL__N__)", s):
+        if m.start() < pos:
+            continue
+        res += [s[pos:m.start()], "11_GLOBAL__N_"]
+        pos = m.start(2) + int(m.group(1))
+    return "".join(res + [s[pos:]])
 
 
 def objects(build):
@@ -136,6 +141,14 @@ def demangle(names):
     return {n: d + "  [" + n.split("@")[1] + "]" for n, d in zip(names, dem)}
 
 
+def opcodes(lines):
+    h = {}
+    for x in lines:
+        t = re.sub(r"^@!?U?P\w+\s+", "", x.split(" | ")[0]).split(" ")[0]
+        h[t] = h.get(t, 0) + 1
+    return h
+
+
 def short(sig):
     sig = sig.replace("molphenix::cuda::", "").replace("(anonymous namespace)::", "")
     sig = sig.replace("detail::", "")
@@ -164,6 +177,13 @@ for rel in sorted(set(ob) | set(oa)):
         else:
             st = "DIFFERS"
         ni = "%s/%s" % (len(sb.get(n, [])), len(sa.get(n, [])))
+        if st in ("DIFFERS", "same-text") and n in sb and n in sa:
+            # Opcode histogram (predicate guards and operands dropped): the same multiset of
+            # instructions in another order / with other registers, or how many were added/removed.
+            hb, ha = opcodes(sb[n]), opcodes(sa[n])
+            add = sum(max(0, ha[k] - hb.get(k, 0)) for k in ha)
+            rem = sum(max(0, hb[k] - ha.get(k, 0)) for k in hb)
+            ni += "  ops " + ("same" if add == rem == 0 else "+%d/-%d" % (add, rem))
         regs = re.search(r"REG:(\d+)", rb.get(n, "")), re.search(r"REG:(\d+)", ra.get(n, ""))
         rr = "%s/%s" % tuple(r.group(1) if r else "-" for r in regs)
         rows.append((st, rel, short(dem[n]), ni, rr))
@@ -187,10 +207,10 @@ for rel in sorted(set(ob) | set(oa)):
 
 print("# before: %s" % os.path.abspath(before))
 print("# after:  %s" % os.path.abspath(after))
-print("# status      object                              instr before/after  regs before/after  kernel")
+print("# status      object                              instructions before/after   regs b/a  kernel")
 for st, rel, name, ni, rr in rows:
     counts[st] += 1
-    print("%-12s %-35s %19s %18s  %s" % (st, rel, ni, rr, name))
+    print("%-12s %-35s %27s %9s  %s" % (st, rel, ni, rr, name))
 total = sum(counts.values())
 print("# kernels: %d; " % total + ", ".join("%s %d" % kv for kv in counts.items()))
 sys.exit(0 if counts["identical"] == total else 1)
