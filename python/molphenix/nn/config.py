@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 __all__ = ["ModelConfig", "MOL_INPUTS", "CONCENTRATION_KINDS", "POOLING_KINDS", "ONEHOT_UNKNOWN"]
 
 #: Molecular input kinds (``"column:<name>"`` is also accepted: a precomputed embedding column).
-MOL_INPUTS = ("morgan", "rdkit2d", "maccs", "graph")
+MOL_INPUTS = ("morgan", "rdkit2d", "maccs", "minimol", "graph")
 #: Concentration encodings; join several with ``"+"`` (e.g. ``"onehot+log10"``).
 CONCENTRATION_KINDS = ("none", "onehot", "log10", "sigmoid")
 #: Graph pooling of the message-passing network.
@@ -40,8 +40,8 @@ class ModelConfig:
         molecular_hidden: Width of the molecular head's residual blocks.
         molecular_blocks: Number of residual blocks in the molecular head (>= 0).
         dropout: Dropout probability inside every residual block, in [0, 1).
-        mol_input: ``"morgan"`` (default), ``"rdkit2d"``, ``"maccs"``, ``"graph"`` or
-            ``"column:<name>"``. Tells the trainer which featurizer to use; the model only
+        mol_input: ``"morgan"`` (default), ``"rdkit2d"``, ``"maccs"``, ``"minimol"`` (the
+            pretrained MiniMol encoder), ``"graph"`` or ``"column:<name>"``. Tells the trainer which featurizer to use; the model only
             distinguishes ``"graph"`` (a :class:`~molphenix.data.featurize.GraphBatch`) from
             the rest (a dense ``[B, F]`` tensor).
         concentration: ``"none"`` or a ``"+"``-joined subset of ``onehot``, ``log10``,

@@ -91,7 +91,8 @@ class TrainConfig:
             :func:`molphenix.losses.register_loss`).
         loss_kwargs: Keyword arguments of :func:`molphenix.losses.create_loss`.
         mol_input: Molecular input: ``"morgan"`` (Morgan count fingerprint from SMILES),
-            ``"rdkit2d"``, ``"maccs"``, ``"graph"`` or ``"column:<name>"`` (a precomputed
+            ``"rdkit2d"``, ``"maccs"``, ``"minimol"`` (the pretrained MiniMol encoder, 512-d;
+            the ``molphenix[minimol]`` extra), ``"graph"`` or ``"column:<name>"`` (a precomputed
             embedding column of the molecules table); ``None`` (default) takes the model
             config's (``"morgan"`` for ``molphenix-small``, ``"graph"`` for
             ``molphenix-graph-small``).
@@ -206,8 +207,13 @@ class TrainConfig:
         Raises:
             ValueError: naming the first offending field.
         """
-        if self.mol_input is not None and (not isinstance(self.mol_input, str) or not self.mol_input):
-            raise ValueError(f"mol_input: expected a non-empty string or None, got {self.mol_input!r}")
+        if self.mol_input is not None:
+            from molphenix.nn.config import MOL_INPUTS
+
+            if not isinstance(self.mol_input, str) or not (
+                    self.mol_input in MOL_INPUTS or (self.mol_input.startswith("column:") and len(self.mol_input) > 7)):
+                raise ValueError(f"mol_input: expected one of {', '.join(MOL_INPUTS)} or column:<name> "
+                                 f"(or None: the model config's), got {self.mol_input!r}")
         for f in ("model", "loss", "normalize", "device"):
             if not isinstance(getattr(self, f), str) or not getattr(self, f):
                 raise ValueError(f"{f}: expected a non-empty string, got {getattr(self, f)!r}")

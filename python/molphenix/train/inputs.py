@@ -36,10 +36,13 @@ class MolFeatures:
     """The molecular featurizer of a run (``TrainConfig.mol_input``), with its fitted state.
 
     Args:
-        mol_input: ``"morgan"``, ``"rdkit2d"``, ``"maccs"``, ``"graph"`` or ``"column:<name>"``.
+        mol_input: ``"morgan"``, ``"rdkit2d"``, ``"maccs"``, ``"minimol"``, ``"graph"`` or
+            ``"column:<name>"``.
         kwargs: Featurizer arguments.
-        cache_dir: Parquet feature cache directory (``None``: no cache).
-        state: What :meth:`state` returned at training time (RDKit descriptor statistics).
+        cache_dir: Parquet feature cache directory (``None``: no cache). ``"minimol"`` uses
+            the machine-wide embedding cache instead (``$MOLPHENIX_CACHE_DIR``).
+        state: What :meth:`state` returned at training time (RDKit descriptor statistics, the
+            MiniMol model version).
 
     Raises:
         ValueError: unknown ``mol_input``.
@@ -58,14 +61,16 @@ class MolFeatures:
         elif mol_input.startswith("column:"):
             self.kind = "column"
             self.column = mol_input[len("column:"):]
-        elif mol_input in ("morgan", "rdkit2d", "maccs"):
+        elif mol_input in ("morgan", "rdkit2d", "maccs", "minimol"):
             self.kind = "matrix"
             self._featurizer = fz.get_featurizer(mol_input, **self.kwargs)
             if state and mol_input == "rdkit2d" and state.get("mean") is not None:
                 self._featurizer.mean_ = np.asarray(state["mean"], dtype=np.float64)
                 self._featurizer.std_ = np.asarray(state["std"], dtype=np.float64)
+            if state and mol_input == "minimol":
+                self._featurizer.expected_version = state.get("model_version")
         else:
-            raise ValueError(f"mol_input: expected 'morgan', 'rdkit2d', 'maccs', 'graph' or "
+            raise ValueError(f"mol_input: expected 'morgan', 'rdkit2d', 'maccs', 'minimol', 'graph' or "
                              f"'column:<name>', got {mol_input!r}")
 
     @property
@@ -85,7 +90,19 @@ class MolFeatures:
         if self.mol_input == "rdkit2d" and self._featurizer.mean_ is not None:
             st["mean"] = self._featurizer.mean_.tolist()
             st["std"] = self._featurizer.std_.tolist()
+        if self.mol_input == "minimol":
+            st["model_version"] = self._featurizer.model_version
         return st
+
+    def summary(self) -> Optional[str]:
+        """One line on the latest featurization of a cached pretrained encoder (``"minimol"``):
+        molecules, cached before, computed, seconds, the cache directory; None otherwise."""
+        st = getattr(self._featurizer, "last_stats", None)
+        if not st:
+            return None
+        return (f"{self.mol_input}: {st['molecules']} molecules ({st['distinct']} distinct structures): "
+                f"{st['cached']} cached, {st['computed']} computed in {st['seconds']:.1f} s "
+                f"(cache: {st['cache_dir']})")
 
     def dim(self, molecules: Any = None) -> int:
         """Feature width F (0 for graphs)."""

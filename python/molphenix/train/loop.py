@@ -273,6 +273,8 @@ class _Trainer:
             features = MolFeatures(meta["features"]["mol_input"], cfg.featurizer_kwargs, cache_dir=None,
                                    state=meta["features"])
         self.mols = MolTable(features, smiles, ds.molecules)
+        if ranks.main and features.summary():  # e.g. how many molecules the embedding cache held
+            self.say(features.summary())
         self.mol_row = {m: i for i, m in enumerate(mol_ids)}
         self.sample_mol_row = np.asarray(
             [self.mol_row[m] for m in sampler.samples.column("molecule_id").to_pylist()], dtype=np.int64)
