@@ -365,4 +365,5 @@ def test_concurrent_processes_do_not_corrupt_it(tmp_path):
     np.testing.assert_array_equal(got, np.concatenate([_value_of(k) for k in keys]))
     leftovers = [p.name for p in c.directory.iterdir() if p.name.startswith(".tmp-") or p.name.endswith(".corrupt")]
     assert leftovers == []
+    assert len(c.shards()) < n  # compaction ran (one shard per put otherwise)
 

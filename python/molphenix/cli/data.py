@@ -170,12 +170,13 @@ def featurize_command(
     except PermissionError as exc:
         data_error("--cache-dir", f"cannot write the cache: {describe_os_error(exc)}")
     st = f.last_stats
-    rate = f" ({st['computed'] / st['seconds']:.1f} molecules/s)" if st["computed"] and st["seconds"] > 0 else ""
-    load = getattr(f.embedder, "load_seconds", None)
+    load, work = st["model_load_seconds"], st["seconds"] - st["model_load_seconds"]
+    rate = f", {st['computed'] / work:.1f} molecules/s" if st["computed"] and work > 0 else ""
     typer.echo(f"featurize {mol_input}: {st['molecules']} molecules ({st['distinct']} distinct structures): "
                f"{st['cached']} cached before, {st['computed']} computed, {st['failed']} failed, "
-               f"{st['seconds']:.1f} s{rate}")
-    typer.echo(f"cache: {st['cache_dir']}" + (f" (model load {load:.1f} s)" if load is not None else ""))
+               f"{st['seconds']:.1f} s" + (f" (model load {load:.1f} s{rate})" if load else
+                                          (f" ({rate[2:]})" if rate else "")))
+    typer.echo(f"cache: {st['cache_dir']}")
     if st["failed"]:
         data_error("--data", f"{st['failed']} molecule(s) could not be embedded (training on this dataset "
                              f"with --mol-input {mol_input} names the first)")

@@ -305,7 +305,9 @@ class PretrainedFeaturizer(_Base):
     Attributes:
         last_stats: Of the latest :meth:`compute`: ``molecules`` (rows asked), ``distinct``
             (distinct valid canonical SMILES), ``cached`` (found in the cache), ``computed``,
-            ``failed`` (invalid or not embeddable), ``seconds``, ``cache_dir``.
+            ``failed`` (invalid or not embeddable), ``seconds`` (all of it),
+            ``model_load_seconds`` (the part spent importing and loading the model; 0 if it was
+            loaded before), ``cache_dir``.
         expected_version: If set (a run's recorded model version) and the installed model's
             version differs, :meth:`compute` warns once.
     """
@@ -392,6 +394,7 @@ class PretrainedFeaturizer(_Base):
             have, found = np.zeros((len(distinct), self.dim), np.float32), np.zeros(len(distinct), bool)
         missing = np.flatnonzero(~found)
         failed: Dict[str, str] = {}
+        loaded_before = getattr(self.embedder, "load_seconds", None) is not None
         if missing.size:
             show = self.progress if self.progress is not None else (sys.stderr.isatty() and missing.size > self.chunk_size // 10)
             from tqdm.auto import tqdm
@@ -427,6 +430,7 @@ class PretrainedFeaturizer(_Base):
             "molecules": len(smiles), "distinct": len(distinct), "cached": int(found.sum()),
             "computed": int(missing.size) - len(failed), "failed": len(failed) + sum(c is None for c in canon),
             "seconds": time.perf_counter() - t0,
+            "model_load_seconds": (0.0 if loaded_before else float(getattr(self.embedder, "load_seconds", None) or 0.0)),
             "cache_dir": str(cache.directory) if cache is not None else None,
         }
         return out

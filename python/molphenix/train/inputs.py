@@ -100,9 +100,10 @@ class MolFeatures:
         st = getattr(self._featurizer, "last_stats", None)
         if not st:
             return None
+        load = f"; model load {st['model_load_seconds']:.1f} s" if st.get("model_load_seconds") else ""
         return (f"{self.mol_input}: {st['molecules']} molecules ({st['distinct']} distinct structures): "
                 f"{st['cached']} cached, {st['computed']} computed in {st['seconds']:.1f} s "
-                f"(cache: {st['cache_dir']})")
+                f"(cache: {st['cache_dir']}{load})")
 
     def dim(self, molecules: Any = None) -> int:
         """Feature width F (0 for graphs)."""
