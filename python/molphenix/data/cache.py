@@ -230,10 +230,10 @@ class EmbeddingCache:
 
         path = self.directory / name
         try:
-            pf = pq.ParquetFile(path)
-            bad = self._check_meta(pf.schema_arrow)
+            t = pq.read_table(path, columns=["smiles"])
+            bad = self._check_meta(t.schema)
             if bad is None:
-                return pf.read(columns=["smiles"]).column("smiles").to_pylist()
+                return t.column("smiles").to_pylist()
         except FileNotFoundError:
             return None
         except Exception as exc:  # noqa: BLE001 - pyarrow raises assorted errors on bad files
