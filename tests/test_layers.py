@@ -38,7 +38,7 @@ LEVELS: Dict[str, int] = {
     "ops": 1, "datasets": 1,
     "data": 0,
     # root-level private helpers (shared by design) and the extension
-    "_atomic": -1, "_ext": -1, "_options": -1, "_similarity": -1, "_version": -1, "_warnings": -1,
+    "_atomic": -1, "_ext": -1, "_extras": -1, "_options": -1, "_similarity": -1, "_version": -1, "_warnings": -1,
     "_C": -2,
 }
 ENTRY_POINTS = {"molphenix", "__main__"}

@@ -303,8 +303,8 @@ def test_partial_write_is_never_visible(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         c.put(["CCN"], _vectors(1, 1))
     monkeypatch.undo()
-    assert [p.name for p in c.directory.iterdir() if p.name.startswith(".tmp-")] == []
-    (c.directory / ".tmp-shard-0-1-dead.parquet").write_bytes(b"PAR1 half")  # as after SIGKILL
+    assert [p.name for p in c.directory.iterdir() if p.name.endswith(".tmp")] == []
+    (c.directory / ".shard-0-1-dead.parquet.x1y2.tmp").write_bytes(b"PAR1 half")  # as after SIGKILL
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to report: the temporary file is not a shard
         got, found = _cache(tmp_path).get(["CCO", "CCN"])
@@ -363,7 +363,7 @@ def test_concurrent_processes_do_not_corrupt_it(tmp_path):
     got, found = c.get(keys)
     assert found.all() and not c.problems
     np.testing.assert_array_equal(got, np.concatenate([_value_of(k) for k in keys]))
-    leftovers = [p.name for p in c.directory.iterdir() if p.name.startswith(".tmp-") or p.name.endswith(".corrupt")]
+    leftovers = [p.name for p in c.directory.iterdir() if p.name.endswith(".tmp") or p.name.endswith(".corrupt")]
     assert leftovers == []
     assert len(c.shards()) < n  # compaction ran (one shard per put otherwise)
 

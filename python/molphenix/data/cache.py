@@ -16,9 +16,9 @@ model key and width in its schema metadata.
 Guarantees:
 
 * **Atomic writes.** A shard is written to a temporary file in the same directory, flushed to
-  disk (``fsync``) and renamed into place; a reader sees a whole shard or none. A process
-  killed mid-write leaves only a ``.tmp-*`` file, which no reader opens (and compaction
-  deletes when it is over an hour old).
+  disk (``fsync``) and renamed into place (:mod:`molphenix._atomic`); a reader sees a whole
+  shard or none. A process killed mid-write leaves only a hidden ``.*.tmp`` file, which no
+  reader opens (and compaction deletes when it is over an hour old).
 * **Concurrent processes.** Writers never modify a shard: each write adds a new file with a
   unique name, so two processes filling the same cache cannot corrupt it or lose each other's
   entries (a molecule both computed at once is stored twice, harmlessly). Compaction (merging
@@ -44,6 +44,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from molphenix._atomic import atomic_write, atomic_write_bytes, fsync_dir
+
 __all__ = [
     "EmbeddingCache",
     "default_cache_dir",
@@ -57,7 +59,7 @@ CACHE_ENV = "MOLPHENIX_CACHE_DIR"
 _FORMAT = 1
 _META_KEY = b"molphenix_embedding_cache"
 _SHARD_GLOB = "shard-*.parquet"
-_TMP_PREFIX = ".tmp-"
+_TMP_GLOB = ".*.tmp"  # molphenix._atomic's temporary files
 _LOCK = ".compact.lock"
 
 
@@ -327,7 +329,7 @@ class EmbeddingCache:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         info = {"format": _FORMAT, "key": self.key, "dim": self.dim, **self.model_info}
-        _atomic_write_bytes(self.directory / "model.json", (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(self.directory / "model.json", (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
 
     def _write_shard(self, smiles: List[str], mat: np.ndarray) -> str:
         import pyarrow as pa
@@ -343,18 +345,8 @@ class EmbeddingCache:
             "checksum": pa.array(sums, pa.uint64()),
         }).replace_schema_metadata({_META_KEY: meta.encode()})
         name = f"shard-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
-        final = self.directory / name
-        tmp = self.directory / f"{_TMP_PREFIX}{name}"
-        try:
-            with open(tmp, "wb") as fh:
-                pq.write_table(table, fh, compression="zstd")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.directory)
+        atomic_write(self.directory / name, lambda fh: pq.write_table(table, fh, compression="zstd"))
+        fsync_dir(self.directory)
         self._shards[name] = list(smiles)
         for j, s in enumerate(smiles):
             self._index.setdefault(s, (name, j))
@@ -366,7 +358,7 @@ class EmbeddingCache:
 
         Runs only when no other process is compacting this cache (an exclusive, non-blocking
         advisory lock); entries are verified on the way (bad ones are reported and dropped),
-        the merged shards are written before the old ones are deleted, and ``.tmp-*`` files
+        the merged shards are written before the old ones are deleted, and ``.*.tmp`` files
         older than an hour (left by killed writers) are removed.
 
         Returns:
@@ -378,7 +370,7 @@ class EmbeddingCache:
             if not locked:
                 return False
             now = time.time()
-            for p in self.directory.glob(_TMP_PREFIX + "*"):
+            for p in self.directory.glob(_TMP_GLOB):
                 try:
                     if now - p.stat().st_mtime > 3600:
                         p.unlink()
@@ -411,7 +403,7 @@ class EmbeddingCache:
             for name in merged:
                 (self.directory / name).unlink(missing_ok=True)
                 self._drop(name)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             return True
 
     def shards(self) -> List[Path]:
@@ -429,32 +421,6 @@ def _unreadable(exc: BaseException) -> str:
         raise exc
     text = str(exc).strip().splitlines()
     return f"unreadable ({type(exc).__name__}: {text[0] if text else 'no detail'})"
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems refuse
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class _shared_lock:
