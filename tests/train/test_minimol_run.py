@@ -54,7 +54,7 @@ def fake_minimol(monkeypatch, tmp_path):
 
 
 def _config(data, out, **kw):
-    return tiny_config(data, out, mol_input="minimol", featurizer_kwargs={}, steps=4, **kw)
+    return tiny_config(data, out, **{"mol_input": "minimol", "featurizer_kwargs": {}, "steps": 4, **kw})
 
 
 def test_minimol_run_records_itself_and_reuses_the_cache(fake_minimol, tiny_data, tmp_path):
@@ -93,6 +93,13 @@ def test_loaded_run_warns_when_the_model_version_changed(fake_minimol, tiny_data
     tm = load_run(tmp_path / "a")
     with pytest.warns(UserWarning, match="trained with model version minimol-fake-1, the installed one is minimol-fake-2"):
         tm.embed_molecules(["CCO"], 1.0)
+
+
+def test_arguments_of_another_featurizer_are_named(fake_minimol, tiny_data, tmp_path):
+    from molphenix.train import fit
+
+    with pytest.raises(ValueError, match=r"^featurizer_kwargs: .*n_bits.* \(mol_input 'minimol'\)"):
+        fit(_config(tiny_data, tmp_path / "a", featurizer_kwargs={"n_bits": 256}), log=lambda *_: None)
 
 
 def test_featurize_command_with_fake(fake_minimol, tiny_data, tmp_path, capsys):

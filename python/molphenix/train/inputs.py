@@ -63,7 +63,10 @@ class MolFeatures:
             self.column = mol_input[len("column:"):]
         elif mol_input in ("morgan", "rdkit2d", "maccs", "minimol"):
             self.kind = "matrix"
-            self._featurizer = fz.get_featurizer(mol_input, **self.kwargs)
+            try:
+                self._featurizer = fz.get_featurizer(mol_input, **self.kwargs)
+            except TypeError as exc:  # an argument this featurizer does not take
+                raise ValueError(f"featurizer_kwargs: {exc} (mol_input {mol_input!r})") from None
             if state and mol_input == "rdkit2d" and state.get("mean") is not None:
                 self._featurizer.mean_ = np.asarray(state["mean"], dtype=np.float64)
                 self._featurizer.std_ = np.asarray(state["std"], dtype=np.float64)
