@@ -5,7 +5,7 @@
 
 Rows (the shared harness: appended to the machine's table, raw log beside it):
   simulate_cli   the whole default pipeline in a fresh process, exactly as
-                 ``molphenix simulate --out DIR --molecules N`` runs it
+                 ``python -m molphenix simulate --out DIR --molecules N`` runs it
                  (generation + activity calling); peak MB = that process's peak RSS
   simulate       generation + streaming Parquet write (no activity calling)
   load_dataset   memory-mapped, streamed read + validation

@@ -2,7 +2,7 @@
 
 For each dataset directory, trains every method with ``TrainConfig(loss=method)`` (the per-loss
 defaults of ``molphenix.train.TUNED_DEFAULTS``; nothing is tuned here), evaluates every split with
-``molphenix.eval.run.evaluate_run`` (best-validation checkpoint) and writes one CSV row per
+``molphenix.train.evaluate_run`` (best-validation checkpoint) and writes one CSV row per
 (dataset, method, split, subset) plus a log. Run it only after the defaults are frozen: it reads
 the test splits.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 _CHILD = r"""
 import json, sys
 from molphenix.train import TrainConfig, fit
-from molphenix.eval.run import evaluate_run
+from molphenix.train import evaluate_run
 spec = json.loads(sys.argv[1])
 run = fit(TrainConfig(data=spec["data"], out=spec["out"], loss=spec["loss"], threads=1, progress=False,
                       **spec["overrides"]))

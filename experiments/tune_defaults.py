@@ -82,7 +82,7 @@ EXTRA = {("s2l", "projected"), ("s2l", "f0.02-inact0.3")}
 _CHILD = r"""
 import json, sys, time
 from molphenix.train import TrainConfig, fit
-from molphenix.eval.run import evaluate_run
+from molphenix.train import evaluate_run
 spec = json.loads(sys.argv[1])
 t0 = time.time()
 cfg = TrainConfig(data=spec["data"], out=spec["out"], loss=spec["method"], threads=1, progress=False,

@@ -189,14 +189,14 @@ def quantized_clusters(n: int, e: int, *, seed: int, dtype: torch.dtype = torch.
     Entries are multiples of 1/8 in [-9/8, 9/8] (exact in every float dtype, bfloat16 included),
     so ``|a|^2 + |b|^2 - 2<a, b>`` is computed exactly in float32 and wider, and d^2 = k/64 never
     lies near the threshold boundary d^2 = 0.3 tan(pi/16) ~ 0.0597 (between 3/64 and 4/64). Rows
-    come in clusters (a centre plus at most two +-1/8 moves), so s takes the values 1, 0.934,
+    come in clusters (a center plus at most two +-1/8 moves), so s takes the values 1, 0.934,
     0.868, 0.803 inside a cluster, and the threshold really zeroes some pairs.
     """
     g = generator(seed)
     n_clusters = max(1, (n + cluster_size - 1) // cluster_size)
-    centres = torch.randint(-8, 9, (n_clusters, e), generator=g).to(torch.float64)
+    centers = torch.randint(-8, 9, (n_clusters, e), generator=g).to(torch.float64)
     assign = torch.randint(0, n_clusters, (n,), generator=g)
-    rows = centres[assign].clone()
+    rows = centers[assign].clone()
     for move in range(2):
         col = torch.randint(0, e, (n,), generator=g)
         step = torch.randint(-1, 2, (n,), generator=g).to(torch.float64)

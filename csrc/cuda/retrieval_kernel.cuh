@@ -213,6 +213,62 @@ __device__ __forceinline__ float fast_key(float dot, float qn, float cn) {
   return make_key<float>(dot, qn, cn, kSq);
 }
 
+// The streaming loop of the fast kernels (ranks, top-k histogram, prefilter): the block's row tile
+// op.m0 against the column tiles ct_begin .. ct_end - 1 (op.n0 = the first one's first column,
+// `step` columns apart). Each tile's accumulators go to epilogue(c0, acc), c0 = the tile's first
+// column as Idx (int or int64_t, the caller's index type); the next tile's prologue is issued
+// before it, so its copies overlap the register-only epilogue. (The collect kernel keeps its loop
+// in line: its per-tile scan carries state from tile to tile.)
+template <class Idx, class T, class Epilogue>
+__device__ __forceinline__ void stream_fast_tiles(unsigned char* smem, fast::TileOps<T> op,
+                                                  int64_t ct_begin, int64_t ct_end, int64_t step,
+                                                  Epilogue&& epilogue) {
+  fast::Mainloop<T> ml{smem};
+  ml.prologue(op);
+  float acc[4][4][4];
+  for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
+    ml.compute(op, acc);
+    const Idx c0 = static_cast<Idx>(op.n0);
+    if (ct + 1 < ct_end) {
+      op.n0 += step;
+      ml.prologue(op);
+    }
+    epilogue(c0, acc);
+  }
+}
+
+// The fragment walk of the fast kernels' epilogue (ranks, top-k histogram, collect, prefilter):
+// visit(mi, h, r, c, j, valid, key) for every accumulator element this thread holds,
+// acc[mi][ni][2 h + e1], in the order ni, e1, mi, h: r, c = its row and column in the 128 x 128
+// tile (fast::frag_row / frag_col), j = c0 + c its candidate (Idx: int or int64_t, the caller's
+// index type), valid = j < N, key = fast_key of it (|c_j|^2 read once per column from cn, only for
+// kSq and valid j; |q|^2 of row r from qn_s). Every fast kernel builds its keys here, so the key of
+// (r, c) is bitwise the same in each. j, valid and key reach the visitor by const reference: the
+// visitor is then compiled as the code it replaced was (a by-value parameter changes the operand
+// order of its comparisons; scripts/cuda_sass_diff.sh shows the machine code).
+template <bool kSq, class Idx, class Visit>
+__device__ __forceinline__ void for_each_fast_key(const float (&acc)[4][4][4], Idx c0, int64_t N,
+                                                  const float* cn, const float* qn_s,
+                                                  Visit&& visit) {
+#pragma unroll
+  for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+    for (int e1 = 0; e1 < 2; ++e1) {
+      const int c = fast::frag_col(ni, e1);
+      const Idx j = c0 + c;
+      const bool valid = j < N;
+      const float cnj = (kSq && valid) ? cn[j] : 0.0f;
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int r = fast::frag_row(mi, 2 * h);
+          const float key = fast_key<kSq>(acc[mi][ni][2 * h + e1], kSq ? qn_s[r] : 0.0f, cnj);
+          visit(mi, h, r, c, j, valid, key);
+        }
+    }
+}
+
 template <class T, bool kSq>
 __global__ void __launch_bounds__(fast::kThreads, 2) target_key_fast_kernel(const RankArgs<T> a) {
   extern __shared__ __align__(128) unsigned char smem[];
@@ -277,36 +333,17 @@ __global__ void __launch_bounds__(fast::kThreads, 2) ranks_fast_kernel(const Ran
   for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
     for (int h = 0; h < 2; ++h) cnt[mi][h] = 0u;
-  fast::Mainloop<T> ml{smem};
-  fast::TileOps<T> op{a.q, a.D, r0, a.Q, a.c, a.D, ct_begin * fast::kBN, a.N, a.D};
-  ml.prologue(op);
-  float acc[4][4][4];
-  for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
-    ml.compute(op, acc);
-    const int c0 = static_cast<int>(op.n0);
-    if (ct + 1 < ct_end) {
-      op.n0 += fast::kBN;
-      ml.prologue(op);
-    }
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int e1 = 0; e1 < 2; ++e1) {
-        const int j = c0 + fast::frag_col(ni, e1);
-        const bool valid = j < a.N;
-        const float cn = (kSq && valid) ? a.cn[j] : 0.0f;
-#pragma unroll
-        for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = fast::frag_row(mi, 2 * h);
-            const float k = fast_key<kSq>(acc[mi][ni][2 * h + e1], kSq ? qn_s[r] : 0.0f, cn);
-            const float th = thr_s[r];
-            const bool hit = kSq ? (k <= th) : (k >= th);
-            cnt[mi][h] += (valid && hit && j != tg_s[r]) ? 1u : 0u;
-          }
-      }
-  }
+  stream_fast_tiles<int>(
+      smem, fast::TileOps<T>{a.q, a.D, r0, a.Q, a.c, a.D, ct_begin * fast::kBN, a.N, a.D},
+      ct_begin, ct_end, fast::kBN, [&](int c0, const float (&acc)[4][4][4]) {
+        for_each_fast_key<kSq>(
+            acc, c0, a.N, a.cn, qn_s,
+            [&](int mi, int h, int r, int, const int& j, const bool& valid, const float& k) {
+              const float th = thr_s[r];
+              const bool hit = kSq ? (k <= th) : (k >= th);
+              cnt[mi][h] += (valid && hit && j != tg_s[r]) ? 1u : 0u;
+            });
+      });
 #pragma unroll
   for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
@@ -625,36 +662,19 @@ __global__ void __launch_bounds__(fast::kThreads, 1) topk_hist_fast_kernel(const
   }
   const int hs = shift + 8;
   const uint32_t himask = (first_pass || hs >= 32) ? 0u : (0xffffffffu << hs);
-  fast::Mainloop<T> ml{smem};
-  fast::TileOps<T> op{a.q, a.D, r0, a.Q, a.c, a.D, ct_begin * stride * fast::kBN, a.N, a.D};
-  ml.prologue(op);
-  float acc[4][4][4];
-  for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
-    ml.compute(op, acc);  // its barriers also publish h / pre_s / qn_s initialisation
-    const int64_t c0 = op.n0;
-    if (ct + 1 < ct_end) {
-      op.n0 += static_cast<int64_t>(stride) * fast::kBN;
-      ml.prologue(op);
-    }
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int e1 = 0; e1 < 2; ++e1) {
-        const int64_t j = c0 + fast::frag_col(ni, e1);
-        const bool valid = j < a.N;
-        const float cn = (kSq && valid) ? a.cn[j] : 0.0f;
-#pragma unroll
-        for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            const int r = fast::frag_row(mi, 2 * hh);
-            const uint32_t kb = key_bits<float>(
-                fast_key<kSq>(acc[mi][ni][2 * hh + e1], kSq ? qn_s[r] : 0.0f, cn), kSq);
-            if (valid && ((kb ^ pre_s[r]) & himask) == 0u)
-              atomicAdd(&h[r * 256 + static_cast<int>((kb >> shift) & 255u)], 1u);
-          }
-      }
-  }
+  // The mainloop's barriers also publish the h / pre_s / qn_s initialisation.
+  stream_fast_tiles<int64_t>(
+      smem, fast::TileOps<T>{a.q, a.D, r0, a.Q, a.c, a.D, ct_begin * stride * fast::kBN, a.N, a.D},
+      ct_begin, ct_end, static_cast<int64_t>(stride) * fast::kBN,
+      [&](int64_t c0, const float (&acc)[4][4][4]) {
+        for_each_fast_key<kSq>(
+            acc, c0, a.N, a.cn, qn_s,
+            [&](int, int, int r, int, const int64_t&, const bool& valid, const float& k) {
+              const uint32_t kb = key_bits<float>(k, kSq);
+              if (valid && ((kb ^ pre_s[r]) & himask) == 0u)
+                atomicAdd(&h[r * 256 + static_cast<int>((kb >> shift) & 255u)], 1u);
+            });
+      });
   __syncthreads();
   for (int x = tid; x < fast::kBM * 256; x += fast::kThreads) {
     const int r = x >> 8;
@@ -698,22 +718,11 @@ __global__ void __launch_bounds__(fast::kThreads, 1) topk_collect_fast_kernel(co
       op.n0 += fast::kBN;
       ml.prologue(op);
     }
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int e1 = 0; e1 < 2; ++e1) {
-        const int c = fast::frag_col(ni, e1);
-        const int64_t j = c0 + c;
-        const float cn = (kSq && j < a.N) ? a.cn[j] : 0.0f;
-#pragma unroll
-        for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            const int r = fast::frag_row(mi, 2 * hh);
-            Ks[r * kKsLd + c + (c >> 6)] = key_bits<float>(
-                fast_key<kSq>(acc[mi][ni][2 * hh + e1], kSq ? qn_s[r] : 0.0f, cn), kSq);
-          }
-      }
+    for_each_fast_key<kSq>(
+        acc, c0, a.N, a.cn, qn_s,
+        [&](int, int, int r, int c, const int64_t&, const bool&, const float& k) {
+          Ks[r * kKsLd + c + (c >> 6)] = key_bits<float>(k, kSq);
+        });
     __syncthreads();
     const uint32_t* krow = Ks + er * kKsLd + part * 65;
     const int64_t cbase = c0 + part * 64;
@@ -813,40 +822,22 @@ __global__ void __launch_bounds__(fast::kThreads, 2) topk_prefilter_kernel(
     thr_s[tid] = i < a.Q ? a.prefix[i] : 0u;  // rows past the end: only key bits 0 pass, unused
     qn_s[tid] = (kSq && i < a.Q) ? a.qn[i] : 0.0f;
   }
-  fast::Mainloop<T> ml{smem};
-  fast::TileOps<T> op{a.q, a.D, r0, a.Q, a.c, a.D, ct_begin * fast::kBN, a.N, a.D};
-  ml.prologue(op);
-  float acc[4][4][4];
-  for (int64_t ct = ct_begin; ct < ct_end; ++ct) {
-    ml.compute(op, acc);
-    const int64_t c0 = op.n0;
-    if (ct + 1 < ct_end) {
-      op.n0 += fast::kBN;
-      ml.prologue(op);
-    }
-#pragma unroll
-    for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-      for (int e1 = 0; e1 < 2; ++e1) {
-        const int64_t j = c0 + fast::frag_col(ni, e1);
-        const bool valid = j < a.N;
-        const float cn = (kSq && valid) ? a.cn[j] : 0.0f;
-#pragma unroll
-        for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-          for (int hh = 0; hh < 2; ++hh) {
-            const int r = fast::frag_row(mi, 2 * hh);
-            const uint32_t kb = key_bits<float>(
-                fast_key<kSq>(acc[mi][ni][2 * hh + e1], kSq ? qn_s[r] : 0.0f, cn), kSq);
-            const int64_t i = r0 + r;
-            if (valid && i < a.Q && kb <= thr_s[r]) {
-              const unsigned pos = atomicAdd(cnt + i, 1u);
-              if (pos < cap)
-                buf[i * cap + pos] = (static_cast<uint64_t>(kb) << 32) | static_cast<uint64_t>(j);
-            }
-          }
-      }
-  }
+  stream_fast_tiles<int64_t>(
+      smem, fast::TileOps<T>{a.q, a.D, r0, a.Q, a.c, a.D, ct_begin * fast::kBN, a.N, a.D},
+      ct_begin, ct_end, fast::kBN, [&](int64_t c0, const float (&acc)[4][4][4]) {
+        for_each_fast_key<kSq>(
+            acc, c0, a.N, a.cn, qn_s,
+            [&](int, int, int r, int, const int64_t& j, const bool& valid, const float& k) {
+              const uint32_t kb = key_bits<float>(k, kSq);
+              const int64_t i = r0 + r;
+              if (valid && i < a.Q && kb <= thr_s[r]) {
+                const unsigned pos = atomicAdd(cnt + i, 1u);
+                if (pos < cap)
+                  buf[i * cap + pos] =
+                      (static_cast<uint64_t>(kb) << 32) | static_cast<uint64_t>(j);
+              }
+            });
+      });
 }
 
 __global__ void topk_segments_kernel(int64_t Q, int64_t cap, const unsigned* __restrict__ cnt,

@@ -131,6 +131,62 @@ __device__ __forceinline__ void fill_row_map(int64_t* map, int64_t base, int64_t
   }
 }
 
+// ---- pieces shared by the WMMA paths of tile_nt and tile_nt_3xtf32 ------------------------------
+// Warp w owns the 16 x 32 strip at rows wr = (w >> 1) * 16, columns wc = (w & 1) * 32 of the tile:
+// two 16 x 16 accumulator fragments acc[0] (columns wc..wc+15) and acc[1] (wc+16..wc+31).
+
+// Stores the two accumulator fragments of this warp into C ([64][kLdC] float, shared) and waits
+// for the whole block (the tile engines' closing barrier).
+template <class Frag>
+__device__ __forceinline__ void store_acc_strip(float* C, int wr, int wc, const Frag (&acc)[2]) {
+  using namespace nvcuda;
+  wmma::store_matrix_sync(C + wr * kLdC + wc, acc[0], kLdC, wmma::mem_row_major);
+  wmma::store_matrix_sync(C + wr * kLdC + wc + 16, acc[1], kLdC, wmma::mem_row_major);
+  __syncthreads();
+}
+
+// cp.async double buffering over the ceil(K / kKC) k chunks of a tile (the fast engine's s2l):
+// issue(c, b) starts the copies of chunk c into operand buffer b (0 or 1); consume(b) multiplies
+// buffer b once its copies have landed. Chunk c + 1 is in flight while chunk c is multiplied.
+// Called by all threads after a barrier; returns with no copy in flight.
+template <class Issue, class Consume>
+__device__ __forceinline__ void double_buffered_chunks(int64_t K, Issue&& issue,
+                                                       Consume&& consume) {
+  const int64_t nch = (K + kKC - 1) / kKC;
+  issue(0, 0);
+  fast::cp_async_commit();
+  for (int64_t c = 0; c < nch; ++c) {
+    if (c + 1 < nch) issue(c + 1, static_cast<int>((c + 1) & 1));
+    fast::cp_async_commit();
+    fast::cp_async_wait<1>();
+    __syncthreads();
+    consume(static_cast<int>(c & 1));
+    __syncthreads();  // buffer c & 1 is refilled at iteration c + 1
+  }
+  fast::cp_async_wait<0>();
+}
+
+// One k chunk (kKC wide) of tile_nt's WMMA path: As, Bs are [64][kLdH] 16-bit operand chunks in
+// shared memory (rows of A, rows of B); acc[j] += A[wr..wr+15] . B[wc+16j..wc+16j+15]^T over the
+// chunk, in increasing k (two k16 steps).
+template <class T>
+__device__ __forceinline__ void wmma_chunk(
+    const T* As, const T* Bs, int wr, int wc,
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> (&acc)[2]) {
+  using namespace nvcuda;
+#pragma unroll
+  for (int kk = 0; kk < kKC; kk += 16) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
+    wmma::load_matrix_sync(a, As + wr * kLdH + kk, kLdH);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
+      wmma::load_matrix_sync(b, Bs + (wc + 16 * j) * kLdH + kk, kLdH);
+      wmma::mma_sync(acc[j], a, b, acc[j]);
+    }
+  }
+}
+
 // ---- tile_nt ----------------------------------------------------------------------------------
 // C[r][c] = sum_k A[amap[r]][k] * B[bmap[c]][k], for k in [0, K). A, B row-major with leading
 // dimensions lda, ldb. `ops` is nt_operand_bytes<T>() of shared memory; C is [64][kLdC] Acc in
@@ -164,41 +220,21 @@ __device__ __forceinline__ void tile_nt(const T* __restrict__ A, int64_t lda, co
         const int r = tid >> 2, kv = (tid & 3) * 8;
         __syncthreads();  // maps written, previous users of `ops` done
         const int64_t ga = amap[r], gb = bmap[r];
-        const int64_t nch = (K + kKC - 1) / kKC;
-        auto issue = [&](int64_t c, int b) {
-          T* Ab = As + b * 2 * kBM * kLdH;
-          T* Bb = Ab + kBM * kLdH;
-          const int64_t k = c * kKC + kv;
-          const bool va = ga >= 0 && k < K, vb = gb >= 0 && k < K;
-          fast::cp_async16(fast::smem_addr(Ab + r * kLdH + kv), va ? A + ga * lda + k : A, va);
-          fast::cp_async16(fast::smem_addr(Bb + r * kLdH + kv), vb ? B + gb * ldb + k : B, vb);
-        };
-        issue(0, 0);
-        fast::cp_async_commit();
-        for (int64_t c = 0; c < nch; ++c) {
-          if (c + 1 < nch) issue(c + 1, static_cast<int>((c + 1) & 1));
-          fast::cp_async_commit();
-          fast::cp_async_wait<1>();
-          __syncthreads();
-          const T* Ab = As + static_cast<int>(c & 1) * 2 * kBM * kLdH;
-          const T* Bb = Ab + kBM * kLdH;
-#pragma unroll
-          for (int kk = 0; kk < kKC; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-            wmma::load_matrix_sync(a, Ab + wr * kLdH + kk, kLdH);
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
-              wmma::load_matrix_sync(b, Bb + (wc + 16 * j) * kLdH + kk, kLdH);
-              wmma::mma_sync(acc[j], a, b, acc[j]);
-            }
-          }
-          __syncthreads();  // buffer c & 1 is refilled at iteration c + 1
-        }
-        fast::cp_async_wait<0>();
-        wmma::store_matrix_sync(C + wr * kLdC + wc, acc[0], kLdC, wmma::mem_row_major);
-        wmma::store_matrix_sync(C + wr * kLdC + wc + 16, acc[1], kLdC, wmma::mem_row_major);
-        __syncthreads();
+        double_buffered_chunks(
+            K,
+            [&](int64_t c, int b) {
+              T* Ab = As + b * 2 * kBM * kLdH;
+              T* Bb = Ab + kBM * kLdH;
+              const int64_t k = c * kKC + kv;
+              const bool va = ga >= 0 && k < K, vb = gb >= 0 && k < K;
+              fast::cp_async16(fast::smem_addr(Ab + r * kLdH + kv), va ? A + ga * lda + k : A, va);
+              fast::cp_async16(fast::smem_addr(Bb + r * kLdH + kv), vb ? B + gb * ldb + k : B, vb);
+            },
+            [&](int b) {
+              const T* Ab = As + b * 2 * kBM * kLdH;
+              wmma_chunk<T>(Ab, Ab + kBM * kLdH, wr, wc, acc);
+            });
+        store_acc_strip(C, wr, wc, acc);
         return;
       }
     }
@@ -225,22 +261,9 @@ __device__ __forceinline__ void tile_nt(const T* __restrict__ A, int64_t lda, co
         }
       }
       __syncthreads();
-#pragma unroll
-      for (int kk = 0; kk < kKC; kk += 16) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-        wmma::load_matrix_sync(a, As + wr * kLdH + kk, kLdH);
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
-          wmma::load_matrix_sync(b, Bs + (wc + 16 * j) * kLdH + kk, kLdH);
-          wmma::mma_sync(acc[j], a, b, acc[j]);
-        }
-      }
+      wmma_chunk<T>(As, Bs, wr, wc, acc);
     }
-    // Acc is float on this path.
-    wmma::store_matrix_sync(C + wr * kLdC + wc, acc[0], kLdC, wmma::mem_row_major);
-    wmma::store_matrix_sync(C + wr * kLdC + wc + 16, acc[1], kLdC, wmma::mem_row_major);
-    __syncthreads();
+    store_acc_strip(C, wr, wc, acc);  // Acc is float on this path
   } else {
     static_assert(sizeof(T) == sizeof(Acc), "SIMT path computes in the input precision");
     T* As = reinterpret_cast<T*>(ops);  // [kKC][kLdS], transposed
@@ -296,7 +319,23 @@ constexpr size_t tf32_operand_bytes() { return size_t(2) * kBM * kLdF * sizeof(f
 template <bool kAsync>
 constexpr size_t tf32_operand_bytes_v() { return (kAsync ? 2 : 1) * tf32_operand_bytes(); }
 
-// 3xTF32 on one k8 step of a chunk held in As / Bs (shared), accumulating into acc[2].
+// hi = tf32(x), lo = tf32(x - hi) for every element x of a loaded tf32 fragment (x is read from
+// `hi` and overwritten by its high part): x = hi + lo up to ~2^-22 relative.
+template <class Frag>
+__device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
+#pragma unroll
+  for (int t = 0; t < hi.num_elements; ++t) {
+    const float x = hi.x[t];
+    const float h = nvcuda::wmma::__float_to_tf32(x);
+    hi.x[t] = h;
+    lo.x[t] = nvcuda::wmma::__float_to_tf32(x - h);
+  }
+}
+
+// 3xTF32 on one k chunk (kKC wide, four k8 steps in increasing k) held in As / Bs ([64][kLdF]
+// float, shared), accumulating into acc[2]: acc[j] += a_lo.b_hi + a_hi.b_lo + a_hi.b_hi, in that
+// order. The only 3xTF32 product: both the synchronous and the cp.async paths of tile_nt_3xtf32
+// call it.
 __device__ __forceinline__ void tf32x3_chunk(
     const float* As, const float* Bs, int wr, int wc,
     nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float> (&acc)[2]) {
@@ -305,24 +344,12 @@ __device__ __forceinline__ void tf32x3_chunk(
   for (int kk = 0; kk < kKC; kk += 8) {
     wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> ahi, alo;
     wmma::load_matrix_sync(ahi, As + wr * kLdF + kk, kLdF);
-#pragma unroll
-    for (int t = 0; t < ahi.num_elements; ++t) {
-      const float x = ahi.x[t];
-      const float h = wmma::__float_to_tf32(x);
-      ahi.x[t] = h;
-      alo.x[t] = wmma::__float_to_tf32(x - h);
-    }
+    split_tf32(ahi, alo);
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> bhi, blo;
       wmma::load_matrix_sync(bhi, Bs + (wc + 16 * j) * kLdF + kk, kLdF);
-#pragma unroll
-      for (int t = 0; t < bhi.num_elements; ++t) {
-        const float x = bhi.x[t];
-        const float h = wmma::__float_to_tf32(x);
-        bhi.x[t] = h;
-        blo.x[t] = wmma::__float_to_tf32(x - h);
-      }
+      split_tf32(bhi, blo);
       wmma::mma_sync(acc[j], alo, bhi, acc[j]);
       wmma::mma_sync(acc[j], ahi, blo, acc[j]);
       wmma::mma_sync(acc[j], ahi, bhi, acc[j]);
@@ -351,36 +378,27 @@ __device__ __forceinline__ void tile_nt_3xtf32(const float* __restrict__ A, int6
   if constexpr (kAsync) {
     if (vec) {
       __syncthreads();  // maps written, previous users of `ops` done
-      const int64_t nch = (K + kKC - 1) / kKC;
-      auto issue = [&](int64_t c, int b) {
-        float* Ab = As + b * 2 * kBM * kLdF;
-        float* Bb = Ab + kBM * kLdF;
+      double_buffered_chunks(
+          K,
+          [&](int64_t c, int b) {
+            float* Ab = As + b * 2 * kBM * kLdF;
+            float* Bb = Ab + kBM * kLdF;
 #pragma unroll
-        for (int i = 0; i < (kBM * kKC) / (4 * kThreads); ++i) {
-          const int v = tid + i * kThreads;
-          const int r = v / (kKC / 4), kv = (v % (kKC / 4)) * 4;
-          const int64_t k = c * kKC + kv;
-          const int64_t ga = amap[r], gb = bmap[r];
-          const bool va = ga >= 0 && k < K, vb = gb >= 0 && k < K;
-          fast::cp_async16(fast::smem_addr(Ab + r * kLdF + kv), va ? A + ga * lda + k : A, va);
-          fast::cp_async16(fast::smem_addr(Bb + r * kLdF + kv), vb ? B + gb * ldb + k : B, vb);
-        }
-      };
-      issue(0, 0);
-      fast::cp_async_commit();
-      for (int64_t c = 0; c < nch; ++c) {
-        if (c + 1 < nch) issue(c + 1, static_cast<int>((c + 1) & 1));
-        fast::cp_async_commit();
-        fast::cp_async_wait<1>();
-        __syncthreads();
-        const float* Ab = As + static_cast<int>(c & 1) * 2 * kBM * kLdF;
-        tf32x3_chunk(Ab, Ab + kBM * kLdF, wr, wc, acc);
-        __syncthreads();
-      }
-      fast::cp_async_wait<0>();
-      wmma::store_matrix_sync(C + wr * kLdC + wc, acc[0], kLdC, wmma::mem_row_major);
-      wmma::store_matrix_sync(C + wr * kLdC + wc + 16, acc[1], kLdC, wmma::mem_row_major);
-      __syncthreads();
+            for (int i = 0; i < (kBM * kKC) / (4 * kThreads); ++i) {
+              const int v = tid + i * kThreads;
+              const int r = v / (kKC / 4), kv = (v % (kKC / 4)) * 4;
+              const int64_t k = c * kKC + kv;
+              const int64_t ga = amap[r], gb = bmap[r];
+              const bool va = ga >= 0 && k < K, vb = gb >= 0 && k < K;
+              fast::cp_async16(fast::smem_addr(Ab + r * kLdF + kv), va ? A + ga * lda + k : A, va);
+              fast::cp_async16(fast::smem_addr(Bb + r * kLdF + kv), vb ? B + gb * ldb + k : B, vb);
+            }
+          },
+          [&](int b) {
+            const float* Ab = As + b * 2 * kBM * kLdF;
+            tf32x3_chunk(Ab, Ab + kBM * kLdF, wr, wc, acc);
+          });
+      store_acc_strip(C, wr, wc, acc);
       return;
     }
   }
@@ -411,37 +429,9 @@ __device__ __forceinline__ void tile_nt_3xtf32(const float* __restrict__ A, int6
       }
     }
     __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kKC; kk += 8) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> ahi, alo;
-      wmma::load_matrix_sync(ahi, As + wr * kLdF + kk, kLdF);
-#pragma unroll
-      for (int t = 0; t < ahi.num_elements; ++t) {
-        const float x = ahi.x[t];
-        const float h = wmma::__float_to_tf32(x);
-        ahi.x[t] = h;
-        alo.x[t] = wmma::__float_to_tf32(x - h);
-      }
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> bhi, blo;
-        wmma::load_matrix_sync(bhi, Bs + (wc + 16 * j) * kLdF + kk, kLdF);
-#pragma unroll
-        for (int t = 0; t < bhi.num_elements; ++t) {
-          const float x = bhi.x[t];
-          const float h = wmma::__float_to_tf32(x);
-          bhi.x[t] = h;
-          blo.x[t] = wmma::__float_to_tf32(x - h);
-        }
-        wmma::mma_sync(acc[j], alo, bhi, acc[j]);
-        wmma::mma_sync(acc[j], ahi, blo, acc[j]);
-        wmma::mma_sync(acc[j], ahi, bhi, acc[j]);
-      }
-    }
+    tf32x3_chunk(As, Bs, wr, wc, acc);
   }
-  wmma::store_matrix_sync(C + wr * kLdC + wc, acc[0], kLdC, wmma::mem_row_major);
-  wmma::store_matrix_sync(C + wr * kLdC + wc + 16, acc[1], kLdC, wmma::mem_row_major);
-  __syncthreads();
+  store_acc_strip(C, wr, wc, acc);
 }
 
 // ---- tile_update ------------------------------------------------------------------------------

@@ -9,24 +9,37 @@ from __future__ import annotations
 
 import functools
 from types import ModuleType
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 _import_error: Optional[str] = None
+_load_hooks: List[Callable[[ModuleType], None]] = []
+_loaded: Optional[ModuleType] = None
 
 
 @functools.lru_cache(maxsize=None)
 def load() -> Optional[ModuleType]:
     """The compiled module, or None when it cannot be imported (see :func:`import_error`)."""
-    global _import_error
+    global _import_error, _loaded
     try:
         from molphenix import _C  # type: ignore[attr-defined]
     except ImportError as exc:  # missing, or built for another Python / platform
         _import_error = f"{type(exc).__name__}: {exc}"
         return None
-    from molphenix import _options  # the kernels' run-time settings (molphenix.set_options)
-
-    _options.push(_C)
+    for hook in _load_hooks:  # e.g. molphenix._options hands the kernels their run-time settings
+        hook(_C)
+    _loaded = _C
     return _C
+
+
+def on_load(hook: Callable[[ModuleType], None]) -> None:
+    """Call ``hook(module)`` when the compiled module is loaded (at once if it already is).
+
+    :mod:`molphenix._options` registers the hook that passes the kernels' run-time settings
+    down, so this module needs to know nothing about settings (the two import one way).
+    """
+    _load_hooks.append(hook)
+    if _loaded is not None:
+        hook(_loaded)
 
 
 def import_error() -> Optional[str]:

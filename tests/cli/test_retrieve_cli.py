@@ -119,7 +119,7 @@ def test_cli_input_errors(trained, tmp_path, capsys):
     assert main(["retrieve", "--run", str(run), "--wells", str(tmp_path / "w.parquet"), "--library", str(lib),
                  "--k", "1", "--out", str(tmp_path / "o.csv")]) == 2
     assert _err(capsys).startswith("error: --wells:")
-    # a wells file whose treated wells sit in a batch without controls cannot be centred
+    # a wells file whose treated wells sit in a batch without controls cannot be centered
     w = pq.read_table(root / "data" / "wells.parquet")
     keep = pa.compute.invert(w.column("is_control"))
     pq.write_table(w.filter(keep), tmp_path / "noctrl.parquet")

@@ -1,4 +1,4 @@
-"""Control centring, TVN whitening, replicate averaging."""
+"""Control centering, TVN whitening, replicate averaging."""
 
 from __future__ import annotations
 
@@ -64,3 +64,47 @@ def test_average_replicates():
     assert list(keys) == ["a", "b", "c"] and list(counts) == [3, 2, 1]
     np.testing.assert_allclose(means[0], x[[0, 2, 5]].mean(0))
     np.testing.assert_allclose(means[2], x[3])
+
+
+def test_rows_and_precisions_of_the_one_centering():
+    from molphenix.data import ControlMeans, normalize_wells
+
+    x, b, c = _toy(3, n=400)
+    rows = np.flatnonzero(~c)[::3]
+    full = center_by_controls(x, b, c)
+    np.testing.assert_array_equal(center_by_controls(x, b, c, rows=rows), full[rows])
+    # "float32": float64 sums, control means rounded to float32, float32 difference (the
+    # arithmetic of a training run's inputs); "float64": one rounding at the end
+    cm = ControlMeans.fit(x, b, c)
+    mean32 = cm.mean.astype(np.float32)
+    want32 = x[rows] - mean32[cm.codes[rows]]
+    np.testing.assert_array_equal(center_by_controls(x, b, c, rows=rows, precision="float32"), want32)
+    np.testing.assert_array_equal(normalize_wells(x, b, c, rows), want32)
+    want64 = (x[rows].astype(np.float64) - cm.mean[cm.codes[rows]]).astype(np.float32)
+    np.testing.assert_array_equal(full[rows], want64)
+    np.testing.assert_array_equal(normalize_wells(x, b, c, rows, normalize="none"), x[rows])
+    with pytest.raises(ValueError, match="precision"):
+        center_by_controls(x, b, c, precision="float16")
+    with pytest.raises(ValueError, match="normalize"):
+        normalize_wells(x, b, c, normalize="zscore")
+
+
+def test_normalize_wells_checks_only_the_batches_it_returns():
+    from molphenix.data import normalize_wells
+
+    x, b, c = _toy(4, n=300)
+    c[b == "b2"] = False
+    ok = np.flatnonzero(b != "b2")
+    assert normalize_wells(x, b, c, ok).shape == (ok.size, x.shape[1])
+    with pytest.raises(ValueError, match="batch 'b2' has no control wells"):
+        normalize_wells(x, b, c)
+
+
+def test_centre_wells_is_a_deprecated_alias():
+    import molphenix.train as train
+    from molphenix.data import normalize_wells
+
+    x, b, c = _toy(5, n=200)
+    with pytest.warns(DeprecationWarning, match="normalize_wells"):
+        old = train.centre_wells(x, b, c, normalize="tvn")
+    np.testing.assert_array_equal(old, normalize_wells(x, b, c, normalize="tvn"))

@@ -140,13 +140,24 @@ def test_python_m_entry_point(tmp_path):
     env = dict(os.environ)
     out = tmp_path / "cli"
     r = subprocess.run(
-        [sys.executable, "-W", "error::RuntimeWarning", "-m", "molphenix.data.simulate", "--out", str(out),
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", "molphenix", "simulate", "--out", str(out),
          "--molecules", "20", "--seed", "5", "--embedding-dim", "8", "--no-calls"],
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert r.returncode == 0, r.stderr
     assert "wells" in r.stdout
     assert load_dataset(out).embedding_dim == 8
+
+
+def test_data_layer_has_no_cli_entry_point():
+    # the data layer sits below the CLI: no molphenix.data.simulate module that imports it, and
+    # molphenix.data.simulate is the simulator function (no submodule shadowing it)
+    import importlib.util
+
+    import molphenix.data as data
+
+    assert importlib.util.find_spec("molphenix.data.simulate") is None
+    assert callable(data.simulate) and data.simulate.__module__ == "molphenix.data.simulator"
 
 
 def test_typer_command(tmp_path):

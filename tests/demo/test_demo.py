@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from molphenix.cli.main import main
 
@@ -57,23 +56,3 @@ def test_demo_flag_errors(tmp_path, capsys):
     f.write_text("")
     assert main(["demo", "--out", str(f)]) == 2
     assert capsys.readouterr().err.startswith("error: --out:")
-
-
-def test_cosine_label_loss_is_s2l_on_normalised_inputs():
-    from molphenix.demo._cosine import UnitS2LLoss, unit_s2l_loss_available
-    from molphenix.losses import S2LLoss, create_loss
-
-    g = torch.Generator().manual_seed(0)
-    p = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)
-    q = torch.nn.functional.normalize(torch.randn(16, 8, generator=g), dim=1)
-    u = torch.randn(16, 5, generator=g) * 3
-    got = UnitS2LLoss(unit_scale=0.2, backend="reference")(p, q, u).loss
-    want = S2LLoss(backend="reference")(p, q, torch.nn.functional.normalize(u, dim=1) / 0.2).loss
-    assert torch.equal(got, want)
-    with unit_s2l_loss_available():
-        import molphenix.losses as losses
-
-        assert isinstance(losses.create_loss("s2l", unit_u=True, unit_scale=0.5), UnitS2LLoss)
-        assert type(losses.create_loss("s2l")) is S2LLoss
-    with pytest.raises(ValueError, match="unit_u"):
-        create_loss("s2l", unit_u=True)  # outside the demo: an unknown option, named

@@ -8,7 +8,7 @@ import torch
 
 from _utils import assert_close
 from molphenix.baselines import RidgeConfig, RidgeModel, fit_ridge
-from molphenix.baselines._splits import split_queries
+from molphenix.eval.queries import split_queries
 from molphenix.baselines.ridge import _dose_onehot, _gram, _pair_features, solve_ridge_dual
 
 
@@ -58,7 +58,7 @@ def linear_dataset(tmp_path_factory):
 
     ds = simulate(tmp_path_factory.mktemp("sim"), n_molecules=80, seed=3, progress=False)
     splits = make_splits(ds, seed=0)
-    train = split_queries(ds, splits, "train", ds.calls)
+    train = split_queries(ds, splits.indices("train"), ds.calls)
     doses = np.unique(train["concentration"])
     fz = get_featurizer("morgan")
     smiles_of = ds.smiles_of()
@@ -92,7 +92,7 @@ def linear_dataset(tmp_path_factory):
 def test_ridge_recovers_a_linear_map(linear_dataset, tmp_path):
     ds, splits, truth = linear_dataset
     res = fit_ridge(ds, splits, config=RidgeConfig(alphas=(1e-9,), n_bootstrap=0), out=tmp_path)
-    q = split_queries(ds, splits, "unseen_molecules", ds.calls)
+    q = split_queries(ds, splits.indices("unseen_molecules"), ds.calls)
     smiles_of = ds.smiles_of()
     pred = res.model.predict(res.model.molecule_features([smiles_of[m] for m in q["molecule"]]),
                              q["concentration"]).double().numpy()

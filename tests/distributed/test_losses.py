@@ -37,6 +37,8 @@ CASES = [
     ("s2l-projected", "module", "s2l", {"sim_space": "projected", "c": 2.0, "threshold": 0.3,
                                         "init_t": 5.0, "init_b": -2.0}),
     ("s2l-none", "module", "s2l", {"sim_space": "none", "init_t": 5.0, "init_b": -2.0}),
+    ("s2l-unit", "module", "s2l", {"sim_space": "input", "u_norm": "unit", "unit_scale": 0.3, "init_t": 5.0,
+                                   "init_b": -2.0}),
     ("s2l-cosine", "module", "s2l", {"sim_space": "input", "similarity": "cosine",
                                      "threshold": 0.5, "init_t": 5.0, "init_b": -2.0}),
     ("siglip", "module", "siglip", {"init_t": 5.0, "init_b": -2.0}),
@@ -88,8 +90,12 @@ def _evaluate(case, p_all, q_all, u_all, lo, hi, mode, group=None):
         params = [log_t, b]
     else:
         lossmod = create_loss(loss_name, **kw).double()
-        out = md.DistributedLoss(lossmod, mode=mode, group=group)(p, q, u)
-        loss, stats = out.loss, out.stats
+        dl = md.DistributedLoss(lossmod, mode=mode, group=group)
+        out = dl(p, q, u)
+        loss, stats = out.loss, {k: float(v) for k, v in out.stats.items()}
+        frac = dl.soft_positive_fraction(p, u)  # the statistic the trainer logs every few steps
+        if frac is not None:
+            stats["soft_pos_frac_hook"] = float(frac)
         params = [t for t in lossmod.parameters() if t.requires_grad]
     grads = torch.autograd.grad(loss, [p, q] + params)
     return {"loss": loss.detach(), "stats": stats, "grads": [g.detach() for g in grads]}
@@ -209,7 +215,8 @@ def test_two_ranks_every_loss_matches_one_process():
     results = run_ranks(_rank_body, 2, args=(sizes, names, ("ring", "allgather"), True), timeout_s=180)
     _check_against_reference(results, sizes, names, ("ring", "allgather"))
     # the soft-label statistics are the global batch's, and there are soft positives to test
-    assert results[0][("s2l-input-soft", "ring")]["stats"]["soft_pos_frac"] > 0.0
+    assert results[0][("s2l-input-soft", "ring")]["stats"]["soft_pos_frac_hook"] > 0.0
+    assert results[0][("s2l-unit", "ring")]["stats"]["soft_pos_frac_hook"] > 0.0
     for rank, res in enumerate(results):
         assert res["bytes"]["p2p_bytes"] == _expected_p2p_bytes(sizes, rank)
         errs = res["errors"]

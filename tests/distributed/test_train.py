@@ -63,17 +63,17 @@ def fit_on_rank(cfg: Dict[str, Any], hang_at: Optional[int] = None, hang_s: floa
 
     ``hang_at=k``: rank 1 stops responding for ``hang_s`` seconds at the optimizer step of step
     ``k``, then exits (``os._exit``)."""
-    import molphenix.train.loop as loop
+    import molphenix.train.steps as steps
     from molphenix.train import fit
 
     writes = []
-    save = loop.save_checkpoint
+    save = steps.save_checkpoint
 
     def counting(obj, path):
         writes.append(os.path.basename(str(path)))
         return save(obj, path)
 
-    loop.save_checkpoint = counting
+    steps.save_checkpoint = counting
     if hang_at is not None and int(os.environ["RANK"]) == 1:
         import time
 
@@ -200,12 +200,12 @@ def test_dist_timeout_is_a_runtime_setting(runs, tmp_path, capsys):
 def test_old_logs_get_the_world_size_column(tmp_path):
     """A run logged before the world_size column existed resumes into the new layout."""
     from molphenix.train import LOG_COLUMNS
-    from molphenix.train.loop import _truncate_log
+    from molphenix.train.rundir import truncate_log
 
     old = ",".join(LOG_COLUMNS[:-1])
     path = tmp_path / "train_log.csv"
     path.write_text(f"{old}\n1,0,0,16,9.3,0.003,10,-10,0,35,120,0.1,\n2,0,1,32,8.7,0.002,10,-10,0,21,240,0.2,\n3,0")
-    _truncate_log(path, 1)
+    truncate_log(path, 1)
     with open(path) as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == LOG_COLUMNS and len(rows) == 1

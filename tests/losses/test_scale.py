@@ -26,8 +26,8 @@ def pair_fraction(x: np.ndarray, sigma: float, c: float, threshold: float) -> fl
 def test_hits_target_fraction(target, c, threshold):
     rng = np_rng(0)
     # anisotropic clusters plus noise: not a distribution where any scale rule is trivially right
-    centres = rng.normal(size=(12, 24)) * rng.uniform(0.5, 3.0, size=24)
-    x = centres[rng.integers(0, 12, size=800)] + rng.normal(size=(800, 24))
+    centers = rng.normal(size=(12, 24)) * rng.uniform(0.5, 3.0, size=24)
+    x = centers[rng.integers(0, 12, size=800)] + rng.normal(size=(800, 24))
     sigma = L.fit_similarity_scale(x, target, c=c, threshold=threshold, n_pairs=50_000)
     assert sigma > 0
     got = pair_fraction(x, sigma, c, threshold)

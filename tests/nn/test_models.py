@@ -131,8 +131,8 @@ def test_concentration_log10_sigmoid_and_combos():
     assert enc.dim == 4 and y.shape == (4, 4) and y.dtype == torch.float64
     logc = torch.log10(conc.clamp_min(1e-6))
     assert_close(y[:, 0], logc, dtype=torch.float64)
-    for k, centre in enumerate([-1.0, 0.0, 1.0]):
-        assert_close(y[:, 1 + k], 1.0 / (1.0 + torch.exp(-2.0 * (logc - centre))), dtype=torch.float64)
+    for k, center in enumerate([-1.0, 0.0, 1.0]):
+        assert_close(y[:, 1 + k], 1.0 / (1.0 + torch.exp(-2.0 * (logc - center))), dtype=torch.float64)
     assert mnn.ConcentrationEncoder([])(conc).shape == (4, 0)
     full = mnn.ConcentrationEncoder(["onehot", "log10", "sigmoid"], doses=[1.0, 10.0])
     assert full.dim == 2 + 1 + 6 and full(conc[:, None]).shape == (4, 9)

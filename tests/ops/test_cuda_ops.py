@@ -689,7 +689,7 @@ def test_small_s2l_u_paths_agree(dtype, set_opts):
     b, d, e = 150, 40, 300
     p, q, _, _ = _s2l_inputs(b, b, d, 0, dtype, seed=41)
     g = torch.Generator().manual_seed(42)
-    # control-centred u (as DESIGN.md prescribes): d2 ~ 0.07 +- 0.006, around the window edge
+    # control-centered u (as DESIGN.md prescribes): d2 ~ 0.07 +- 0.006, around the window edge
     u = (0.011 * torch.randn(b, e, generator=g, dtype=torch.float64)).float().to(DEV)
     kw = _ref_kwargs()
     fast = _s2l_raw(p, q, 10.0, -10.0, u, u)

@@ -76,7 +76,7 @@ def test_retrieve(run, ds):
 
 def test_evaluate_run_layout(run, tiny_data):
     from molphenix.eval import read_metrics, read_query_ranks
-    from molphenix.eval.run import evaluate_run
+    from molphenix.train import evaluate_run
 
     m = evaluate_run(run, tiny_data, n_bootstrap=50)
     disk = read_metrics(run / "metrics.json")
@@ -176,7 +176,7 @@ def test_loader_fixtures_train_with_defaults(loader, tmp_path):
     from pathlib import Path
 
     from molphenix.data import load_jump, load_rxrx3_core, save_dataset
-    from molphenix.eval.run import evaluate_run
+    from molphenix.train import evaluate_run
     from molphenix.train import TrainConfig, fit
 
     fx = Path(__file__).resolve().parents[1] / "fixtures"

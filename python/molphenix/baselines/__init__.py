@@ -1,7 +1,7 @@
 """Non-contrastive baselines evaluated like a trained run.
 
 :mod:`molphenix.baselines.ridge` — the linear anchor: closed-form ridge regression from molecular
-features and a dose encoding to the control-centred, replicate-averaged phenotype, retrieved by
+features and a dose encoding to the control-centered, replicate-averaged phenotype, retrieved by
 cosine.
 """
 

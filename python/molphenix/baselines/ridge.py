@@ -38,14 +38,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ._splits import centred_wells, evaluate_split_embeddings, split_queries
+from molphenix.eval.queries import split_queries
+
+from ._splits import centered_wells, evaluate_split_embeddings
 
 __all__ = ["RidgeConfig", "RidgeModel", "RidgeResult", "fit_ridge", "solve_ridge_dual",
            "DEFAULT_ALPHAS", "EVAL_SPLITS"]
 
 #: The alpha grid (lambda = alpha * tr(K) / n), chosen on the validation split.
 DEFAULT_ALPHAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
-#: Splits written to metrics.json (those the data can form; as molphenix.eval.run.evaluate_run).
+#: Splits written to metrics.json (those the data can form; as molphenix.train.evaluate_run).
 EVAL_SPLITS = ("val", "unseen_wells", "unseen_molecules", "unseen_dataset")
 MODEL_FILE = "ridge.pt"
 CONFIG_FILE = "ridge_config.json"
@@ -314,8 +316,8 @@ def fit_ridge(dataset, splits=None, *, config: Optional[RidgeConfig] = None,
         splits = make_splits(dataset, seed=cfg.split_seed)
     if calls is None:
         calls = dataset.calls if dataset.calls is not None else call_activity(dataset)
-    centred = centred_wells(dataset)
-    train = split_queries(dataset, splits, "train", calls, p_cutoff=cfg.p_cutoff, centred=centred)
+    centered = centered_wells(dataset)
+    train = split_queries(dataset, splits.indices("train"), calls, p_cutoff=cfg.p_cutoff, centered=centered)
     if train is None:
         raise ValueError("the training split is empty: nothing to fit the ridge anchor on")
     smiles_of = dataset.smiles_of()
@@ -356,7 +358,7 @@ def fit_ridge(dataset, splits=None, *, config: Optional[RidgeConfig] = None,
     grid: Dict[str, Any] = {"alphas": list(cfg.alphas), "lambda_scale": scale, "selection":
                             "val: mean of active top-1% and top-5% recall (all top-5% when no "
                             "active queries); ties: the larger alpha", "entries": []}
-    val = split_queries(dataset, splits, "val", calls, p_cutoff=cfg.p_cutoff, centred=centred)
+    val = split_queries(dataset, splits.indices("val"), calls, p_cutoff=cfg.p_cutoff, centered=centered)
     best = len(cfg.alphas) - 1
     if val is not None:
         Kv, _ = centred_cross(val)
@@ -394,7 +396,7 @@ def fit_ridge(dataset, splits=None, *, config: Optional[RidgeConfig] = None,
 
     metrics: Dict[str, Any] = {}
     for name in EVAL_SPLITS:
-        q = split_queries(dataset, splits, name, calls, p_cutoff=cfg.p_cutoff, centred=centred)
+        q = split_queries(dataset, splits.indices(name), calls, p_cutoff=cfg.p_cutoff, centered=centered)
         if q is None:
             continue
         _, _, _, fq = design(q)

@@ -1,7 +1,7 @@
 """The one benchmark harness of molphenix: ``benches/`` (CPU and GPU) and ``molphenix bench`` use it.
 
 A *case* is one op at one set of sizes and one dtype; its *providers* are ``naive`` (the pure-torch
-reference of :mod:`molphenix.ops._reference`), ``chunked`` (torch in row blocks), ``ours`` (the
+reference of :mod:`molphenix.ops.reference`), ``chunked`` (torch in row blocks), ``ours`` (the
 compiled kernels; variants ``ours-<mode>``) and an external library by its own name (``faiss``).
 The op definitions (data, providers, correctness checks) are in :mod:`molphenix.benchmark.cases`.
 

@@ -4,7 +4,7 @@ Each spec (:data:`S2L`, :data:`RANKS`, :data:`TOPK`, :data:`ARCTAN`) has
 
 * ``build(params, device, dtype, threads, only=None, variants=False) -> (Case, [Provider])``: the
   case's inputs (generated, seeded) and one closure per provider. Providers: ``naive`` (the
-  reference of :mod:`molphenix.ops._reference`, with autograd where the op has a backward),
+  reference of :mod:`molphenix.ops.reference`, with autograd where the op has a backward),
   ``chunked`` (torch in row blocks), ``ours`` (``backend=device``), ``faiss`` (CPU, float32) and,
   with ``variants=True`` on a GPU, ``ours-<mode>`` (kernel knobs);
 * ``check(device, dtype, threads, only)``: every selected provider against the float64 reference
@@ -25,7 +25,7 @@ import torch
 
 import molphenix.ops as ops
 from molphenix.benchmark import Case, CheckFailed, Provider
-from molphenix.ops import _reference as R
+from molphenix.ops import reference
 from molphenix.ops import k_for_fraction
 
 __all__ = ["S2L", "RANKS", "TOPK", "ARCTAN", "SPECS", "torch_dtype"]
@@ -200,7 +200,7 @@ class _S2LSpec:
         out = []
         if _want("naive", only):
             out.append(Provider("naive", lambda: autograd_run(
-                lambda pp, qq, sc, bi: R.s2l_loss(pp, qq, sc, bi, u, **S2L_KW)),
+                lambda pp, qq, sc, bi: reference.s2l_loss(pp, qq, sc, bi, u, **S2L_KW)),
                 notes="reference: materialises B x B, autograd"))
         if _want("chunked", only):
             out.append(Provider("chunked", lambda: chunked_s2l(p, q, u, S2L_SCALE, S2L_BIAS, chunk=chunk, **S2L_KW),
@@ -385,7 +385,7 @@ class _RanksSpec(_RetrievalSpec):
         block = 4096 if device.startswith("cuda") else 2048
         out = []
         if _want("naive", only):
-            out.append(Provider("naive", lambda: R.retrieval_ranks(q, c, t, metric="dot"),
+            out.append(Provider("naive", lambda: reference.retrieval_ranks(q, c, t, metric="dot"),
                                 notes="reference: materialises Q x N"))
         if _want("chunked", only):
             out.append(Provider("chunked", lambda: chunked_ranks(q, c, t, block),
@@ -415,7 +415,7 @@ class _RanksSpec(_RetrievalSpec):
         params = {"Q": 700, "N": 1300, "D": 64 if _low(dtype) else 67}
         q, c, t = self._inputs(params, device, dtype, seed=1)
         k = k_for_fraction(0.05, params["N"])
-        want = R.retrieval_ranks(q, c, t, metric="dot")
+        want = reference.retrieval_ranks(q, c, t, metric="dot")
         from molphenix.benchmark import _Env
 
         for prov in self._providers(q, c, t, device, dtype, threads, only, True, k):
@@ -445,7 +445,7 @@ class _TopkSpec(_RetrievalSpec):
         block = 1024 if device.startswith("cuda") else 2048
         out = []
         if _want("naive", only):
-            out.append(Provider("naive", lambda: R.topk_retrieve(q, c, k, metric="dot"),
+            out.append(Provider("naive", lambda: reference.topk_retrieve(q, c, k, metric="dot"),
                                 notes="reference: materialises Q x N, stable sort"))
         if _want("chunked", only):
             out.append(Provider("chunked", lambda: chunked_topk(q, c, k, block),
@@ -475,7 +475,7 @@ class _TopkSpec(_RetrievalSpec):
         params = {"Q": 300, "N": 1700, "D": 64 if _low(dtype) else 67}
         k = 85
         q, c, _ = self._inputs(params, device, dtype, seed=1)
-        ws, wi = R.topk_retrieve(q, c, k, metric="dot")
+        ws, wi = reference.topk_retrieve(q, c, k, metric="dot")
         from molphenix.benchmark import _Env
 
         for prov in self._providers(q, c, k, device, dtype, threads, only, True):
@@ -531,7 +531,7 @@ class _ArctanSpec:
 
         out = []
         if _want("naive", only):
-            out.append(Provider("naive", lambda: run(lambda x, y: R.arctan_l2_similarity(x, y, threshold=threshold)),
+            out.append(Provider("naive", lambda: run(lambda x, y: reference.arctan_l2_similarity(x, y, threshold=threshold)),
                                 notes="reference" + (" + autograd" if backward else "")))
         if _want("ours", only):
             out.append(Provider("ours", lambda: run(lambda x, y: ops.arctan_l2_similarity(

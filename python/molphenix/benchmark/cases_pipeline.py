@@ -1,13 +1,12 @@
-"""Benchmarked pipeline stages (issue 7, "Performance"): a training step, an evaluation, an index
-search. Same protocol as :mod:`molphenix.benchmark.cases` (``build``, ``check``, ``small``,
+"""Benchmarked pipeline stages: a training step, an evaluation, an index search (the performance
+targets of the training and retrieval pipeline). Same protocol as :mod:`molphenix.benchmark.cases` (``build``, ``check``, ``small``,
 ``memory_estimate``; providers ``naive`` / ``ours`` / ``ours-<mode>`` / ``faiss``), so the harness
 in :mod:`molphenix.benchmark` times them (interleaved repeats) and measures their memory (a fresh
 process per provider) like every other case.
 
 * :data:`TRAIN_STEP`: one optimisation step of ``molphenix-small`` (E phenomic inputs, F Morgan
   bits, log10+sigmoid dose encoding) with the ``s2l`` loss in the input similarity space, the way
-  :mod:`molphenix.train` takes it: forward of both encoders, loss (with its soft-positive
-  statistic), backward, gradient-norm clip at 1, AdamW step, clamp of t and b. ``u`` is scaled by
+  :mod:`molphenix.train` takes it: forward of both encoders, loss, backward, gradient-norm clip at 1, AdamW step, clamp of t and b. ``u`` is scaled by
   :func:`molphenix.losses.fit_similarity_scale` to the training default soft-positive fraction.
   ``naive``: the loss with ``backend="reference"``; ``ours``: the compiled ops. The encoders are
   the same torch code in both. Work: samples/s.
@@ -22,7 +21,7 @@ process per provider) like every other case.
   and cosine order them alike.
 * :data:`FINITE_CHECK`: only the NaN/Inf scan of the candidate matrix that the ops'
   argument checks run on every ``topk_retrieve`` / ``retrieval_ranks`` call
-  (:func:`molphenix.ops._common.check_finite`), at the index's size: the part of a search that
+  (:func:`molphenix.ops.check_finite`), at the index's size: the part of a search that
   does not depend on Q or k.
 """
 
@@ -126,7 +125,9 @@ class _TrainStepSpec:
             torch.nn.utils.clip_grad_norm_(params_all, 1.0)
             opt.step()
             loss_fn.clamp_parameters_()
-            stats.update(out.stats)
+            if not stats:  # the trainer logs the statistic every few steps: here on the first call
+                stats.update({k: float(v) for k, v in out.stats.items()})
+                stats["soft_pos_frac"] = float(loss_fn.soft_positive_fraction(p.detach(), u))
             return out.loss.detach()
 
         step.stats = stats  # type: ignore[attr-defined]
@@ -142,8 +143,9 @@ class _TrainStepSpec:
                                        "loss": params.get("loss", "s2l"), "soft_frac": params.get("soft_frac", 0.02)},
                     dtype=dtype, work=float(B), unit="samples/s")
         out = []
-        note = ("fwd both encoders + loss (+ soft_pos_frac stat) + bwd + clip + AdamW step; "
-                "dropout on; AdamW state created before timing")
+        note = ("fwd both encoders + loss + bwd + clip + AdamW step (the soft_pos_frac statistic on the "
+                "first call only, as the trainer logs it every few steps); dropout on; AdamW state "
+                "created before timing")
         if _want("naive", only):
             out.append(Provider("naive", self._stepper(params, inputs, "reference")[0],
                                 notes="loss backend='reference' (B x B, autograd); " + note))
@@ -163,12 +165,13 @@ class _TrainStepSpec:
         for name, backend in (("naive", "reference"), ("ours", "cpu")):
             _, model, loss_fn = self._stepper(params, inputs, backend, seed=3)
             model.eval()
-            out = loss_fn(model.encode_wells(xin), model.encode_molecules(bits, conc), u)
+            p = model.encode_wells(xin)
+            out = loss_fn(p, model.encode_molecules(bits, conc), u)
             out.loss.backward()
             grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
             grads.update({"loss." + n: p.grad.detach().clone() for n, p in loss_fn.named_parameters()
                           if p.grad is not None})
-            got[name] = (float(out.loss.detach()), grads, out.stats.get("soft_pos_frac"))
+            got[name] = (float(out.loss.detach()), grads, float(loss_fn.soft_positive_fraction(p.detach(), u)))
         (l0, g0, f0), (l1, g1, f1) = got["naive"], got["ours"]
         tol = 1e-4
         dl = abs(l0 - l1) / max(1e-12, abs(l0))
@@ -425,15 +428,15 @@ class _FiniteCheckSpec:
         return None
 
     def build(self, params, device="cpu", dtype="float32", threads=1, only=None, variants=False):
-        from molphenix.ops import _common as C
+        from molphenix.ops import check_finite
 
         N, D = params["N"], params["D"]
         cand = _ours_index(N, D, params.get("seed", 0)).embeddings
         case = Case(op=self.op, sizes={"N": N, "D": D}, dtype=dtype, work=float(N) * D * 4 / 1e9, unit="GB/s")
         out = []
         if _want("ours", only):
-            out.append(Provider("ours", lambda: C.check_finite(cand, "candidates"),
-                                notes="molphenix.ops._common.check_finite(candidates): the scan that "
+            out.append(Provider("ours", lambda: check_finite(cand, "candidates"),
+                                notes="molphenix.ops.check_finite(candidates): the scan that "
                                       "topk_retrieve / retrieval_ranks run on every call"))
         if _want("torch-isfinite", only):
             out.append(Provider("torch-isfinite", lambda: bool(torch.isfinite(cand).all()),
@@ -445,13 +448,13 @@ class _FiniteCheckSpec:
         return case, out
 
     def check(self, device="cpu", dtype="float32", threads=1, only=None) -> Iterator[str]:
-        from molphenix.ops import _common as C
+        from molphenix.ops import check_finite
 
         x = torch.zeros(3000, 64)
-        C.check_finite(x, "x")
+        check_finite(x, "x")
         x[2999, 63] = float("nan")
         try:
-            C.check_finite(x, "x")
+            check_finite(x, "x")
         except ValueError:
             yield "check_finite: accepts a finite matrix, rejects one NaN"
             return

@@ -11,7 +11,9 @@ Exit codes:
 
 * ``0``: success.
 * ``2``: usage error: an unknown, missing or invalid flag or argument, an output that already
-  exists, an input path that does not exist, a value the library rejected (``ValueError``).
+  exists, an input path that does not exist, a value the library rejected (``ValueError``), a
+  feature whose optional extra is not installed (``molphenix._extras.MissingExtraError``: the
+  line says how to install it).
 * ``1``: the command ran and failed on its input data (:class:`molphenix.data.SchemaError`,
   including unreadable or corrupt files) or on the file system (``PermissionError``, a full
   disk ...).
@@ -254,6 +256,10 @@ def format_error(exc: BaseException) -> Optional[Tuple[str, int]]:
         SchemaError = ()  # type: ignore[assignment,misc]
     if SchemaError and isinstance(exc, SchemaError):
         return _join(None, str(exc)), 1
+    from molphenix._extras import MissingExtraError
+
+    if isinstance(exc, MissingExtraError):  # an optional extra is needed: how to install it
+        return _join(None, str(exc)), 2
     if isinstance(exc, (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)):
         return _join(None, describe_os_error(exc)), 2
     if isinstance(exc, PermissionError):

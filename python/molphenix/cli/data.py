@@ -1,8 +1,8 @@
-"""``molphenix simulate`` and ``molphenix call-activity``: the data layer's commands.
+"""``molphenix simulate``, ``molphenix call-activity`` and ``molphenix featurize``: the data layer's
+commands (``molphenix import-profiles`` lives in :mod:`molphenix.cli.profiles` and is registered here too).
 
 Registered on the app by :func:`register`; errors follow :mod:`molphenix.cli._errors`
-(``error: --flag: message``). ``python -m molphenix.data.simulate ...`` runs the same
-``molphenix simulate`` command.
+(``error: --flag: message``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from typing import Optional
 
 import typer
 
-from molphenix.cli._errors import describe_os_error, non_negative_int, positive_int, usage_error
+from molphenix.cli._errors import (data_error, describe_os_error, non_negative_int, positive_int, threads_option,
+                                   usage_error)
 from molphenix.data.activity import DEFAULT_CUTOFF
 from molphenix.data.simulator import SimulatorConfig as _D
 
-__all__ = ["call_activity_command", "register", "simulate_command"]
+__all__ = ["call_activity_command", "featurize_command", "register", "simulate_command"]
 
 # library parameter names that appear in ValueError messages -> the flag the user typed
 _SIMULATE_FLAGS = {
@@ -129,9 +130,66 @@ def call_activity_command(
     typer.echo(msg)
 
 
+#: mol_input values with a machine-wide cache that ``featurize`` can fill
+_PRECOMPUTED = ("minimol",)
+
+
+def featurize_command(
+    data: Path = typer.Option(..., "--data", help="Dataset directory (its molecules.parquet)."),
+    mol_input: str = typer.Option("minimol", "--mol-input", help="Molecular input to precompute: minimol."),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", help="Cache root (default: $MOLPHENIX_CACHE_DIR, else ~/.cache/molphenix)."),
+    threads: Optional[int] = threads_option("ONNX runtime threads (default: one per core); must be >= 1"),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: when a TTY)."),
+) -> None:
+    """Precompute the molecular embeddings of a dataset into the machine-wide cache."""
+    from molphenix._extras import MissingExtraError
+    from molphenix.data.io import load_dataset
+
+    if mol_input not in _PRECOMPUTED:
+        usage_error("--mol-input", f"only {', '.join(_PRECOMPUTED)} has a machine-wide cache to fill, got "
+                                   f"{mol_input!r} (morgan, rdkit2d and maccs take seconds and are cached per run)")
+    if not data.is_dir():
+        usage_error("--data", f"{data}: dataset directory not found")
+    if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
+        usage_error("--cache-dir", f"{cache_dir} exists and is not a directory")
+    from molphenix.data.minimol import MiniMol, require_minimol
+
+    try:
+        require_minimol()
+    except MissingExtraError as exc:
+        usage_error("--mol-input", str(exc))
+    try:
+        ds = load_dataset(data)
+    except FileNotFoundError as exc:  # a required file of the dataset is missing
+        usage_error("--data", str(exc))
+    smiles = ds.molecules.column("smiles").to_pylist()
+    f = MiniMol(threads=threads, cache_dir=cache_dir, progress=progress)
+    try:
+        f.compute(smiles, on_invalid="zero")
+    except PermissionError as exc:
+        data_error("--cache-dir", f"cannot write the cache: {describe_os_error(exc)}")
+    st = f.last_stats
+    load, work = st["model_load_seconds"], st["seconds"] - st["model_load_seconds"]
+    rate = f", {st['computed'] / work:.1f} molecules/s" if st["computed"] and work > 0 else ""
+    typer.echo(f"featurize {mol_input}: {st['molecules']} molecules ({st['distinct']} distinct structures): "
+               f"{st['cached']} cached before, {st['computed']} computed, {st['failed']} failed, "
+               f"{st['seconds']:.1f} s" + (f" (model load {load:.1f} s{rate})" if load else
+                                          (f" ({rate[2:]})" if rate else "")))
+    typer.echo(f"cache: {st['cache_dir']}")
+    if st["failed"]:
+        data_error("--data", f"{st['failed']} molecule(s) could not be embedded (training on this dataset "
+                             f"with --mol-input {mol_input} names the first)")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``simulate`` and ``call-activity`` to ``app``."""
+    """Add ``simulate``, ``call-activity``, ``featurize`` and ``import-profiles`` to ``app``."""
+    from molphenix.cli.profiles import register as register_profiles
+
     app.command("simulate", help="Simulate a paired phenomic/molecular dataset (offline, seeded) into --out.")(
         simulate_command)
     app.command("call-activity", help="Activity p-values of a dataset's (molecule, concentration) samples.")(
         call_activity_command)
+    app.command("featurize", help="Precompute a dataset's molecular embeddings (minimol) into the machine-wide cache.")(
+        featurize_command)
+    register_profiles(app)

@@ -23,7 +23,7 @@ _TRAIN_FLAGS = {
     "data": "--data", "out": "--out", "loss": "--loss", "model": "--model", "seed": "--seed",
     "device": "--device", "threads": "--threads", "checkpoint_every": "--checkpoint-every",
     "steps": "--steps", "samples": "--samples", "batch_size": "--batch-size", "lr": "--lr",
-    "overwrite": "--overwrite", "dist_timeout": "--dist-timeout",
+    "overwrite": "--overwrite", "dist_timeout": "--dist-timeout", "mol_input": "--mol-input",
 }
 _EVAL_FLAGS = {"data": "--data", "run": "--run", "match": "--match", "checkpoint": "--checkpoint",
                "splits": "--split", "out": "--out"}
@@ -46,6 +46,9 @@ def train_command(
     loss: Optional[str] = typer.Option(None, "--loss", help="s2l (default), siglip, clip, infoloob, cloome or cwcl."),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON or YAML file of TrainConfig fields (flags override it)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model config name (default molphenix-small) or a JSON path."),
+    mol_input: Optional[str] = typer.Option(
+        None, "--mol-input", help="Molecular input: morgan, rdkit2d, maccs, minimol (pretrained MiniMol, needs "
+        'pip install "molphenix[minimol]"), graph or column:NAME (default: the model config\'s).'),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default 0).", callback=non_negative_int),
     device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
     threads: Optional[int] = threads_option("CPU threads for torch (default: torch's setting); must be >= 1"),
@@ -68,7 +71,7 @@ def train_command(
 
     given: Dict[str, Any] = {k: v for k, v in dict(
         data=str(data) if data is not None else None, out=str(out) if out is not None else None,
-        loss=loss, model=model, seed=seed, device=device, threads=threads, steps=steps, samples=samples,
+        loss=loss, model=model, mol_input=mol_input, seed=seed, device=device, threads=threads, steps=steps, samples=samples,
         batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, progress=progress,
         dist_timeout=dist_timeout).items()
         if v is not None}
@@ -100,6 +103,14 @@ def train_command(
         usage_error("--data", "required (the dataset directory)")
     if cfg.out is None:
         usage_error("--out", "required (the run directory)")
+    if cfg.mol_input == "minimol":  # say it before any work, not after the data is loaded
+        from molphenix._extras import MissingExtraError
+        from molphenix.data.minimol import require_minimol
+
+        try:
+            require_minimol()
+        except MissingExtraError as exc:
+            usage_error("--mol-input" if mol_input is not None else "--config", str(exc))
     from molphenix.train import RankFailure
 
     try:
@@ -123,7 +134,7 @@ def evaluate_command(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed.", callback=non_negative_int),
 ) -> None:
     """Zero-shot retrieval metrics of a run on its saved splits; writes RUN/metrics.json."""
-    from molphenix.eval.run import evaluate_run
+    from molphenix.train import evaluate_run
 
     if match not in ("pair", "molecule"):
         usage_error("--match", f"must be pair or molecule, got {match!r}")

@@ -2,19 +2,23 @@
 
 Public API: :func:`load_dataset`, :func:`save_dataset`, :class:`Dataset`, :func:`simulate`,
 :func:`call_activity`, the :mod:`~molphenix.data.featurize` module, splits, the replicate
-sampler, preprocessing, and the RxRx3-core / JUMP loaders. Nothing here imports the compiled
+sampler, preprocessing, :func:`load_profiles` (any well-level profile table; the RxRx3-core /
+JUMP loaders are its presets) and per-plate normalization (:mod:`~molphenix.data.normalize`). Nothing here imports the compiled
 extension.
 """
 
 from . import featurize
 from .activity import DEFAULT_CUTOFF, call_activity, evaluate_calls, roc_auc
 from .io import Dataset, from_tables, load_calls, load_dataset, save_calls, save_dataset
-from .loaders import load_jump, load_rxrx3_core
+from . import normalize
+from .loaders import ProfileImportError, import_profiles, load_jump, load_profiles, load_rxrx3_core
 from .preprocess import (
     TVN,
+    ControlMeans,
     average_replicates,
     center_by_controls,
     fit_tvn,
+    normalize_wells,
     typical_variation_normalize,
 )
 from .sampling import ReplicateSampler
@@ -23,10 +27,12 @@ from .simulator import SimulatorConfig, simulate
 from .splits import SPLIT_NAMES, Splits, make_splits, scaffold_of
 
 __all__ = [
+    "ControlMeans",
     "DataFileError",
     "Dataset",
     "DEFAULT_CUTOFF",
     "InvalidSmilesReport",
+    "ProfileImportError",
     "ReplicateSampler",
     "SPLIT_NAMES",
     "SchemaError",
@@ -40,11 +46,15 @@ __all__ = [
     "featurize",
     "fit_tvn",
     "from_tables",
+    "import_profiles",
     "load_calls",
     "load_dataset",
     "load_jump",
+    "load_profiles",
     "load_rxrx3_core",
     "make_splits",
+    "normalize",
+    "normalize_wells",
     "roc_auc",
     "save_calls",
     "save_dataset",

@@ -2,10 +2,10 @@
 
 The statistic (documented in docs/design/data.md):
 
-1. Per dataset, every well is centred on the mean of the control wells of its own batch
+1. Per dataset, every well is centered on the mean of the control wells of its own batch
    (control wells on the mean of the *other* controls of their batch: leave-one-out).
 2. The control wells of each batch are split at random into a *fit* half and a *null* half.
-   A TVN whitening (PCA on the centred fit-half controls, eigenvalue ridge ``eps``) is fitted
+   A TVN whitening (PCA on the centered fit-half controls, eigenvalue ridge ``eps``) is fitted
    per dataset. Fitting and null wells are disjoint, so the null is out-of-sample exactly as
    the treated wells are.
 3. For a (molecule, concentration) sample with n replicate wells (across batches), the
@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .preprocess import _group_add, encode_labels, fit_tvn
+from .preprocess import ControlMeans, _group_add, encode_labels, fit_tvn
 
 __all__ = ["call_activity", "roc_auc", "evaluate_calls", "DEFAULT_CUTOFF"]
 
@@ -88,7 +88,9 @@ def call_activity(
     is_control = wells.column("is_control").to_numpy(zero_copy_only=False).astype(bool)
     if is_control.all():
         raise ValueError("wells: no treated wells to call")
-    batch_codes, batch_names = encode_labels(wells.column("batch").to_numpy(zero_copy_only=False))
+    # per-batch control statistics (float64 sums): every centering below goes through them
+    cm = ControlMeans.fit(x, wells.column("batch").to_numpy(zero_copy_only=False), is_control, chunk=chunk)
+    batch_codes, batch_names = cm.codes, cm.names
     ds_codes, ds_names = encode_labels(wells.column("dataset").to_numpy(zero_copy_only=False))
     n_b = len(batch_names)
     e = x.shape[1]
@@ -110,20 +112,15 @@ def call_activity(
     )
     n_s = uniq.num_rows
 
-    # ---- per-batch control means (float64) and counts
+    # ---- every batch needs 2 controls (leave-one-out centering of the controls)
     ctrl = np.flatnonzero(is_control)
-    sums = np.zeros((n_b, e))
-    for s in range(0, len(ctrl), chunk):
-        r = ctrl[s : s + chunk]
-        _group_add(sums, batch_codes[r], x[r].astype(np.float64))
-    counts = np.bincount(batch_codes[ctrl], minlength=n_b)
+    counts = cm.counts
     bad = np.flatnonzero(counts < 2)
     if bad.size:
         raise ValueError(
             f"wells: batch {batch_names[bad[0]]!r} has {counts[bad[0]]} control wells; "
             "activity calling needs at least 2 per batch"
         )
-    mu = sums / counts[:, None]
 
     # ---- split controls into fit / null halves, per batch
     order = ctrl[np.lexsort((rng.random(len(ctrl)), batch_codes[ctrl]))]
@@ -133,10 +130,8 @@ def call_activity(
     is_fit = (rank % 2) == 0
     fit_wells, null_wells = order[is_fit], order[~is_fit]
 
-    def centred_controls(rows: np.ndarray) -> np.ndarray:
-        b = batch_codes[rows]
-        n = counts[b][:, None].astype(np.float64)
-        return (x[rows].astype(np.float64) - mu[b]) * (n / (n - 1))
+    def centered_controls(rows: np.ndarray) -> np.ndarray:
+        return cm.center(x, rows, leave_one_out=True, dtype=np.float64)
 
     # ---- per dataset: TVN, whitened per-sample statistic, null, p-value
     n_wells = np.bincount(sample_of, minlength=n_s)
@@ -152,12 +147,12 @@ def call_activity(
         nw_d = null_wells[ds_codes[null_wells] == d]
         if len(fw) < 2 or len(nw_d) < 1:
             raise ValueError(f"wells: dataset {dname!r} has fewer than 4 control wells")
-        tvn = fit_tvn(centred_controls(fw), eps=eps, n_components=n_components)
+        tvn = fit_tvn(centered_controls(fw), eps=eps, n_components=n_components)
         k_dims[str(dname)] = tvn.dim
         rows_d = np.flatnonzero(ds_codes[treated] == d)
         if rows_d.size == 0:
             continue
-        # per-sample sums of centred wells, indexed locally to this dataset's samples;
+        # per-sample sums of centered wells, indexed locally to this dataset's samples;
         # float32 accumulators (sums of a handful of wells) keep this at n_samples_d x E x 4 B
         nd_all = np.bincount(sample_of[rows_d], minlength=n_s)
         touched = np.flatnonzero(nd_all)
@@ -168,7 +163,7 @@ def call_activity(
         for s in range(0, len(rows_d), chunk):
             sel = rows_d[s : s + chunk]
             w = treated[sel]
-            _group_add(acc, local[sample_of[sel]], (x[w] - mu[batch_codes[w]].astype(np.float32)))
+            _group_add(acc, local[sample_of[sel]], cm.center(x, w, precision="float32"))
         # whiten the sums in blocks (float64 arithmetic, bounded temporaries)
         stat_d = np.empty(len(touched))
         for s in range(0, len(touched), chunk):
@@ -179,7 +174,7 @@ def call_activity(
         stat[touched] += stat_d * nd / n_wells[touched]
 
         # null: whitened null-half controls of this dataset, sets from distinct batches
-        null_w = tvn.transform(centred_controls(nw_d), dtype=np.float64)
+        null_w = tvn.transform(centered_controls(nw_d), dtype=np.float64)
         nb = batch_codes[nw_d]
         norder = np.argsort(nb, kind="stable")
         null_w, nb = null_w[norder], nb[norder]

@@ -7,6 +7,8 @@ Matrix featurizers map SMILES to a float32 matrix [N, F]:
   statistics from :meth:`RDKitDescriptors.fit` (or the batch itself), NaN -> 0, clipped, finite.
 * :class:`MACCSKeys` — the 167 MACCS structural keys.
 * :class:`EmbeddingColumn` — precomputed embeddings stored in the molecules table.
+* :class:`molphenix.data.minimol.MiniMol` — the pretrained MiniMol encoder (512-d; optional
+  extra ``molphenix[minimol]``), with its own machine-wide cache (:mod:`molphenix.data.cache`).
 
 :class:`GraphFeaturizer` turns SMILES into :class:`MolGraph` (atom/bond features, edges) for a
 trainable message-passing network; :func:`collate_graphs` batches them into a
@@ -326,7 +328,9 @@ def get_featurizer(name: str, **kwargs: Any) -> _Base:
     """Build a featurizer by name.
 
     Args:
-        name: ``"morgan"``, ``"rdkit2d"`` or ``"maccs"``.
+        name: ``"morgan"``, ``"rdkit2d"``, ``"maccs"`` or ``"minimol"`` (the pretrained MiniMol
+            encoder, :class:`molphenix.data.minimol.MiniMol`; needs the ``molphenix[minimol]``
+            extra when molecules must be embedded).
         **kwargs: Constructor arguments.
 
     Returns:
@@ -335,7 +339,9 @@ def get_featurizer(name: str, **kwargs: Any) -> _Base:
     Raises:
         ValueError: unknown name.
     """
-    table = {"morgan": MorganCounts, "rdkit2d": RDKitDescriptors, "maccs": MACCSKeys}
+    from .minimol import MiniMol
+
+    table = {"morgan": MorganCounts, "rdkit2d": RDKitDescriptors, "maccs": MACCSKeys, "minimol": MiniMol}
     if name not in table:
         raise ValueError(f"unknown featurizer {name!r}; choose from {sorted(table)}")
     return table[name](**kwargs)

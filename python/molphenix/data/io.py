@@ -294,7 +294,9 @@ def load_dataset(
 
     Args:
         path: Directory with ``wells.parquet``, ``molecules.parquet`` and optionally
-            ``truth.parquet``, ``calls.parquet``, ``meta.json``.
+            ``truth.parquet``, ``calls.parquet``, ``meta.json``; or the name of a dataset
+            bundled with molphenix (``"cell-injury"``, see :mod:`molphenix.datasets`) when no
+            directory of that name exists.
         validate: Run schema validation (strongly recommended; skip only for trusted data).
         check_smiles: Parse every SMILES with RDKit; invalid ones are skipped, reported in
             ``Dataset.invalid_smiles`` and with a warning, and wells that reference them are
@@ -314,7 +316,11 @@ def load_dataset(
     """
     root = Path(path)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset directory not found: {root}")
+        from . import bundled
+
+        if str(path).replace("_", "-") not in bundled.names():
+            raise FileNotFoundError(f"dataset directory not found: {root}")
+        root = bundled.path(str(path))
     for f in (WELLS_FILE, MOLECULES_FILE):
         if not (root / f).exists():
             raise FileNotFoundError(f"{root / f} is missing")

@@ -4,7 +4,7 @@ Each epoch, :class:`ReplicateSampler` keeps every *active* sample (p < ``p_cutof
 *inactive* sample (p >= ``p_cutoff``) with probability ``inactive_rate`` (undersampling), shuffles
 them, and for every drawn sample averages a random subset of its replicate wells (size uniform
 in [``min_average``, min(``max_average``, n_wells)]; the wells sit in different batches, so the
-average mixes batches). Embeddings are control-centred per batch (optionally TVN-whitened) once,
+average mixes batches). Embeddings are control-centered per batch (optionally TVN-whitened) once,
 up front.
 """
 
@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from .._warnings import external_stacklevel
 from .activity import DEFAULT_CUTOFF
-from .preprocess import control_statistics, encode_labels, fit_tvn
+from .preprocess import normalize_wells
 
 __all__ = ["ReplicateSampler", "SampleBatch", "shard_bounds"]
 
@@ -96,7 +96,7 @@ class ReplicateSampler:
             undersampling, 0 = actives only).
         min_average, max_average: Replicate-subset size range (``max_average=None``: all).
         batch_size: Samples per batch.
-        normalize: ``"center"`` (per-batch control centring), ``"tvn"`` (centring + TVN
+        normalize: ``"center"`` (per-batch control centering), ``"tvn"`` (centering + TVN
             whitening fitted on the controls) or ``None`` (raw embeddings).
         drop_last: Drop the final incomplete batch.
         seed: Seed; epoch e draws its samples from the stream (seed, e) and averages batch b's
@@ -155,23 +155,9 @@ class ReplicateSampler:
         if rows.size == 0:
             raise ValueError("wells: no treated wells selected")
 
-        x = dataset.phenomic_matrix()
-        if normalize is None:
-            self._x = np.ascontiguousarray(x[rows], dtype=np.float32)
-        else:
-            # centre only the selected rows (memory: one copy of them, not of the whole matrix)
-            codes, names = encode_labels(w.column("batch").to_numpy(zero_copy_only=False))
-            sums, _sq, counts = control_statistics(x, codes, is_control, len(names))
-            need = np.unique(codes[rows])
-            bad = need[counts[need] == 0]
-            if bad.size:
-                raise ValueError(f"batch {str(names[bad[0]])!r} has no control wells; cannot centre its wells")
-            mean = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-            self._x = x[rows] - mean[codes[rows]]
-            if normalize == "tvn":
-                ctrl = np.flatnonzero(is_control)
-                tvn = fit_tvn(x[ctrl] - mean[codes[ctrl]])
-                self._x = tvn.transform(self._x)
+        # center (and whiten) only the selected rows: one copy of them, not of the whole matrix
+        self._x = normalize_wells(dataset.phenomic_matrix(), w.column("batch").to_numpy(zero_copy_only=False),
+                                  is_control, rows, normalize=normalize)
 
         mol = w.column("molecule_id").take(pa.array(rows)).to_pylist()
         conc = w.column("concentration_um").take(pa.array(rows)).to_numpy(zero_copy_only=False)

@@ -390,7 +390,7 @@ class _HiddenMap:
         chunk = 256
         for start in range(0, len(mols), chunk):
             part = mols[start : start + chunk]
-            # centring on a fixed reference mean removes the component every fingerprint
+            # centering on a fixed reference mean removes the component every fingerprint
             # shares (unrelated molecules get uncorrelated z; similar ones stay close)
             z[start : start + len(part)] = (_fingerprints(part) - mu) @ self.A
             for i, m in enumerate(part):

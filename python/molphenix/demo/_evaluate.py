@@ -1,6 +1,6 @@
 """The demo's glue to trained runs: their split's queries, molecule embeddings, recall curves.
 
-(Metrics come from :func:`molphenix.eval.run.evaluate_run`; :func:`evaluate_trained` is the same
+(Metrics come from :func:`molphenix.train.evaluate_run`; :func:`evaluate_trained` is the same
 recipe in memory, for callers that do not want files written.)"""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _run_calls(run: Path, dataset) -> Any:
 def split_inputs(run: Path, dataset, tm, name: str) -> Optional[Dict[str, Any]]:
     """The run's queries of split ``name`` (its saved split and calls), or None if empty."""
     from molphenix.data import Splits
-    from molphenix.train.loop import split_queries
+    from molphenix.eval.queries import split_queries
 
     splits = Splits.load(run / "split.parquet", dataset)
     rows = splits.indices(name)
@@ -46,7 +46,7 @@ def evaluate_trained(run: str | Path, dataset, *, n_bootstrap: int = 1000, seed:
                      ) -> Tuple[Dict[str, Any], Any]:
     """Metrics of a run's best checkpoint on every evaluation split its data can form.
 
-    Every split: queries are the split's control-centred wells averaged per (molecule,
+    Every split: queries are the split's control-centered wells averaged per (molecule,
     concentration); candidates are the split's (molecule, concentration) pairs; ``match="pair"``.
 
     Returns:

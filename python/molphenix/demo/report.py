@@ -115,7 +115,7 @@ def metrics_table(results: Mapping[str, Mapping[str, Any]], split: str, *,
 
 
 def _quality_lines(results: Mapping[str, Mapping[str, Any]]) -> List[str]:
-    """The issue's checks on unseen molecules (active top-1%), reported as measured."""
+    """The acceptance checks on unseen molecules (active top-1%), reported as measured."""
     def get(m):
         return results.get(m, {}).get("unseen_molecules", {}).get("active", {})
 
@@ -136,7 +136,7 @@ def _quality_lines(results: Mapping[str, Mapping[str, Any]]) -> List[str]:
     if clip:
         checks.append(f"MolPhenix at least 0.9x CLIP: **{'yes' if s2l['top1'] >= 0.9 * clip else 'no'}** "
                       f"({s2l['top1'] / clip:.2f}x)")
-    lines += ["", "Checks of issue 7 on this run: " + "; ".join(checks) + "."]
+    lines += ["", "Acceptance checks on this run: " + "; ".join(checks) + "."]
     return lines
 
 
@@ -163,17 +163,18 @@ def write_report(out: Path, results: Mapping[str, Mapping[str, Any]], plots: Map
     lines.append("")
     lines.append(f"Baselines: {', '.join(BASELINES)}. Ablations of MolPhenix: "
                  f"{', '.join(ABLATIONS)} (no concentration encoding; no inactive undersampling; "
-                 "soft labels from cosine similarity of the inputs, emulated by L2-normalising them "
-                 "with the same soft-positive fraction; identity labels, i.e. the S2L loss without "
+                 "cosine-geometry soft labels: the arctan-L2 labels of the L2-normalised inputs "
+                 "(S2L with u_norm=\"unit\"), scaled to the same soft-positive fraction; identity "
+                 "labels, i.e. the S2L loss without "
                  "soft labels). `ridge` is a linear anchor (closed-form "
-                 "ridge regression from Morgan counts x dose to the control-centred phenotype, "
+                 "ridge regression from Morgan counts x dose to the control-centered phenotype, "
                  "retrieved by cosine; alpha chosen on validation).")
     grid_file = out / "ridge" / "ridge_grid.json"
     if grid_file.is_file():
         grid = json.loads(grid_file.read_text())
         lines.append("")
         lines.append(f"Ridge: alpha = {grid['chosen_alpha']:g} (lambda = alpha x mean diagonal of the "
-                     f"centred Gram matrix) chosen from {{{', '.join(f'{a:g}' for a in grid['alphas'])}}} "
+                     f"centered Gram matrix) chosen from {{{', '.join(f'{a:g}' for a in grid['alphas'])}}} "
                      f"on the validation split ({grid['selection']}); numbers in `ridge/ridge_grid.json`.")
     lines.append("")
     lines.append("*chance* is k / N, the expected recall of a random ranking (k = max(1, ceil(f N)) "

@@ -15,8 +15,10 @@ method                         TrainConfig fields changed from the defaults
 ``cloome``                     ``loss="cloome"``
 ``molphenix-no-conc``          ``concentration="none"`` (no explicit concentration encoding)
 ``molphenix-no-undersampling`` ``inactive_rate=1.0``
-``molphenix-cosine-labels``    soft labels from row-normalised inputs (cosine; see
-                               :mod:`molphenix.demo._cosine`)
+``molphenix-cosine-labels``    ``loss_kwargs={"u_norm": "unit", "unit_scale": ...}``: soft labels
+                               from row-normalised inputs (cosine geometry; the scale is fitted
+                               so the same fraction of pairs are soft positives; see
+                               :class:`molphenix.losses.S2LLoss`)
 ``molphenix-no-soft-labels``   ``loss_kwargs={"sim_space": "none"}`` (identity labels: the S2L
                                loss without soft labels; docs/design/training.md)
 ``ridge``                      not trained: :func:`molphenix.baselines.fit_ridge`
@@ -73,8 +75,8 @@ class DemoProfile:
     sim_overrides: Dict[str, Any] = field(default_factory=dict)
 
 
-#: ``default`` and ``quick`` are sized for the issue's time limits on 2 CPU cores; ``tiny`` is for
-#: tests. Timings: benches/bench_demo.py, log in benches/results/demo-cpu-x86_64-2c.log. The
+#: ``default`` and ``quick`` are sized for the demo's time limits (10 and 2 minutes) on 2 CPU
+#: cores; ``tiny`` is for tests. Timings: benches/bench_demo.py, log in benches/results/demo-cpu-x86_64-2c.log. The
 #: default's 131,072 samples (512 steps of 256) are about half the tuning budget (256,000; the
 #: validation recall of the tuning runs peaked at 300-600 steps), at about half the time limit.
 PROFILES: Dict[str, DemoProfile] = {
@@ -92,7 +94,7 @@ LEARNED: Dict[str, Dict[str, Any]] = {
     "cloome": {"loss": "cloome"},
     "molphenix-no-conc": {"concentration": "none"},
     "molphenix-no-undersampling": {"inactive_rate": 1.0},
-    "molphenix-cosine-labels": {"loss_kwargs": {"unit_u": True}},  # + unit_scale, fitted
+    "molphenix-cosine-labels": {"loss_kwargs": {"u_norm": "unit"}},  # + unit_scale, fitted
     "molphenix-no-soft-labels": {"loss_kwargs": {"sim_space": "none"}},
 }
 METHODS: Tuple[str, ...] = tuple(LEARNED) + ("ridge",)
@@ -158,24 +160,21 @@ def _train_config(out: Path, method: str, profile: DemoProfile, seed: int, extra
 
 
 def _unit_scale(ds, seed: int) -> float:
-    """unit_scale of the cosine-label ablation, fitted on the training split's inputs."""
-    from molphenix.baselines._splits import centred_wells, split_queries
-    from molphenix.data import make_splits
+    """unit_scale of the cosine-label ablation, fitted on the training split's queries."""
+    from molphenix.data import center_by_controls, make_splits
+    from molphenix.eval.queries import split_queries
+    from molphenix.losses import fit_unit_scale
     from molphenix.train import DEFAULT_SOFT_POSITIVE_FRACTION, TrainConfig
 
-    from ._cosine import fit_unit_scale
-
     splits = make_splits(ds, seed=TrainConfig().split_seed)
-    q = split_queries(ds, splits, "train", ds.calls, centred=centred_wells(ds))
+    centered = center_by_controls(ds.phenomic_matrix(), ds.column("batch"), ds.control_mask())
+    q = split_queries(ds, splits.indices("train"), ds.calls, centered=centered)
     return fit_unit_scale(q["x"], DEFAULT_SOFT_POSITIVE_FRACTION, seed=seed)
 
 
 def _train_and_evaluate(out: Path, method: str, ds, profile: DemoProfile, seed: int, say) -> Dict[str, Any]:
     from molphenix.eval import read_metrics
-    from molphenix.eval.run import evaluate_run
-    from molphenix.train import fit
-
-    from ._cosine import unit_s2l_loss_available
+    from molphenix.train import evaluate_run, fit
 
     mpath = out / method / "metrics.json"
     if mpath.is_file():
@@ -183,11 +182,10 @@ def _train_and_evaluate(out: Path, method: str, ds, profile: DemoProfile, seed: 
         return read_metrics(mpath)
     extra: Dict[str, Any] = {}
     if method == "molphenix-cosine-labels":
-        extra["loss_kwargs"] = {"unit_u": True, "unit_scale": _unit_scale(ds, seed)}
+        extra["loss_kwargs"] = {"u_norm": "unit", "unit_scale": _unit_scale(ds, seed)}
     cfg = _train_config(out, method, profile, seed, extra)
     t0 = time.perf_counter()
-    with unit_s2l_loss_available():
-        run = fit(cfg, log=lambda m: None)
+    run = fit(cfg, log=lambda m: None)
     t1 = time.perf_counter()
     metrics = evaluate_run(run, out / "data", out=mpath, ranks_out=False,
                            n_bootstrap=profile.n_bootstrap, seed=seed)

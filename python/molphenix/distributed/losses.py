@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from molphenix._similarity import ARCTAN_C, S2L_DELTA, S2L_GAMMA, SOFT_LABEL_THRESHOLD, check_c, check_threshold
 from molphenix.distributed._group import get_rank, get_world_size, is_initialized
 
 __all__ = [
@@ -440,10 +441,8 @@ def _sigmoid_global(siglip: bool, p, q, scale, bias, u, *, group, mode, c, thres
         if normalizer is not None and not (math.isfinite(float(normalizer)) and float(normalizer) > 0):
             raise ValueError(f"normalizer: must be a finite number > 0, got {normalizer!r}")
         if not siglip:
-            if not (math.isfinite(float(c)) and float(c) > 0):
-                raise ValueError(f"c: must be a finite number > 0, got {c!r}")
-            if threshold is not None and not (-1.0 <= float(threshold) <= 1.0):
-                raise ValueError(f"threshold: must be in [-1, 1] or None, got {threshold!r}")
+            check_c(c)
+            check_threshold(threshold)
             if diagonal not in ("soft", "hard"):
                 raise ValueError(f"diagonal: expected 'soft' or 'hard', got {diagonal!r}")
         if isinstance(diag_offset, bool) or int(diag_offset) != diag_offset:
@@ -504,10 +503,10 @@ def s2l_loss(
     *,
     group: Optional[dist.ProcessGroup] = None,
     mode: str = "ring",
-    c: float = 0.3,
-    threshold: Optional[float] = 0.75,
-    gamma: float = 1.75,
-    delta: float = 0.75,
+    c: float = ARCTAN_C,
+    threshold: Optional[float] = SOFT_LABEL_THRESHOLD,
+    gamma: float = S2L_GAMMA,
+    delta: float = S2L_DELTA,
     diagonal: str = "soft",
     u_cols: Optional[torch.Tensor] = None,
     diag_offset: int = 0,
@@ -595,7 +594,7 @@ def siglip_loss(
     Raises:
         ValueError, TypeError: as :func:`s2l_loss`.
     """
-    return _sigmoid_global(True, p, q, scale, bias, None, group=group, mode=mode, c=0.3,
+    return _sigmoid_global(True, p, q, scale, bias, None, group=group, mode=mode, c=ARCTAN_C,
                            threshold=None, gamma=1.0, delta=1.0, diagonal="soft", u_cols=None,
                            diag_offset=diag_offset, normalizer=normalizer, backend=backend,
                            num_threads=num_threads, deterministic=deterministic)
@@ -676,8 +675,9 @@ class DistributedLoss(nn.Module):
     ``"projected"`` the detached ``p`` rows of the block's owner, ``"none"`` identity labels;
     ``backend``). The others (CLIP, InfoLOOB, CLOOME, CWCL, and S2L with cosine labels) gather
     ``p``, ``q`` (and ``u``) with :func:`all_gather_with_grad` and evaluate the wrapped loss on the
-    global batch on every rank. ``stats`` are the wrapped loss's for the global batch (S2L's
-    ``soft_pos_frac`` over the first ``stats_rows`` global rows, as the wrapped loss computes it).
+    global batch on every rank. ``stats`` are the wrapped loss's for the global batch;
+    :meth:`soft_positive_fraction` is the wrapped loss's statistic over the global batch (S2L:
+    its first ``stats_rows`` global rows, as the wrapped loss computes it; every rank calls it).
     Without a process group (or with world size 1) it is the wrapped loss.
 
     Args:
@@ -722,6 +722,34 @@ class DistributedLoss(nn.Module):
         """The wrapped loss's :meth:`clamp_parameters_`."""
         self.loss.clamp_parameters_()
 
+    def similarity_scale(self, x: Any, target_fraction: float, *, seed: int = 0) -> Optional[float]:
+        """The wrapped loss's :meth:`~molphenix.losses.ContrastiveLoss.similarity_scale`."""
+        return self.loss.similarity_scale(x, target_fraction, seed=seed)
+
+    @torch.no_grad()
+    def soft_positive_fraction(self, p: torch.Tensor, u: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The wrapped loss's soft-positive fraction over the global batch (a collective: every
+        rank calls it at the same step); None for a loss without soft labels."""
+        from molphenix.losses.labels import (
+            SoftLabels,
+            cosine_soft_labels,
+            offdiagonal_positive_fraction,
+            soft_positive_fraction_tensor,
+        )
+
+        lossmod = self.loss
+        _, world = _active(self.group)
+        if world == 1 or not isinstance(lossmod, SoftLabels):
+            return lossmod.soft_positive_fraction(p, u)
+        us = lossmod.similarity_inputs(p, u)
+        if us is None:
+            return torch.zeros((), dtype=torch.float64, device=p.device)
+        if lossmod.similarity == "cosine":  # exact over the global batch
+            return offdiagonal_positive_fraction(cosine_soft_labels(self._first_rows(us, None), lossmod.threshold))
+        cap = int(lossmod.stats_rows)
+        return soft_positive_fraction_tensor(self._first_rows(us, cap), c=lossmod.c, threshold=lossmod.threshold,
+                                             max_rows=cap, backend=lossmod.backend)
+
     def forward(self, p: torch.Tensor, q: torch.Tensor, u: Optional[torch.Tensor] = None):
         """The wrapped loss of the global batch (see the class).
 
@@ -737,7 +765,6 @@ class DistributedLoss(nn.Module):
             p: [B_r, D], q: [B_r, D], u: [B_r, E] | None -> loss []
         """
         from molphenix.losses import LossOutput, S2LLoss, SigLIPLoss
-        from molphenix.losses.sigmoid import soft_positive_fraction
 
         _, world = _active(self.group)
         if world == 1:
@@ -747,18 +774,12 @@ class DistributedLoss(nn.Module):
             t, b = lossmod.scale_bias()
             self._check_local(p, q, None)
             val = siglip_loss(p, q, t, b, group=self.group, mode=self.mode, backend=lossmod.backend)
-            return LossOutput(val, {"t": float(t.detach()), "b": float(b.detach())})
+            return LossOutput(val, lossmod._stats(t, b))
         if isinstance(lossmod, S2LLoss) and (lossmod.similarity == "arctan_l2" or lossmod.sim_space == "none"):
             us, err = None, None
             try:
-                if lossmod.sim_space == "input":
-                    if u is None:
-                        raise ValueError("u: required by the s2l loss with sim_space='input' (the "
-                                         "scaled, control-centred phenomic inputs [B, E]); or use "
-                                         "sim_space='projected'")
-                    us = u.detach()
-                elif lossmod.sim_space == "projected":
-                    us = p.detach() if isinstance(p, torch.Tensor) else None
+                if lossmod.sim_space == "input" or isinstance(p, torch.Tensor):
+                    us = lossmod.similarity_inputs(p, u)  # u (u_norm="unit": normalised), or p
                 self._check_local(p, q, us, raise_now=False)
             except (TypeError, ValueError) as e:
                 err = e
@@ -769,10 +790,7 @@ class DistributedLoss(nn.Module):
             val = s2l_loss(p, q, t, b, us, group=self.group, mode=self.mode, c=lossmod.c,
                            threshold=lossmod.threshold, gamma=lossmod.gamma, delta=lossmod.delta,
                            diagonal=lossmod.diagonal, backend=lossmod.backend)
-            frac = 0.0
-            if us is not None:
-                frac = self._soft_pos_frac(us, lossmod, soft_positive_fraction)
-            return LossOutput(val, {"t": float(t.detach()), "b": float(b.detach()), "soft_pos_frac": frac})
+            return LossOutput(val, lossmod._stats(t, b))
         return self._gathered(p, q, u)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -798,19 +816,17 @@ class DistributedLoss(nn.Module):
                           f"{self.loss.name} loss")
             raise err
 
-    def _soft_pos_frac(self, us: torch.Tensor, lossmod, fn) -> float:
-        """S2L's statistic over the first ``stats_rows`` rows of the global batch."""
+    def _first_rows(self, us: torch.Tensor, cap: Optional[int]) -> torch.Tensor:
+        """The first ``cap`` rows of the global batch's ``us`` (all rows for None), on every rank."""
         rank, world = _active(self.group)
         with torch.no_grad():
             sizes = _row_counts(us.shape[0], us.shape[1], self.group, world, us.device,
                                 what="soft_pos_frac")
             off = sum(sizes[:rank])
-            cap = int(lossmod.stats_rows)
+            cap = sum(sizes) if cap is None else int(cap)
             take = [max(0, min(n, cap - sum(sizes[:i]))) for i, n in enumerate(sizes)]
             mine = us[: take[rank]] if off < cap else us[:0]
-            first = _all_gather_rows(mine, take, self.group, world) if max(take) > 0 else us[:0]
-            return fn(first, c=lossmod.c, threshold=lossmod.threshold, max_rows=cap,
-                      backend=lossmod.backend)
+            return _all_gather_rows(mine, take, self.group, world) if max(take) > 0 else us[:0]
 
     def _gathered(self, p, q, u):
         """Gather the global batch (with gradients) and evaluate the wrapped loss on it."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
+
+from molphenix._atomic import atomic_write, atomic_write_bytes  # re-exported (public since 0.1)
 
 __all__ = [
     "atomic_write",
@@ -47,34 +48,6 @@ def _jsonable(obj: Any) -> Any:
         v = float(obj)
         return v if math.isfinite(v) else None
     return obj
-
-
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Write a file atomically: ``write(f)`` fills a temporary file in the same directory, which
-    is fsynced and then renamed over ``path`` (``os.replace``); on any error the temporary file
-    is removed and ``path`` is untouched. Creates the parent directory. Returns the path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (:func:`atomic_write`). Returns the path."""
-    return atomic_write(path, lambda f: f.write(data))
 
 
 def write_metrics(path: PathLike, metrics_by_split: Mapping[str, Any]) -> Path:

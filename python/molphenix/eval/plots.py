@@ -14,6 +14,8 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from molphenix._similarity import ARCTAN_C, SOFT_LABEL_THRESHOLD
+
 __all__ = [
     "plot_embedding_projection",
     "plot_per_concentration",
@@ -37,7 +39,7 @@ def _figure(ncols: int = 1, size: Tuple[float, float] = (6.0, 4.0)):
 
 
 def _save(fig, path: PathLike) -> Path:
-    from .io import atomic_write
+    from molphenix._atomic import atomic_write
 
     fig.tight_layout()
     return atomic_write(path, lambda f: fig.savefig(f, format="png"))
@@ -205,7 +207,7 @@ def similarity_pair_samples(
     *,
     n_pairs: int = 20000,
     max_rows: int = 2000,
-    c: float = 0.3,
+    c: float = ARCTAN_C,
     scale: float = 1.0,
     seed: int = 0,
 ) -> dict:
@@ -283,9 +285,9 @@ def plot_similarity_cdfs(
     *,
     n_pairs: int = 20000,
     max_rows: int = 2000,
-    c: float = 0.3,
+    c: float = ARCTAN_C,
     scale: float = 1.0,
-    threshold: Optional[float] = 0.75,
+    threshold: Optional[float] = SOFT_LABEL_THRESHOLD,
     seed: int = 0,
     title: Optional[str] = None,
 ) -> Path:
@@ -340,7 +342,7 @@ def plot_similarity_cdfs(
 
 
 def pca_2d(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Project rows onto their first two principal components (numpy SVD, centred).
+    """Project rows onto their first two principal components (numpy SVD, centered).
 
     Returns:
         (coordinates [n, 2], explained-variance fractions [2]).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -16,13 +16,16 @@ class LossOutput(NamedTuple):
     Attributes:
         loss: The scalar loss (0-dim tensor, differentiable w.r.t. p, q and the loss's own
             parameters).
-        stats: Plain floats for logging: always ``"t"`` (the effective multiplier / inverse
-            temperature), ``"b"`` for losses with a bias, ``"soft_pos_frac"`` for losses with
-            soft labels (S2L, CWCL).
+        stats: Values for logging, as detached 0-dim tensors on the loss's device (reading them,
+            e.g. ``float(v)``, waits for the device: a trainer reads them every few steps, not
+            every step) or plain floats for constants: always ``"t"`` (the effective multiplier
+            / inverse temperature), ``"b"`` for losses with a bias, ``"soft_pos_frac"`` where the
+            loss has the soft labels at hand anyway (CWCL, S2L with cosine labels; otherwise
+            :meth:`ContrastiveLoss.soft_positive_fraction` computes it on demand).
     """
 
     loss: torch.Tensor
-    stats: Dict[str, float]
+    stats: Dict[str, Union[torch.Tensor, float]]
 
 
 class ContrastiveLoss(nn.Module):
@@ -69,6 +72,18 @@ class ContrastiveLoss(nn.Module):
     @torch.no_grad()
     def clamp_parameters_(self) -> None:
         """Project raw learnable parameters into their allowed range, in place (default: no-op)."""
+
+    def similarity_scale(self, x: Any, target_fraction: float, *, seed: int = 0) -> Optional[float]:
+        """The trainer's hook: the scale ``sigma`` that similarity inputs are divided by
+        (``u = x / sigma``), fitted on training inputs ``x`` [n, E] so that a fraction
+        ``target_fraction`` of random pairs are soft positives; None (the default) for a loss
+        that takes no ``u``."""
+        return None
+
+    def soft_positive_fraction(self, p: torch.Tensor, u: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The fraction of off-diagonal pairs of a batch with a soft label ``s > 0`` (a 0-dim
+        tensor), or None (the default) for a loss without soft labels. Logged every few steps."""
+        return None
 
     def _check_pq(self, p: torch.Tensor, q: torch.Tensor, u: Optional[torch.Tensor], min_batch: int = 1) -> None:
         if not isinstance(p, torch.Tensor) or not isinstance(q, torch.Tensor):

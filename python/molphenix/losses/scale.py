@@ -7,32 +7,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fit_similarity_scale", "soft_label_window"]
+from molphenix._similarity import ARCTAN_C, SOFT_LABEL_THRESHOLD, soft_label_window
+
+__all__ = ["fit_similarity_scale", "fit_unit_scale", "soft_label_window"]
 
 
-def soft_label_window(c: float = 0.3, threshold: float = 0.75) -> float:
-    """The squared-distance window ``w = c * tan(pi * (1 - threshold) / 4)``: ``s~ >= threshold``
-    exactly when ``d^2 <= w``.
-
-    Args:
-        c: arctan width (> 0).
-        threshold: Soft-label threshold in (-1, 1).
-
-    Returns:
-        ``w`` (> 0).
-
-    Raises:
-        ValueError: ``c <= 0`` or ``threshold`` outside (-1, 1).
-    """
-    if not (isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) and c > 0):
-        raise ValueError(f"c: must be a finite number > 0, got {c!r}")
-    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and -1.0 < threshold < 1.0):
-        raise ValueError(f"threshold: must be in (-1, 1) (at 1 the window is empty, at -1 it is "
-                         f"unbounded), got {threshold!r}")
-    return float(c) * math.tan(math.pi * (1.0 - float(threshold)) / 4.0)
-
-
-def fit_similarity_scale(x: Any, target_fraction: float, c: float = 0.3, threshold: float = 0.75,
+def fit_similarity_scale(x: Any, target_fraction: float, c: float = ARCTAN_C, threshold: float = SOFT_LABEL_THRESHOLD,
                          seed: int = 0, n_pairs: int = 100_000) -> float:
     """Scale ``sigma`` such that a fraction ``target_fraction`` of random pairs of rows of
     ``x / sigma`` have arctan-L2 similarity ``s~ >= threshold``.
@@ -44,11 +24,11 @@ def fit_similarity_scale(x: Any, target_fraction: float, c: float = 0.3, thresho
     ``u`` by ``sigma`` before the loss (``S2LLoss`` / ``CWCLLoss`` with ``sim_space="input"``).
 
     Args:
-        x: Rows defining similarity (e.g. the control-centred training wells), array-like
+        x: Rows defining similarity (e.g. the control-centered training wells), array-like
             (numpy, a CPU torch tensor, lists).
         target_fraction: Desired fraction of soft-positive random pairs, in (0, 1).
         c: arctan width (> 0).
-        threshold: Soft-label threshold, in (-1, 1).
+        threshold: Soft-label threshold, in (-1, 1) (the window is empty at 1, unbounded at -1).
         seed: Seed of the pair sampler (same inputs and seed -> same sigma).
         n_pairs: Number of random pairs (>= 1).
 
@@ -94,3 +74,30 @@ def fit_similarity_scale(x: Any, target_fraction: float, c: float = 0.3, thresho
                          "pairs of rows is 0 (the rows have no spread, or too many are identical); "
                          "cannot choose a scale")
     return math.sqrt(quantile / window)
+
+
+def fit_unit_scale(x: Any, target_fraction: float, *, c: float = ARCTAN_C, threshold: float = SOFT_LABEL_THRESHOLD,
+                   seed: int = 0) -> float:
+    """The ``unit_scale`` of S2L with ``u_norm="unit"``: the divisor of the L2-normalised rows of
+    ``x`` that puts ``target_fraction`` of random pairs in the soft-label window
+    (:func:`fit_similarity_scale` on the normalised rows; a zero row stays zero).
+
+    Args:
+        x: Rows defining similarity (e.g. the control-centered training queries) [n, E].
+        target_fraction: Desired fraction of soft-positive random pairs, in (0, 1).
+        c, threshold: The loss's arctan width and threshold.
+        seed: Seed of the pair sampler.
+
+    Returns:
+        ``unit_scale`` (> 0).
+
+    Shapes:
+        x: [n, E] -> float
+
+    Raises:
+        ValueError: as :func:`fit_similarity_scale`.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    xn = x / np.where(norms > 0, norms, 1.0)
+    return float(fit_similarity_scale(xn.astype(np.float32), target_fraction, c=c, threshold=threshold, seed=seed))

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from molphenix._similarity import ARCTAN_C, SOFT_LABEL_THRESHOLD
 from molphenix.losses.base import ContrastiveLoss, LossOutput
-from molphenix.losses.sigmoid import SIM_SPACES, SIMILARITIES, cosine_soft_labels
+from molphenix.losses.labels import SIM_SPACES, SoftLabels, cosine_soft_labels
 
 __all__ = ["CLIPLoss", "InfoLOOBLoss", "CLOOMELoss", "CWCLLoss", "infoloob", "hopfield_retrieval"]
 
@@ -116,7 +117,7 @@ class CLIPLoss(_LearnedTemperature):
             z = t * (_wide(p) @ _wide(q).T)
             target = torch.arange(z.shape[0], device=z.device)
             loss = 0.5 * (F.cross_entropy(z, target) + F.cross_entropy(z.T, target))
-        return LossOutput(loss, {"t": float(t.detach())})
+        return LossOutput(loss, {"t": t.detach()})
 
 
 class InfoLOOBLoss(ContrastiveLoss):
@@ -199,7 +200,7 @@ class CLOOMELoss(ContrastiveLoss):
         return LossOutput(loss, {"t": self.kappa})
 
 
-class CWCLLoss(_LearnedTemperature):
+class CWCLLoss(SoftLabels, _LearnedTemperature):
     """CWCL-style continuously weighted contrastive loss: soft targets from the arctan-L2
     similarity inside a softmax cross-entropy, both directions.
 
@@ -218,6 +219,7 @@ class CWCLLoss(_LearnedTemperature):
 
     Shapes:
         forward(p [B, D], q [B, D], u [B, E] | None) -> LossOutput(loss [], {"t", "soft_pos_frac"})
+        (the soft-positive fraction comes from the labels the loss builds anyway: exact, free)
 
     Raises:
         ValueError: invalid option (named).
@@ -225,28 +227,15 @@ class CWCLLoss(_LearnedTemperature):
 
     name = "cwcl"
 
-    def __init__(self, *, c: float = 0.3, threshold: Optional[float] = 0.75, sim_space: str = "input",
-                 init_t: float = 1.0 / 0.07, learn_t: bool = True, backend: str = "auto",
+    def __init__(self, *, c: float = ARCTAN_C, threshold: Optional[float] = SOFT_LABEL_THRESHOLD,
+                 sim_space: str = "input", init_t: float = 1.0 / 0.07, learn_t: bool = True, backend: str = "auto",
                  similarity: str = "arctan_l2") -> None:
         super().__init__(init_t, learn_t)
-        if similarity not in SIMILARITIES:
-            raise ValueError(f"similarity: expected one of {list(SIMILARITIES)}, got {similarity!r}")
-        self.similarity = similarity
-        if not (isinstance(c, (int, float)) and c > 0 and math.isfinite(c)):
-            raise ValueError(f"c: must be a finite number > 0, got {c!r}")
-        if threshold is not None and not (isinstance(threshold, (int, float)) and -1.0 <= threshold <= 1.0):
-            raise ValueError(f"threshold: must be in [-1, 1] or None, got {threshold!r}")
-        if sim_space not in SIM_SPACES[:2]:
-            raise ValueError(f"sim_space: expected 'input' or 'projected', got {sim_space!r}")
+        self._init_soft_labels(c=c, threshold=threshold, sim_space=sim_space, similarity=similarity,
+                               sim_spaces=SIM_SPACES[:2])
         if backend not in ("auto", "cpu", "cuda", "reference"):
             raise ValueError(f"backend: expected 'auto', 'cpu', 'cuda' or 'reference', got {backend!r}")
-        self.c, self.threshold = float(c), (None if threshold is None else float(threshold))
-        self.sim_space, self.backend = sim_space, backend
-
-    @property
-    def needs_u(self) -> bool:
-        """True for ``sim_space="input"``."""
-        return self.sim_space == "input"
+        self.backend = backend
 
     def forward(self, p: torch.Tensor, q: torch.Tensor, u: Optional[torch.Tensor] = None) -> LossOutput:
         """CWCL loss of the pairs ``(p_i, q_i)`` with soft targets from ``u``.
@@ -257,14 +246,9 @@ class CWCLLoss(_LearnedTemperature):
         from molphenix.ops import arctan_l2_similarity
 
         if self.sim_space == "input":
-            if u is None:
-                raise ValueError("u: required by the cwcl loss with sim_space='input' (the scaled, "
-                                 "control-centred phenomic inputs [B, E]); or use sim_space='projected'")
-            self._check_pq(p, q, u)
-            us = u.detach()
-        else:
-            self._check_pq(p, q, None)
-            us = p.detach()
+            self.similarity_inputs(p, u)  # a missing u is named before the shapes
+        self._check_pq(p, q, u if self.sim_space == "input" else None)
+        us = self.similarity_inputs(p, u)
         n = p.shape[0]
         with torch.no_grad():
             us = us.to(torch.float64 if p.dtype == torch.float64 else torch.float32)
@@ -275,7 +259,8 @@ class CWCLLoss(_LearnedTemperature):
             w = s.clamp_min(0.0)
             eye = torch.eye(n, dtype=torch.bool, device=w.device)
             w = w.masked_fill(eye, 1.0)
-            frac = 0.0 if n < 2 else float(((s > 0) & ~eye).sum().item()) / float(n * (n - 1))
+            frac = (((s > 0) & ~eye).sum().double() / float(n * (n - 1)) if n >= 2
+                    else torch.zeros((), dtype=torch.float64, device=s.device))
         with torch.autocast(device_type=p.device.type, enabled=False):
             t = self.temperature()
             z = t * (_wide(p) @ _wide(q).T)
@@ -283,7 +268,7 @@ class CWCLLoss(_LearnedTemperature):
             rows = -(w / w.sum(dim=1, keepdim=True) * torch.log_softmax(z, dim=1)).sum(dim=1).mean()
             cols = -(w / w.sum(dim=0, keepdim=True) * torch.log_softmax(z, dim=0)).sum(dim=0).mean()
             loss = 0.5 * (rows + cols)
-        return LossOutput(loss, {"t": float(t.detach()), "soft_pos_frac": frac})
+        return LossOutput(loss, {"t": t.detach(), "soft_pos_frac": frac})
 
     def extra_repr(self) -> str:
         """Options."""

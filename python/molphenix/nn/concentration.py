@@ -25,14 +25,14 @@ class ConcentrationEncoder(nn.Module):
       ``unknown="zero"``; a concentration counts as in the set when its log10 is within
       ``1e-3`` of a dose's (0.23% relative).
     * ``log10``: ``log10(max(c, 1e-6))``, one column.
-    * ``sigmoid``: a bank ``sigmoid(slope * (log10 c - centre_k))`` for each centre (log10 µM),
-      one column per centre: a smooth, bounded dose-response-like code.
+    * ``sigmoid``: a bank ``sigmoid(slope * (log10 c - center_k))`` for each center (log10 µM),
+      one column per center: a smooth, bounded dose-response-like code.
 
     Args:
         kinds: Sequence of kinds (empty: width 0, the "none" encoding).
         doses: The dose set in µM (required for ``onehot``).
         unknown: ``"nearest"`` or ``"zero"`` (one-hot only).
-        sigmoid_centers: Centres of the sigmoid bank, log10 µM.
+        sigmoid_centers: Centers of the sigmoid bank, log10 µM.
         sigmoid_slope: Slope per log10 unit.
 
     Shapes:

@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 __all__ = ["ModelConfig", "MOL_INPUTS", "CONCENTRATION_KINDS", "POOLING_KINDS", "ONEHOT_UNKNOWN"]
 
 #: Molecular input kinds (``"column:<name>"`` is also accepted: a precomputed embedding column).
-MOL_INPUTS = ("morgan", "rdkit2d", "maccs", "graph")
+MOL_INPUTS = ("morgan", "rdkit2d", "maccs", "minimol", "graph")
 #: Concentration encodings; join several with ``"+"`` (e.g. ``"onehot+log10"``).
 CONCENTRATION_KINDS = ("none", "onehot", "log10", "sigmoid")
 #: Graph pooling of the message-passing network.
@@ -40,8 +40,8 @@ class ModelConfig:
         molecular_hidden: Width of the molecular head's residual blocks.
         molecular_blocks: Number of residual blocks in the molecular head (>= 0).
         dropout: Dropout probability inside every residual block, in [0, 1).
-        mol_input: ``"morgan"`` (default), ``"rdkit2d"``, ``"maccs"``, ``"graph"`` or
-            ``"column:<name>"``. Tells the trainer which featurizer to use; the model only
+        mol_input: ``"morgan"`` (default), ``"rdkit2d"``, ``"maccs"``, ``"minimol"`` (the
+            pretrained MiniMol encoder), ``"graph"`` or ``"column:<name>"``. Tells the trainer which featurizer to use; the model only
             distinguishes ``"graph"`` (a :class:`~molphenix.data.featurize.GraphBatch`) from
             the rest (a dense ``[B, F]`` tensor).
         concentration: ``"none"`` or a ``"+"``-joined subset of ``onehot``, ``log10``,
@@ -50,7 +50,7 @@ class ModelConfig:
             ``concentration`` contains ``onehot``; the trainer fills it from the data).
         onehot_unknown: ``"nearest"`` (a dose outside the set is encoded as the nearest dose
             in log10 space) or ``"zero"`` (an all-zero one-hot).
-        sigmoid_centers: Centres of the sigmoid bank in log10 µM.
+        sigmoid_centers: Centers of the sigmoid bank in log10 µM.
         sigmoid_slope: Slope of every sigmoid of the bank, per log10 unit (> 0).
         mpnn_hidden: Node width of the message-passing network (graph input).
         mpnn_rounds: Message-passing rounds (>= 1).
@@ -129,7 +129,7 @@ class ModelConfig:
         self.sigmoid_centers = _check_float_list(self.sigmoid_centers, "sigmoid_centers")
         if "sigmoid" in kinds and not self.sigmoid_centers:
             raise ValueError("sigmoid_centers: the 'sigmoid' concentration encoding needs at "
-                             "least one centre")
+                             "least one center")
         if not _check_float(self.sigmoid_slope, "sigmoid_slope") > 0.0:
             raise ValueError(f"sigmoid_slope: must be > 0, got {self.sigmoid_slope!r}")
         _check_choice(self.mpnn_pool, "mpnn_pool", POOLING_KINDS)

@@ -71,7 +71,7 @@ class MolPhenixModel(nn.Module):
         """Embed phenomic inputs.
 
         Args:
-            x: Phenomic embeddings (as prepared by the trainer: e.g. control-centred).
+            x: Phenomic embeddings (as prepared by the trainer: e.g. control-centered).
 
         Returns:
             Unit-norm embeddings p.

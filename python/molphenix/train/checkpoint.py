@@ -17,6 +17,8 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
+from molphenix._atomic import atomic_write, fsync_dir
+
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "CHECKPOINT_FORMAT"]
 
 #: Version of the checkpoint dict layout.
@@ -33,24 +35,9 @@ def save_checkpoint(obj: Dict[str, Any], path: str | os.PathLike) -> Path:
     Returns:
         The path written.
     """
-    from molphenix.eval.io import atomic_write
-
     path = atomic_write(path, lambda f: torch.save(obj, f))
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> Dict[str, Any]:

@@ -74,8 +74,6 @@ RUNTIME_KEYS = ("data", "out", "overwrite", "progress", "checkpoint_every", "dev
                 "dist_timeout")
 
 _NORMALIZE = ("center", "tvn", "none")
-#: Losses that can take similarity inputs u (and so read ``soft_positive_fraction``).
-_USES_SIMILARITY_INPUTS = ("s2l", "cwcl")
 _DEVICES = ("cpu", "cuda")
 
 
@@ -89,10 +87,12 @@ class TrainConfig:
         model: Model config name (:func:`molphenix.nn.list_models`) or a JSON config path.
         model_overrides: :class:`~molphenix.nn.ModelConfig` fields replacing the named
             config's (``phenomic_dim``, ``molecular_dim`` and ``doses`` come from the data).
-        loss: Loss name (:data:`molphenix.losses.LOSSES`).
+        loss: Loss name (:data:`molphenix.losses.LOSSES`, or any registered with
+            :func:`molphenix.losses.register_loss`).
         loss_kwargs: Keyword arguments of :func:`molphenix.losses.create_loss`.
         mol_input: Molecular input: ``"morgan"`` (Morgan count fingerprint from SMILES),
-            ``"rdkit2d"``, ``"maccs"``, ``"graph"`` or ``"column:<name>"`` (a precomputed
+            ``"rdkit2d"``, ``"maccs"``, ``"minimol"`` (the pretrained MiniMol encoder, 512-d;
+            the ``molphenix[minimol]`` extra), ``"graph"`` or ``"column:<name>"`` (a precomputed
             embedding column of the molecules table); ``None`` (default) takes the model
             config's (``"morgan"`` for ``molphenix-small``, ``"graph"`` for
             ``molphenix-graph-small``).
@@ -122,8 +122,8 @@ class TrainConfig:
             loss's :data:`TUNED_DEFAULTS` entry).
         min_average, max_average: Replicate-subset size range of the random averaging
             (``max_average=None``: up to all replicates).
-        normalize: Phenomic preprocessing: ``"center"`` (per-batch control centring),
-            ``"tvn"`` (centring + TVN whitening on the controls) or ``"none"``.
+        normalize: Phenomic preprocessing: ``"center"`` (per-batch control centering),
+            ``"tvn"`` (centering + TVN whitening on the controls) or ``"none"``.
         soft_positive_fraction: For losses that need similarity inputs u (s2l with
             ``sim_space="input"``, cwcl): the fraction of random pairs of training inputs
             inside the soft-label window; sigma is fitted once to reach it
@@ -207,8 +207,13 @@ class TrainConfig:
         Raises:
             ValueError: naming the first offending field.
         """
-        if self.mol_input is not None and (not isinstance(self.mol_input, str) or not self.mol_input):
-            raise ValueError(f"mol_input: expected a non-empty string or None, got {self.mol_input!r}")
+        if self.mol_input is not None:
+            from molphenix.nn.config import MOL_INPUTS
+
+            if not isinstance(self.mol_input, str) or not (
+                    self.mol_input in MOL_INPUTS or (self.mol_input.startswith("column:") and len(self.mol_input) > 7)):
+                raise ValueError(f"mol_input: expected one of {', '.join(MOL_INPUTS)} or column:<name> "
+                                 f"(or None: the model config's), got {self.mol_input!r}")
         for f in ("model", "loss", "normalize", "device"):
             if not isinstance(getattr(self, f), str) or not getattr(self, f):
                 raise ValueError(f"{f}: expected a non-empty string, got {getattr(self, f)!r}")
@@ -332,7 +337,7 @@ class TrainConfig:
         """The fields that define what a run computes (everything but :data:`RUNTIME_KEYS`;
         ``soft_positive_fraction`` only for losses that read it)."""
         d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
-        if self.loss not in _USES_SIMILARITY_INPUTS:  # the field has no effect on such a run
+        if not _uses_similarity_inputs(self.loss):  # the field has no effect on such a run
             d.pop("soft_positive_fraction", None)
         return d
 
@@ -345,6 +350,17 @@ class TrainConfig:
         """Identity fields whose values differ: ``{field: (self's, other's)}``."""
         a, b = self.identity(), other.identity()
         return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _uses_similarity_inputs(loss: str) -> bool:
+    """Whether the registered loss ``loss`` can read similarity inputs (and so
+    ``soft_positive_fraction``); False for an unknown name."""
+    from molphenix.losses import loss_entry
+
+    try:
+        return loss_entry(loss).uses_similarity_inputs
+    except ValueError:
+        return False
 
 
 def _int(v: Any, name: str, lo: Optional[int]) -> int:

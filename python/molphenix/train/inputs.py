@@ -1,16 +1,16 @@
-"""What training, evaluation and :func:`~molphenix.train.load_run` share: the phenomic
-preprocessing, the molecular featurizer of a run, and the dataset fingerprint.
+"""What training, evaluation and :func:`~molphenix.train.load_run` share: the molecular
+featurizer of a run and the dataset fingerprint.
 
 The phenomic contract (the same for every consumer of a run):
 
-1. **Centre** every well on the mean of the control wells of its own batch (float64 sums,
-   float32 means and difference: exactly the arithmetic of
-   :class:`~molphenix.data.ReplicateSampler`); with ``normalize="tvn"`` then whiten with a TVN
-   fitted on the centred controls; ``"none"`` leaves the embeddings as they are.
+1. **Center** every well on the mean of the control wells of its own batch, optionally
+   TVN-whiten (:func:`molphenix.data.normalize_wells`, the arithmetic of
+   :class:`~molphenix.data.ReplicateSampler`; ``TrainConfig.normalize``).
 2. **Average** replicate wells per (molecule, concentration) (training: random subsets; queries
    at evaluation: all replicates).
 3. **Scale**: the model sees ``x / input_scale`` (the RMS per dimension of the sampled training
-   inputs, a constant of the run); the similarity inputs of S2L/CWCL are ``u = x / sigma``.
+   inputs, a constant of the run); the similarity inputs of S2L/CWCL are ``u = x / sigma``
+   (``sigma``, the run's similarity scale, is stored as ``run.json``'s ``sigma``).
 """
 
 from __future__ import annotations
@@ -22,71 +22,11 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 __all__ = [
-    "centre_wells",
     "MolFeatures",
+    "MolTable",
     "dataset_fingerprint",
     "FINGERPRINT_METHOD",
 ]
-
-
-# --------------------------------------------------------------------------- phenomic
-
-
-def centre_wells(
-    x: np.ndarray,
-    batches: Any,
-    is_control: Any,
-    rows: Optional[np.ndarray] = None,
-    *,
-    normalize: str = "center",
-) -> np.ndarray:
-    """Control-centre (optionally TVN-whiten) wells, as the training sampler does.
-
-    Args:
-        x: Raw phenomic embeddings [N, E] (all wells: the controls define the centres).
-        batches: Batch label per well [N].
-        is_control: bool [N].
-        rows: Rows to return (default: all).
-        normalize: ``"center"``, ``"tvn"`` or ``"none"``.
-
-    Returns:
-        float32 [len(rows), E] (TVN: [len(rows), k]).
-
-    Raises:
-        ValueError: a batch of the requested rows has no control wells (the batch is named);
-            shapes disagree; unknown ``normalize``.
-    """
-    from molphenix.data.preprocess import control_statistics, encode_labels, fit_tvn
-
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"wells: expected phenomic embeddings [N, E], got shape {x.shape}")
-    n = x.shape[0]
-    if normalize not in ("center", "tvn", "none", None):
-        raise ValueError(f"normalize: expected 'center', 'tvn' or 'none', got {normalize!r}")
-    rows = np.arange(n) if rows is None else np.asarray(rows)
-    if normalize in ("none", None):
-        return np.ascontiguousarray(x[rows], dtype=np.float32)
-    if batches is None or is_control is None:
-        raise ValueError("batches: control centring needs the batch label and the control mask of every well")
-    batches = np.asarray(batches, dtype=object)
-    is_control = np.asarray(is_control, dtype=bool)
-    if batches.shape != (n,) or is_control.shape != (n,):
-        raise ValueError(f"batches / is_control: expected {n} entries (one per well), got "
-                         f"{batches.shape[0] if batches.ndim else 0} / {is_control.shape[0] if is_control.ndim else 0}")
-    codes, names = encode_labels(batches)
-    sums, _sq, counts = control_statistics(x, codes, is_control, len(names))
-    need = np.unique(codes[rows])
-    bad = need[counts[need] == 0]
-    if bad.size:
-        raise ValueError(f"batch {str(names[bad[0]])!r} has no control wells; cannot centre its wells")
-    mean = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
-    out = x[rows].astype(np.float32, copy=False) - mean[codes[rows]]
-    if normalize == "tvn":
-        ctrl = np.flatnonzero(is_control)
-        tvn = fit_tvn(x[ctrl].astype(np.float32, copy=False) - mean[codes[ctrl]])
-        out = tvn.transform(out)
-    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- molecules
@@ -96,10 +36,13 @@ class MolFeatures:
     """The molecular featurizer of a run (``TrainConfig.mol_input``), with its fitted state.
 
     Args:
-        mol_input: ``"morgan"``, ``"rdkit2d"``, ``"maccs"``, ``"graph"`` or ``"column:<name>"``.
+        mol_input: ``"morgan"``, ``"rdkit2d"``, ``"maccs"``, ``"minimol"``, ``"graph"`` or
+            ``"column:<name>"``.
         kwargs: Featurizer arguments.
-        cache_dir: Parquet feature cache directory (``None``: no cache).
-        state: What :meth:`state` returned at training time (RDKit descriptor statistics).
+        cache_dir: Parquet feature cache directory (``None``: no cache). ``"minimol"`` uses
+            the machine-wide embedding cache instead (``$MOLPHENIX_CACHE_DIR``).
+        state: What :meth:`state` returned at training time (RDKit descriptor statistics, the
+            MiniMol model version).
 
     Raises:
         ValueError: unknown ``mol_input``.
@@ -118,14 +61,19 @@ class MolFeatures:
         elif mol_input.startswith("column:"):
             self.kind = "column"
             self.column = mol_input[len("column:"):]
-        elif mol_input in ("morgan", "rdkit2d", "maccs"):
+        elif mol_input in ("morgan", "rdkit2d", "maccs", "minimol"):
             self.kind = "matrix"
-            self._featurizer = fz.get_featurizer(mol_input, **self.kwargs)
+            try:
+                self._featurizer = fz.get_featurizer(mol_input, **self.kwargs)
+            except TypeError as exc:  # an argument this featurizer does not take
+                raise ValueError(f"featurizer_kwargs: {exc} (mol_input {mol_input!r})") from None
             if state and mol_input == "rdkit2d" and state.get("mean") is not None:
                 self._featurizer.mean_ = np.asarray(state["mean"], dtype=np.float64)
                 self._featurizer.std_ = np.asarray(state["std"], dtype=np.float64)
+            if state and mol_input == "minimol":
+                self._featurizer.expected_version = state.get("model_version")
         else:
-            raise ValueError(f"mol_input: expected 'morgan', 'rdkit2d', 'maccs', 'graph' or "
+            raise ValueError(f"mol_input: expected 'morgan', 'rdkit2d', 'maccs', 'minimol', 'graph' or "
                              f"'column:<name>', got {mol_input!r}")
 
     @property
@@ -145,7 +93,20 @@ class MolFeatures:
         if self.mol_input == "rdkit2d" and self._featurizer.mean_ is not None:
             st["mean"] = self._featurizer.mean_.tolist()
             st["std"] = self._featurizer.std_.tolist()
+        if self.mol_input == "minimol":
+            st["model_version"] = self._featurizer.model_version
         return st
+
+    def summary(self) -> Optional[str]:
+        """One line on the latest featurization of a cached pretrained encoder (``"minimol"``):
+        molecules, cached before, computed, seconds, the cache directory; None otherwise."""
+        st = getattr(self._featurizer, "last_stats", None)
+        if not st:
+            return None
+        load = f"; model load {st['model_load_seconds']:.1f} s" if st.get("model_load_seconds") else ""
+        return (f"{self.mol_input}: {st['molecules']} molecules ({st['distinct']} distinct structures): "
+                f"{st['cached']} cached, {st['computed']} computed in {st['seconds']:.1f} s "
+                f"(cache: {st['cache_dir']}{load})")
 
     def dim(self, molecules: Any = None) -> int:
         """Feature width F (0 for graphs)."""

@@ -13,7 +13,8 @@ from torch import nn
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .inputs import MolFeatures, centre_wells
+from .embed import embed_molecule_rows, embed_wells_prepared
+from .inputs import MolFeatures
 
 __all__ = ["TrainedModel", "load_run"]
 
@@ -72,11 +73,11 @@ def load_run(path: str | os.PathLike, checkpoint: str = "best", *, device: str |
 class TrainedModel(nn.Module):
     """A trained MolPhenix model with the preprocessing of its run.
 
-    The phenomic contract (``embed_wells``): raw well embeddings are centred per batch on the
+    The phenomic contract (``embed_wells``): raw well embeddings are centered per batch on the
     mean of that batch's control wells (``normalize="center"``; ``"tvn"`` also whitens with a
     TVN fitted on those controls), exactly as in training, then divided by the run's
-    ``input_scale`` and embedded. Pass ``preprocessed=True`` for rows that are already centred
-    (e.g. replicate averages of centred wells, as evaluation queries are).
+    ``input_scale`` and embedded. Pass ``preprocessed=True`` for rows that are already centered
+    (e.g. replicate averages of centered wells, as evaluation queries are).
 
     The molecular contract (``embed_molecules``): SMILES are featurized with the run's
     featurizer (``run.json``'s ``features``) and embedded at the given concentrations (µM).
@@ -123,7 +124,7 @@ class TrainedModel(nn.Module):
         return list(self.meta.get("doses") or [])
 
     def forward(self, x: torch.Tensor, mol: Any, conc_um: torch.Tensor):
-        """The underlying model on prepared inputs: centred ``x`` [B, E] (not yet scaled),
+        """The underlying model on prepared inputs: centered ``x`` [B, E] (not yet scaled),
         molecular features [B, F] (or a GraphBatch) and concentrations [B] -> (p, q) [B, D]."""
         return self.model(x / self.input_scale, mol, conc_um)
 
@@ -137,9 +138,9 @@ class TrainedModel(nn.Module):
             wells: Raw phenomic embeddings [N, E] (numpy or torch), or a
                 :class:`molphenix.data.Dataset` (its batches and control mask are used).
             batches: Batch label per row [N] (required unless ``preprocessed`` or a Dataset).
-            is_control: bool [N], the control wells that define each batch's centre (required
+            is_control: bool [N], the control wells that define each batch's center (required
                 unless ``preprocessed`` or a Dataset). Every batch present needs controls.
-            preprocessed: The rows are already centred (and averaged): skip the centring.
+            preprocessed: The rows are already centered (and averaged): skip the centering.
             batch_size: Rows per forward pass.
 
         Returns:
@@ -152,8 +153,6 @@ class TrainedModel(nn.Module):
             ValueError: wrong width; missing batches/is_control; a batch without controls
                 (named); NaN/Inf inputs.
         """
-        from .loop import embed_wells_prepared
-
         if hasattr(wells, "phenomic_matrix") and hasattr(wells, "wells"):
             x = wells.phenomic_matrix()
             batches, is_control = wells.column("batch"), wells.control_mask()
@@ -166,7 +165,9 @@ class TrainedModel(nn.Module):
         if not np.isfinite(x).all():
             raise ValueError(f"wells: row {int(np.flatnonzero(~np.isfinite(x).all(1))[0])} holds NaN/Inf")
         if not preprocessed:
-            x = centre_wells(x, batches, is_control, normalize=self.normalize)
+            from molphenix.data import normalize_wells
+
+            x = normalize_wells(x, batches, is_control, normalize=self.normalize)
         if x.shape[1] != self.model.config.phenomic_dim:
             raise ValueError(f"wells: expected {self.model.config.phenomic_dim} columns (the run's "
                              f"phenomic width), got {x.shape[1]}")
@@ -200,7 +201,6 @@ class TrainedModel(nn.Module):
 
     def _embed_pairs(self, smiles: Sequence[str], conc: np.ndarray, table: Any, batch_size: int = 8192) -> torch.Tensor:
         from .inputs import MolTable
-        from .loop import embed_molecule_rows
 
         mt = MolTable(self.features, smiles, table)
         return embed_molecule_rows(self.model, mt, np.arange(len(smiles)), conc, self.device, chunk=batch_size)

@@ -26,20 +26,11 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from ..io import Dataset, from_tables
+from ..io import Dataset
 from ..schema import SchemaError
-from ._common import (
-    as_str,
-    embedding_array,
-    feature_matrix,
-    read_table,
-    report_drops,
-    require,
-    sort_feature_columns,
-    strip_cxsmiles,
-)
+from ._common import as_str, feature_matrix, read_table, report_drops, require, sort_feature_columns
+from .profiles import _Origin, build_from_table
 
 __all__ = ["load_rxrx3_core", "RXRX3_METADATA_COLUMNS"]
 
@@ -56,6 +47,7 @@ RXRX3_METADATA_COLUMNS = (
     "perturbation_type",
     "cell_type",
 )
+_PLATE, _FEAT = "__molphenix_plate", "__molphenix_feature__"
 _REQUIRED = ("well_id", "experiment_name", "plate", "treatment", "SMILES", "concentration", "perturbation_type")
 
 
@@ -91,33 +83,15 @@ def load_rxrx3_core(
     require(meta_t, "rxrx3 metadata", _REQUIRED)
     emb_t = read_table(embeddings, name="rxrx3 embeddings", string_columns=["well_id"])
     require(emb_t, "rxrx3 embeddings", ["well_id"])
-    report: dict[str, int] = {"rows": meta_t.num_rows}
 
-    if perturbation_type is not None:
-        keep = pc.equal(meta_t.column("perturbation_type"), perturbation_type).fill_null(False)
-        report["other_perturbation_type"] = meta_t.num_rows - int(pc.sum(keep).as_py() or 0)
-        meta_t = meta_t.filter(keep)
-
-    well_id = as_str(meta_t.column("well_id"))
-    exp = as_str(meta_t.column("experiment_name"))
-    plate = as_str(meta_t.column("plate"))
-    treatment = as_str(meta_t.column("treatment"))
-    smiles = [strip_cxsmiles(s) for s in as_str(meta_t.column("SMILES"))]
-    conc = meta_t.column("concentration").cast(pa.float64()).to_numpy(zero_copy_only=False)
-    controls = set(control_treatments)
-    is_control = np.array([t in controls for t in treatment], dtype=bool)
-    usable = is_control | np.array(
-        [(s is not None and s != "" and t is not None and np.isfinite(c)) for s, t, c in zip(smiles, treatment, conc)]
-    )
-    report["treated_without_smiles_or_concentration"] = int((~usable).sum())
-
-    # ---- embeddings, joined on well_id
-    if "well_id" in emb_t.column_names and emb_t.num_columns == 2 and (
+    # ---- embeddings: feature columns in numeric order (a single list column is expanded)
+    if emb_t.num_columns == 2 and (
         pa.types.is_list(emb_t.schema.field(1).type) or pa.types.is_fixed_size_list(emb_t.schema.field(1).type)
     ):
         col = emb_t.column(1).combine_chunks()
         width = col.type.list_size if pa.types.is_fixed_size_list(col.type) else len(col[0].as_py())
         mat = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, width)
+        feats = [f"feature_{j}" for j in range(width)]
     else:
         feats = sort_feature_columns([c for c in emb_t.column_names if c != "well_id"])
         if not feats:
@@ -131,56 +105,64 @@ def load_rxrx3_core(
             if w in seen:
                 raise SchemaError("rxrx3 embeddings", "well_id", i, f"duplicate well_id {w!r}")
             seen.add(w)
+
+    # ---- join on well_id; wells without an embedding are counted, then left out
+    well_id = as_str(meta_t.column("well_id"))
     has_emb = np.array([w in pos for w in well_id], dtype=bool)
-    report["missing_embedding"] = int((usable & ~has_emb).sum())
-    keep = np.flatnonzero(usable & has_emb)
-    report["embeddings_without_metadata"] = len(emb_ids) - len(set(well_id) & set(pos))
+    n_unmatched_emb = len(emb_ids) - len(set(well_id) & set(pos))
+    exp = as_str(meta_t.column("experiment_name"))
+    plate = as_str(meta_t.column("plate"))
+    table = meta_t.append_column(_PLATE, pa.array([f"{e}_{p}" for e, p in zip(exp, plate)], pa.string()))
+    idx = np.array([pos.get(w, 0) for w in well_id], dtype=np.int64)
+    joined = mat[idx] if len(emb_ids) else np.zeros((meta_t.num_rows, len(feats)), np.float32)
+    joined[~has_emb] = np.nan  # never read: these wells are skipped (`available` below)
+    for j, f in enumerate(feats):
+        table = table.append_column(_FEAT + f, pa.array(joined[:, j]))
+    where = {"perturbation_type": [perturbation_type]} if perturbation_type is not None else {}
 
-    address = (
-        as_str(meta_t.column("address")) if "address" in meta_t.column_names else [None] * meta_t.num_rows
-    )
-
-    # ---- molecules: treatment -> SMILES (must be unique per treatment)
-    mol_smiles: dict[str, str] = {}
-    for i in keep:
-        if is_control[i]:
-            continue
-        t, s = treatment[i], smiles[i]
-        old = mol_smiles.setdefault(t, s)
-        if old != s:
-            raise SchemaError("rxrx3 metadata", "SMILES", int(i), f"treatment {t!r} has two SMILES: {old!r} and {s!r}")
-    wells = pa.table(
-        {
-            "well_id": pa.array([well_id[i] for i in keep], pa.string()),
-            "dataset": pa.array([dataset_name] * len(keep), pa.string()),
-            "batch": pa.array([exp[i] for i in keep], pa.string()),
-            "plate": pa.array([f"{exp[i]}_{plate[i]}" for i in keep], pa.string()),
-            "molecule_id": pa.array([None if is_control[i] else treatment[i] for i in keep], pa.string()),
-            "concentration_um": pa.array(
-                [None if is_control[i] else float(conc[i]) for i in keep], pa.float64()
-            ),
-            "is_control": pa.array(is_control[keep]),
-            "phenomic": embedding_array(mat[[pos[well_id[i]] for i in keep]]),
-            "address": pa.array([address[i] for i in keep], pa.string()),
-        }
-    )
-    ids = sorted(mol_smiles)
-    molecules = pa.table({"molecule_id": pa.array(ids, pa.string()), "smiles": pa.array([mol_smiles[k] for k in ids], pa.string())})
-    report_drops(report, "load_rxrx3_core")
-    meta = {
-        "name": dataset_name,
-        "loader": "rxrx3_core",
-        "loader_report": report,
-        "primary_dataset": dataset_name,
-        "column_mapping": {
-            "well_id": "well_id",
-            "batch": "experiment_name",
-            "plate": "experiment_name + '_' + plate",
-            "molecule_id": "treatment",
-            "smiles": "SMILES (CXSMILES extension stripped)",
-            "concentration_um": "concentration",
-            "is_control": f"treatment in {sorted(controls)}",
-            "phenomic": "embedding feature columns in numeric order",
+    res = build_from_table(
+        table,
+        origin=_Origin(["rxrx3 metadata"], np.zeros(table.num_rows, np.int64), np.arange(table.num_rows)),
+        smiles_column="SMILES",
+        control_column="treatment",
+        control_values=list(control_treatments),
+        dose_column="concentration",
+        molecule_column="treatment",
+        plate_column=_PLATE,
+        well_id_columns=("well_id",),
+        batch_column="experiment_name",
+        dataset=dataset_name,
+        where=where,
+        features=[_FEAT + f for f in feats],
+        nonfinite="keep",
+        available=(has_emb, "missing_embedding"),
+        extra_columns={"address": "address"} if "address" in meta_t.column_names else None,
+        check_smiles=check_smiles,
+        meta={
+            "name": dataset_name,
+            "loader": "rxrx3_core",
+            "column_mapping": {
+                "well_id": "well_id",
+                "batch": "experiment_name",
+                "plate": "experiment_name + '_' + plate",
+                "molecule_id": "treatment",
+                "smiles": "SMILES (CXSMILES extension stripped)",
+                "concentration_um": "concentration",
+                "is_control": f"treatment in {sorted(set(control_treatments))}",
+                "phenomic": "embedding feature columns in numeric order",
+            },
         },
-    }
-    return from_tables(wells, molecules, meta=meta, check_smiles=check_smiles)
+    )
+    r = res.report
+    report = {"rows": meta_t.num_rows}
+    if perturbation_type is not None:
+        report["other_perturbation_type"] = r["not_matching_where"]
+    report["treated_without_smiles_or_concentration"] = (
+        r["treated_without_smiles"] + r["treated_without_dose"] + r.get("treated_without_molecule_id", 0))
+    report["missing_embedding"] = r["missing_embedding"]
+    report["embeddings_without_metadata"] = n_unmatched_emb
+    meta = res.dataset.meta
+    meta["feature_columns"] = feats
+    meta["loader_report"] = report | {k: v for k, v in r.items() if k not in ("rows", "not_matching_where")}
+    report_drops(report, "load_rxrx3_core")
+    return res.dataset

@@ -3,7 +3,7 @@
 For every evaluation split present in the run's ``split.parquet`` (``val``, ``unseen_wells``,
 ``unseen_molecules``, ``unseen_dataset``; a split without wells is omitted):
 
-* queries: the split's treated wells, control-centred per batch exactly as in training, averaged
+* queries: the split's treated wells, control-centered per batch exactly as in training, averaged
   over all replicates per (molecule, concentration), embedded by the phenomic head;
 * candidates (``match="pair"``): every (molecule, concentration) of the split, embedded by the
   molecular head at that concentration; (``match="molecule"``): one row per molecule of the
@@ -12,7 +12,9 @@ For every evaluation split present in the run's ``split.parquet`` (``val``, ``un
   or the run's when it computed them), ``p < p_cutoff`` of the run.
 
 Metrics come from :func:`molphenix.eval.evaluate_embeddings` (ranks by
-:func:`molphenix.ops.retrieval_ranks`; ties count against the query).
+:func:`molphenix.ops.retrieval_ranks`; ties count against the query). This lives in
+``molphenix.train`` because it loads a trained run; :mod:`molphenix.eval` itself is
+model-agnostic (embeddings plus metadata) and imports nothing of the training stack.
 """
 
 from __future__ import annotations
@@ -82,10 +84,12 @@ def evaluate_run(
 
     from molphenix.data import Splits, load_dataset
     from molphenix.data.io import load_calls
-    from molphenix.eval.io import SCHEMA_VERSION, write_metrics, write_query_ranks
-    from molphenix.eval.metrics import MATCHES, evaluate_embeddings
-    from molphenix.train import dataset_fingerprint, load_run
-    from molphenix.train.loop import embed_molecule_rows, embed_wells_prepared, split_queries
+    from molphenix.eval import MATCHES, SCHEMA_VERSION, evaluate_embeddings, write_metrics, write_query_ranks
+    from molphenix.eval.queries import split_queries
+
+    from .embed import embed_molecule_rows, embed_wells_prepared
+    from .inputs import MolTable, dataset_fingerprint
+    from .trained import load_run
 
     if match not in MATCHES:
         raise ValueError(f"match: expected one of {list(MATCHES)}, got {match!r}")
@@ -111,8 +115,6 @@ def evaluate_run(
     for s in names:
         if s not in EVAL_SPLITS:
             raise ValueError(f"splits: unknown evaluation split {s!r}; expected some of {list(EVAL_SPLITS)}")
-
-    from molphenix.train.inputs import MolTable
 
     mol_ids = ds.molecules.column("molecule_id").to_pylist()
     mol_row = {m: i for i, m in enumerate(mol_ids)}
