@@ -3,14 +3,15 @@
 Public API: :func:`load_dataset`, :func:`save_dataset`, :class:`Dataset`, :func:`simulate`,
 :func:`call_activity`, the :mod:`~molphenix.data.featurize` module, splits, the replicate
 sampler, preprocessing, :func:`load_profiles` (any well-level profile table; the RxRx3-core /
-JUMP loaders are its presets) and per-plate normalization (:mod:`~molphenix.data.normalize`). Nothing here imports the compiled
-extension.
+JUMP loaders are its presets), per-plate normalization (:mod:`~molphenix.data.normalize`) and
+scale-free screen statistics for comparing screens, real or simulated (:mod:`~molphenix.data.stats`).
+Nothing here imports the compiled extension.
 """
 
 from . import featurize
 from .activity import DEFAULT_CUTOFF, call_activity, evaluate_calls, roc_auc
 from .io import Dataset, from_tables, load_calls, load_dataset, save_calls, save_dataset
-from . import normalize
+from . import normalize, stats
 from .loaders import ProfileImportError, import_profiles, load_jump, load_profiles, load_rxrx3_core
 from .preprocess import (
     TVN,
@@ -60,5 +61,6 @@ __all__ = [
     "save_dataset",
     "scaffold_of",
     "simulate",
+    "stats",
     "typical_variation_normalize",
 ]
