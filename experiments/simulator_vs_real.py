@@ -244,6 +244,12 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="molphenix-simreal-") as tmp:
             ds = simulate(Path(tmp) / "sim", seed=seed, config=cfg, progress=False)
             st = measure(ds, ds.calls, "lib_a", ["lib_b"], s2l)
+            j = ds.calls.join(ds.truth.select(["molecule_id", "concentration_um", "effect_norm"]),
+                              ["molecule_id", "concentration_um"])
+            zero = j.column("effect_norm").to_numpy() == 0
+            pz = j.column("p_value").to_numpy()[zero]
+            st["zero_effect_called"] = {"n": int(zero.sum()), "0.1": float((pz < 0.1).mean()),
+                                        "0.01": float((pz < 0.01).mean())}
             st["simulator"] = {"version": SIMULATOR_VERSION, "seed": seed, "config": cfg.to_dict(),
                                "measured": ds.meta.get("measured"),
                                "activity_calling": ds.meta.get("activity_calling", {}).get("evaluation")}

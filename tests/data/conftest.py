@@ -32,6 +32,17 @@ def sim(sim_dir):
 
 
 @pytest.fixture(scope="session")
+def sim_exchangeable(tmp_path_factory):
+    """Like ``sim`` without well-position effects (``position_scale=0``): wells of a dataset
+    are exchangeable given their batch, which is what the activity caller's null assumes."""
+    from molphenix.data import load_dataset, simulate
+
+    out = tmp_path_factory.mktemp("sim_exch") / "ds"
+    simulate(out, n_molecules=400, seed=7, position_scale=0.0, return_dataset=False)
+    return load_dataset(out)
+
+
+@pytest.fixture(scope="session")
 def tiny_sim_dir(tmp_path_factory) -> Path:
     """A tiny simulation without activity calls (schema / io tests)."""
     from molphenix.data import simulate

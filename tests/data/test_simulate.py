@@ -211,3 +211,106 @@ def test_phenotype_direction_turns_with_dose():
     assert np.median(cos_low_high) < np.median(cos_adjacent)  # ... progressively
     # and the same mechanism at the same dose points the same way up to the molecule term
     assert np.median(cos_low_high) > 0
+
+
+# ---------------------------------------------------------------- simulator 1.1: plate map, position, weak phenotypes
+
+#: The options that turn simulator 1.1's additions off (simulator 1.0's behaviour).
+V1 = dict(plate_map="random", position_scale=0.0, inactive_effect_scale=0.0)
+
+
+def test_new_effects_off_reproduce_simulator_1_0():
+    """Golden values from simulator 1.0 (commit 86df29e, same call); at the time the four
+    Parquet files of a 300-molecule simulation were also byte-identical between 1.0 and 1.1
+    with these options. Tolerances cover BLAS rounding of the float32 encoder only."""
+    ds = simulate(None, n_molecules=60, seed=11, embedding_dim=32, call_activity=False, progress=False, **V1)
+    x = ds.phenomic_matrix().astype(np.float64)
+    assert x.shape == (884, 32)
+    np.testing.assert_allclose([x.sum(), (x**2).sum()], [-1201.7422002482344, 11216.090360616015], rtol=1e-6)
+    np.testing.assert_allclose(x[0, :3], [-0.30692213773727417, -0.4343634843826294, -1.0739433765411377], rtol=1e-5)
+    ids = ds.wells.column("well_id").to_pylist()
+    mol = ds.wells.column("molecule_id").to_pylist()
+    layout = hashlib.sha256("|".join(f"{a},{b}" for a, b in zip(ids, mol)).encode()).hexdigest()
+    assert layout == "24fccd962f135059cabbca39fd038f958211c43aff4838f5b0ee68e4b7f68eb9"
+    assert int(np.asarray(ds.truth.column("active")).sum()) == 45
+
+
+def test_inactive_phenotype_is_seeded_and_touches_only_inactive_molecules():
+    kw = dict(n_molecules=80, seed=3, embedding_dim=24, call_activity=False, progress=False)
+    base = simulate(None, **kw, **V1)
+    weak = simulate(None, **kw, **{**V1, "inactive_effect_scale": 0.4})
+    again = simulate(None, **kw, **{**V1, "inactive_effect_scale": 0.4})
+    xb, xw = base.phenomic_matrix(), weak.phenomic_matrix()
+    assert np.array_equal(xw, again.phenomic_matrix())  # seeded
+    assert base.wells.column("well_id").equals(weak.wells.column("well_id"))  # same layout
+    t = weak.truth
+    active_mols = set(np.asarray(t.column("molecule_id").to_pylist())[np.asarray(t.column("mechanism").to_pylist()) != "none"])
+    mol = weak.wells.column("molecule_id").to_pylist()
+    untouched = np.array([m is None or m in active_mols for m in mol])
+    assert untouched.sum() > 0 and (~untouched).sum() > 0
+    assert np.array_equal(xb[untouched], xw[untouched])  # controls and active molecules: bitwise
+    diff = np.linalg.norm(xw[~untouched].astype(np.float64) - xb[~untouched], axis=1)
+    assert (diff > 0).all()
+    eff_b = np.asarray(base.truth.column("effect_norm").to_pylist())
+    eff_w = np.asarray(t.column("effect_norm").to_pylist())
+    inactive_rows = np.asarray(t.column("mechanism").to_pylist()) == "none"
+    assert (eff_b[inactive_rows] == 0).all() and (eff_w[inactive_rows] > 0).all()
+    # the truth labels keep their meaning: active molecules with an effect above threshold
+    assert t.column("active").equals(base.truth.column("active"))
+    assert weak.meta["measured"]["inactive_effect_to_noise_ratio"] > 0 == base.meta["measured"]["inactive_effect_to_noise_ratio"]
+
+
+def test_shared_plate_map_layout():
+    from molphenix.data.stats import well_addresses
+
+    cfg = SimulatorConfig()
+    assert cfg.plate_map == "shared" and cfg.position_scale > 0  # the defaults since 1.1
+    ds = simulate(None, n_molecules=200, seed=4, embedding_dim=24, call_activity=False, progress=False)
+    addr = well_addresses(ds)
+    w = ds.wells
+    plate = np.asarray(w.column("plate").to_pylist())
+    batch = np.asarray(w.column("batch").to_pylist())
+    lib = np.asarray(w.column("dataset").to_pylist())
+    ctrl = ds.control_mask()
+    # one well per (plate, address)
+    assert len(set(zip(plate, addr))) == len(addr)
+    # controls sit at the same addresses on every plate of a library, every batch has enough
+    for l in set(lib):
+        sets = {p: frozenset(addr[(plate == p) & ctrl]) for p in set(plate[lib == l])}
+        assert len(set(sets.values())) == 1
+    for b in set(batch):
+        assert ctrl[batch == b].sum() >= cfg.min_controls_per_batch
+    # replicates: distinct batches, and (almost always) one address
+    mol = np.asarray(w.column("molecule_id").to_pylist(), dtype=object)
+    conc = w.column("concentration_um").to_numpy(zero_copy_only=False)
+    keys = {}
+    for i in np.flatnonzero(~ctrl):
+        keys.setdefault((mol[i], conc[i]), []).append(i)
+    one_address = [len(set(addr[g])) == 1 for g in keys.values()]
+    assert all(len(set(batch[g])) == len(g) for g in keys.values())
+    assert np.mean(one_address) > 0.9
+    reps = np.array([len(g) for g in keys.values()])
+    assert reps.min() >= cfg.min_replicates and reps.max() <= cfg.max_replicates
+
+
+def test_position_effect_makes_addresses_alike():
+    from molphenix.data.stats import control_calibration, position_effects
+
+    kw = dict(n_molecules=300, seed=6, embedding_dim=32, call_activity=False, progress=False)
+    off = simulate(None, **kw, position_scale=0.0)
+    on = simulate(None, **kw)
+    assert off.wells.column("well_id").equals(on.wells.column("well_id"))  # the effect, not the layout
+    p_off, p_on = position_effects(off, dataset_name="lib_a"), position_effects(on, dataset_name="lib_a")
+    assert abs(p_off["address_controls"]) < 0.05
+    assert p_on["address_controls"] > 0.15
+    assert p_on["control_corr_same_address"] > p_on["control_corr_other_address"] + 0.1
+    # control wells at one address pass for active samples more often than the cutoff
+    cal = control_calibration(on, dataset_name="lib_a")
+    assert cal["same_address"]["0.1"] > cal["random_address"]["0.1"]
+
+
+def test_new_options_are_validated():
+    for bad in (dict(plate_map="grid"), dict(position_scale=-1.0), dict(position_scale=float("nan")),
+                dict(inactive_effect_scale=-0.1), dict(position_batch_share=1.5), dict(position_address_share=-0.1)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SimulatorConfig(**bad)

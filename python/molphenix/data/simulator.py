@@ -53,7 +53,7 @@ from .schema import wells_schema
 
 __all__ = ["SimulatorConfig", "simulate", "SIMULATOR_VERSION", "load_library_smiles", "summary"]
 
-SIMULATOR_VERSION = "1.0"
+SIMULATOR_VERSION = "1.1"
 LIBRARY_A = "lib_a"
 LIBRARY_B = "lib_b"
 
@@ -90,7 +90,13 @@ class SimulatorConfig:
         active_fraction: Fraction of molecules with a non-zero effect.
         cliff_scale: Std of the functional-group (cliff) weights on the activity score.
         effect_scale: Median maximal effect norm A_m, in units of the per-well latent noise norm.
-        effect_spread: Log-normal sigma of A_m around effect_scale.
+        effect_spread: Log-normal sigma of A_m around effect_scale (and of the weak effects
+            around inactive_effect_scale).
+        inactive_effect_scale: Median maximal effect norm of the molecules *outside* the
+            active set (sub-threshold phenotypes: real screens' inactive samples replicate,
+            see docs/design/data.md), in the same units; same dose-response and direction
+            model as the actives, amplitudes drawn from their own RNG stream. 0 gives
+            inactive molecules no effect at all (simulator 1.0, bitwise).
         potency_log10_ec50_mean: Mean log10 EC50 (µM).
         potency_structure_amplitude: Amplitude of the smooth structure term of log10 EC50.
         potency_noise: Std of the molecule-specific log10 EC50 noise.
@@ -116,6 +122,18 @@ class SimulatorConfig:
         encoder_gain: Input gain of the encoder's first layer (controls its nonlinearity).
         encoder_seed: Seed of the fixed encoder (the same for every simulation).
         baseline_norm: Norm of the unperturbed latent cell state y0.
+        plate_map: ``"random"`` (every batch's wells shuffled onto its plates: replicates sit at
+            unrelated addresses; simulator 1.0) or ``"shared"`` (one plate map per library, as
+            in screens whose replicate plates share a layout: each (molecule, dose) has one
+            home address that its replicate wells occupy on their plates, and control wells
+            occupy a fixed ``control_fraction`` of the addresses of every plate).
+        position_scale: Norm of the latent well-position effect (noise units): a shift per
+            plate address made of a row term, a column term and an address-specific term,
+            the same on every plate of a library (partly redrawn per batch). 0: none.
+        position_address_share: Share of the position variance that is address-specific
+            (the rest is split equally between the row and the column terms).
+        position_batch_share: Share of the position variance redrawn for every batch (the
+            rest is shared by all batches of a library).
         control_fraction: Target fraction of control wells per batch.
         min_controls_per_batch: Lower bound on controls per batch.
         treated_wells_per_batch: Target treated wells per batch (sets the batch count).
@@ -135,6 +153,7 @@ class SimulatorConfig:
     cliff_scale: float = 0.6
     effect_scale: float = 2.0
     effect_spread: float = 0.25
+    inactive_effect_scale: float = 0.0
     potency_log10_ec50_mean: float = 0.3
     potency_structure_amplitude: float = 0.6
     potency_noise: float = 0.25
@@ -155,6 +174,10 @@ class SimulatorConfig:
     encoder_gain: float = 1.5
     encoder_seed: int = 20240917
     baseline_norm: float = 2.0
+    plate_map: str = "shared"
+    position_scale: float = 1.15
+    position_address_share: float = 0.05
+    position_batch_share: float = 0.3
     control_fraction: float = 0.1
     min_controls_per_batch: int = 16
     treated_wells_per_batch: int = 1380
@@ -175,6 +198,15 @@ class SimulatorConfig:
             raise ValueError("active_fraction must lie in (0, 1)")
         if self.plate_size != 384:
             raise ValueError("plate_size must be 384 (16 x 24 addresses)")
+        if not (math.isfinite(self.inactive_effect_scale) and self.inactive_effect_scale >= 0):
+            raise ValueError(f"inactive_effect_scale must be finite and >= 0, got {self.inactive_effect_scale}")
+        if self.plate_map not in ("random", "shared"):
+            raise ValueError(f"plate_map must be 'random' or 'shared', got {self.plate_map!r}")
+        if not (math.isfinite(self.position_scale) and self.position_scale >= 0):
+            raise ValueError(f"position_scale must be finite and >= 0, got {self.position_scale}")
+        for name in ("position_address_share", "position_batch_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.embedding_dim < 1 or self.latent_dim < 2:
             raise ValueError("embedding_dim >= 1 and latent_dim >= 2 required")
 
@@ -497,9 +529,25 @@ class _Library:
     sample_reps: np.ndarray  # [S]
     n_batches: int
     well_sample: list[np.ndarray] = field(default_factory=list)  # per batch, -1 = control
+    # per batch, the slot of each well (plate * 384 + address); None: wells fill plates in order
+    well_slot: list[np.ndarray] | None = None
 
 
 def _layout(lib: _Library, cfg: SimulatorConfig, rng: np.random.Generator) -> None:
+    """The random plate map: each batch's wells (its samples' replicates plus controls) are
+    shuffled and fill its plates in address order."""
+    n_b = lib.n_batches
+    per_batch = _batch_members(lib, cfg, rng)
+    q = cfg.control_fraction / (1 - cfg.control_fraction)
+    for b in range(n_b):
+        treated = np.asarray(sorted(per_batch[b]), dtype=np.int64)
+        n_ctrl = max(cfg.min_controls_per_batch, int(round(q * len(treated))))
+        wells = np.concatenate([treated, -np.ones(n_ctrl, dtype=np.int64)])
+        lib.well_sample.append(wells[rng.permutation(len(wells))])
+
+
+def _batch_members(lib: _Library, cfg: SimulatorConfig, rng: np.random.Generator) -> list[list[int]]:
+    """Which samples have a replicate well in each batch (replicates in distinct batches)."""
     s = len(lib.sample_mol)
     n_b = lib.n_batches
     keys = rng.random((s, n_b))
@@ -510,12 +558,90 @@ def _layout(lib: _Library, cfg: SimulatorConfig, rng: np.random.Generator) -> No
         for b in range(n_b):
             sel = np.flatnonzero(use & (order[:, r] == b))
             per_batch[b].extend(sel.tolist())
-    q = cfg.control_fraction / (1 - cfg.control_fraction)
-    for b in range(n_b):
-        treated = np.asarray(sorted(per_batch[b]), dtype=np.int64)
-        n_ctrl = max(cfg.min_controls_per_batch, int(round(q * len(treated))))
-        wells = np.concatenate([treated, -np.ones(n_ctrl, dtype=np.int64)])
-        lib.well_sample.append(wells[rng.permutation(len(wells))])
+    return per_batch
+
+
+def _layout_shared(lib: _Library, cfg: SimulatorConfig, rng: np.random.Generator) -> None:
+    """One plate map for the library: fixed control addresses on every plate; each sample gets
+    a home address, chosen greedily (samples in random order) to balance the load of every
+    batch it appears in, and its replicate wells take that address on one plate of each of its
+    batches. A well that finds every plate's home slot taken (rare) goes to a free
+    sample slot of its batch."""
+    per_batch = _batch_members(lib, cfg, rng)
+    size = cfg.plate_size
+    n_ctrl = max(1, int(round(size * cfg.control_fraction)))
+    perm = rng.permutation(size)
+    ctrl_addr = np.sort(perm[:n_ctrl])
+    sample_addr = np.sort(perm[n_ctrl:])
+    n_sa = len(sample_addr)
+    n_b = lib.n_batches
+    # at least min_controls_per_batch control wells per batch
+    plates = np.array([max(math.ceil(len(m) / n_sa), math.ceil(cfg.min_controls_per_batch / n_ctrl), 1)
+                       for m in per_batch])
+    batches_of: list[list[int]] = [[] for _ in range(len(lib.sample_mol))]
+    for b, members in enumerate(per_batch):
+        for smp in members:
+            batches_of[smp].append(b)
+    load = np.zeros((n_b, n_sa))
+    home = np.empty(len(lib.sample_mol), dtype=np.int64)
+    for smp in rng.permutation(len(lib.sample_mol)):
+        bs = batches_of[smp]
+        worst = (load[bs] / plates[bs, None]).max(0)
+        best = np.flatnonzero(worst == worst.min())
+        a = best[int(rng.integers(len(best)))]
+        home[smp] = a
+        load[bs, a] += 1
+    lib.well_slot = []
+    for b, members in enumerate(per_batch):
+        p = int(plates[b])
+        members = np.asarray(members, dtype=np.int64)
+        members = members[rng.permutation(len(members))]
+        taken = np.zeros((p, n_sa), bool)
+        slot = np.full(len(members), -1, dtype=np.int64)
+        for i, smp in enumerate(members):
+            free = np.flatnonzero(~taken[:, home[smp]])
+            if free.size:
+                taken[free[0], home[smp]] = True
+                slot[i] = free[0] * n_sa + home[smp]
+        spill = np.flatnonzero(slot < 0)
+        if spill.size:
+            open_slots = np.flatnonzero(~taken.reshape(-1))
+            slot[spill] = rng.choice(open_slots, size=spill.size, replace=False)
+        # slot index over sample addresses -> plate * size + address
+        plate_of, a_idx = np.divmod(slot, n_sa)
+        treated_slot = plate_of * size + sample_addr[a_idx]
+        ctrl_slot = (np.arange(p)[:, None] * size + ctrl_addr[None, :]).reshape(-1)
+        wells = np.concatenate([members, -np.ones(len(ctrl_slot), dtype=np.int64)])
+        slots = np.concatenate([treated_slot, ctrl_slot])
+        order = np.argsort(slots, kind="stable")
+        lib.well_sample.append(wells[order])
+        lib.well_slot.append(slots[order])
+
+
+class _PositionEffect:
+    """Latent well-position shifts: row + column + address terms, drawn from the well-noise
+    distribution (they lie along typical variation, like the effects), shared by the plates
+    of a library with a per-batch redrawn part."""
+
+    def __init__(self, cfg: SimulatorConfig, seed: int, library: int, noise_L: np.ndarray):
+        self.cfg, self.seed, self.library, self.L = cfg, seed, library, noise_L
+        self.shared = self._draw(np.random.default_rng([seed, 8, library]))
+
+    def _draw(self, rng: np.random.Generator) -> np.ndarray:
+        cfg, d = self.cfg, self.cfg.latent_dim
+        rows = rng.standard_normal((16, d)) @ self.L
+        cols = rng.standard_normal((24, d)) @ self.L
+        addr = rng.standard_normal((cfg.plate_size, d)) @ self.L
+        a = np.arange(cfg.plate_size)
+        w_rc = math.sqrt((1 - cfg.position_address_share) / 2)
+        return cfg.position_scale * (w_rc * rows[a // 24] + w_rc * cols[a % 24]
+                                     + math.sqrt(cfg.position_address_share) * addr)
+
+    def batch(self, b: int) -> np.ndarray:
+        """[plate_size, d] position shifts of batch b."""
+        beta = self.cfg.position_batch_share
+        own = self._draw(np.random.default_rng([self.seed, 9, self.library, b]))
+        return math.sqrt(1 - beta) * self.shared + math.sqrt(beta) * own
 
 
 # ---------------------------------------------------------------------------- main entry
@@ -605,6 +731,11 @@ def simulate(
     hill = np.clip(np.exp(np.log(cfg.hill_median) + cfg.hill_spread * rng_mol.standard_normal(len(z))), 0.5, 4.0)
     amp = cfg.effect_scale * np.exp(cfg.effect_spread * rng_mol.standard_normal(len(z)))
     amp = np.where(is_active_mol, amp, 0.0)
+    if cfg.inactive_effect_scale > 0:
+        # weak phenotypes of the inactive molecules, from their own stream: every other draw
+        # (and so every control well and every active molecule's wells) is unchanged
+        weak = cfg.inactive_effect_scale * np.exp(cfg.effect_spread * _seq_rng(seed, 6).standard_normal(len(z)))
+        amp = np.where(is_active_mol, amp, weak)
     mol_dir = hidden.directions(z)
 
     concs = np.asarray(cfg.concentrations_um, dtype=np.float64)
@@ -626,12 +757,18 @@ def simulate(
         reps = rng_l.integers(cfg.min_replicates, cfg.max_replicates + 1, size=len(sm))
         n_batches = max(cfg.max_replicates, math.ceil(int(reps.sum()) / cfg.treated_wells_per_batch))
         lib = _Library(name, ids, smi, sm, sc, reps, n_batches)
-        _layout(lib, cfg, rng_l)
+        if cfg.plate_map == "shared":
+            _layout_shared(lib, cfg, rng_l)
+        else:
+            _layout(lib, cfg, rng_l)
         libraries.append(lib)
         offset += m
 
     encoder = _Encoder(cfg)
     noise_L = _noise_basis(cfg, seed)
+    positions = [
+        _PositionEffect(cfg, seed, li, noise_L) if cfg.position_scale > 0 else None for li in range(len(libraries))
+    ]
     d = cfg.latent_dim
     e_dim = cfg.embedding_dim
     f0 = encoder(encoder.y0[None, :])[0]
@@ -662,13 +799,13 @@ def simulate(
                 rng_b = _seq_rng(seed, 5, li, b)
                 batch_name = f"{lib.name}-b{b + 1:03d}"
                 n_w = len(wells)
-                n_plates = math.ceil(n_w / cfg.plate_size)
+                slots = lib.well_slot[b] if lib.well_slot is not None else np.arange(n_w)
+                n_plates = int(slots.max()) // cfg.plate_size + 1
                 beta = _unit(rng_b.standard_normal(d)) * cfg.batch_scale
                 plate_shift = _unit(rng_b.standard_normal((n_plates, d))) * cfg.plate_scale
                 gain = 1.0 + cfg.batch_gain_sd * rng_b.standard_normal()
                 offset_e = _unit(rng_b.standard_normal(e_dim)) * cfg.batch_offset_scale * embed_noise_norm
-                pos = np.arange(n_w)
-                plate_idx = pos // cfg.plate_size
+                plate_idx, pos = np.divmod(slots, cfg.plate_size)
                 treated = wells >= 0
                 s_idx = np.where(treated, wells, 0)
                 mol_idx = lib.sample_mol[s_idx]
@@ -676,6 +813,8 @@ def simulate(
                 eff = np.where(treated[:, None], effects[mol_idx, conc_idx], 0.0)
                 eps = rng_b.standard_normal((n_w, d)) @ noise_L
                 y = encoder.y0 + lib_shift + beta + plate_shift[plate_idx] + eff + eps
+                if positions[li] is not None:
+                    y += positions[li].batch(b)[pos]
                 x = encoder(y)
                 x *= np.float32(gain)
                 x += offset_e.astype(np.float32)
@@ -687,7 +826,7 @@ def simulate(
                 )
                 plates = [f"{batch_name}-p{p + 1}" for p in range(n_plates)]
                 plate_col = [plates[p] for p in plate_idx]
-                addr = _address(pos % cfg.plate_size)
+                addr = _address(pos)
                 well_ids = [f"{pl}-{a}" for pl, a in zip(plate_col, addr)]
                 mol_col = [mol_ids_all[m] if t else None for m, t in zip(mol_idx, treated)]
                 conc_col = np.where(treated, concs[conc_idx], np.nan)
@@ -758,6 +897,13 @@ def simulate(
     else:
         median_effect = float("nan")
     batch_rms = float(np.sqrt(np.mean(np.square(batch_effect_norms))))
+    inact_top = np.flatnonzero(~is_active_mol)
+    if cfg.inactive_effect_scale > 0 and inact_top.size:
+        sel = inact_top[:256]
+        weak_embed = np.linalg.norm(encoder(encoder.y0 + effects[sel, top]) - f0, axis=1)
+        median_weak = float(np.median(weak_embed))
+    else:
+        median_weak = 0.0
     measured = {
         "well_noise_norm_embedding": embed_noise_norm
         * math.sqrt(1 + cfg.measurement_noise**2),
@@ -765,6 +911,8 @@ def simulate(
         "rms_batch_effect_norm_embedding": batch_rms,
         "effect_to_noise_ratio": median_effect / (embed_noise_norm * math.sqrt(1 + cfg.measurement_noise**2)),
         "batch_to_effect_ratio": batch_rms / median_effect if median_effect > 0 else float("nan"),
+        "inactive_effect_to_noise_ratio": median_weak
+        / (embed_noise_norm * math.sqrt(1 + cfg.measurement_noise**2)),
         "active_fraction_top_dose": float(truth_active[:, top].mean()),
         "active_fraction_by_dose": {str(c): float(truth_active[:, i].mean()) for i, c in enumerate(concs)},
     }
