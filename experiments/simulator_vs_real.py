@@ -11,6 +11,7 @@ real and simulated side by side) into ``--out``.
 Usage:
     OMP_NUM_THREADS=1 python experiments/simulator_vs_real.py --out experiments/results/simulator_vs_real \
         [--seeds 0,1,2] [--molecules 1000] [--sim JSON] [--source /work/shared/data/cell-injury-u2os]
+    python experiments/simulator_vs_real.py --out DIR --compare "1.0=DIR1" --compare "1.1=DIR2"
 
 ``--sim`` overrides SimulatorConfig fields (e.g. '{"inactive_effect_scale": 0}'). The S2L settings
 (soft-positive fraction, inactive rate) are read from the trainer's frozen defaults.
@@ -151,6 +152,69 @@ ROWS = [
 ]
 
 
+# single-number rows for the before/after comparison (docs/design/data.md): (label, extractor, format)
+COMPARE = [
+    ("active samples, p < 0.1", lambda s: s["activity"]["samples"]["0.1"], "{:.0%}"),
+    ("active samples, p < 0.01", lambda s: s["activity"]["samples"]["0.01"], "{:.0%}"),
+    ("molecules active at any dose (p < 0.1)", lambda s: s["activity"]["molecules_any_dose"]["0.1"], "{:.0%}"),
+    ("percent replicating, all samples", lambda s: s["replicates"]["percent_replicating"], "{:.0%}"),
+    ("percent replicating, active samples", lambda s: s["replicates"]["active"]["percent_replicating"], "{:.0%}"),
+    ("percent replicating, inactive samples", lambda s: s["replicates"]["inactive"]["percent_replicating"], "{:.0%}"),
+    ("replicate correlation, active samples", lambda s: s["replicates"]["active"]["mean_replicate_corr"], "{:.2f}"),
+    ("replicate correlation, inactive samples", lambda s: s["replicates"]["inactive"]["mean_replicate_corr"], "{:.2f}"),
+    ("replicate correlation, null (random wells)", lambda s: s["replicates"]["null_mean_corr"], "{:.2f}"),
+    ("distance to controls / control spread, active wells, median", lambda s: s["distance"]["active"]["q50"], "{:.2f}"),
+    ("... 95th percentile", lambda s: s["distance"]["active"]["q95"], "{:.2f}"),
+    ("distance to controls / control spread, inactive wells, median", lambda s: s["distance"]["inactive"]["q50"], "{:.2f}"),
+    ("active wells beyond the controls' 95th percentile", lambda s: s["distance"]["beyond_control"]["active"], "{:.0%}"),
+    ("inactive wells beyond the controls' 95th percentile", lambda s: s["distance"]["beyond_control"]["inactive"], "{:.0%}"),
+    ("inactive-inactive pairs inside the soft-label window", lambda s: s["soft_labels"]["window_fraction"]["inactive-inactive"], "{:.1%}"),
+    ("active-active pairs inside the window", lambda s: s["soft_labels"]["window_fraction"]["active-active"], "{:.1%}"),
+    ("active-inactive pairs inside the window", lambda s: s["soft_labels"]["window_fraction"]["active-inactive"], "{:.1%}"),
+    ("share of pairs that are inactive-inactive", lambda s: s["soft_labels"]["pair_share"]["inactive-inactive"], "{:.0%}"),
+    ("median s~, inactive-inactive pairs", lambda s: s["soft_labels"]["median_similarity"]["inactive-inactive"], "{:.2f}"),
+    ("median s~, active-active pairs", lambda s: s["soft_labels"]["median_similarity"]["active-active"], "{:.2f}"),
+    ("median s~, active-inactive pairs", lambda s: s["soft_labels"]["median_similarity"]["active-inactive"], "{:.2f}"),
+    ("address share of control variance", lambda s: s["position"]["address_controls"], "{:.2f}"),
+    ("control wells, same address of another plate: correlation", lambda s: s["position"]["control_corr_same_address"], "{:.2f}"),
+    ("replicate well pairs at the same address", lambda s: s["position"]["replicate_pairs_same_address"], "{:.0%}"),
+    ("inactive wells: replicate correlation", lambda s: s["position"]["inactive_replicate_corr"], "{:.2f}"),
+    ("inactive wells: other molecules, same address", lambda s: s["position"]["inactive_same_address_corr"], "{:.2f}"),
+    ("DMSO 2-well pseudo-samples at one address called active (p < 0.1)", lambda s: s["calibration"]["same_address"]["0.1"], "{:.0%}"),
+    ("... at random addresses", lambda s: s["calibration"]["random_address"]["0.1"], "{:.0%}"),
+    ("plate share of control variance, raw", lambda s: s["variance"]["plate_controls"], "{:.2f}"),
+    ("batch share of control variance, raw", lambda s: s["variance"]["batch_controls"], "{:.2f}"),
+    ("plate share of control variance, within batch", lambda s: s["variance"]["plate_within_batch_controls"], "{:.2f}"),
+    ("plate share of all wells' variance, raw", lambda s: s["variance"]["plate_all_wells"], "{:.2f}"),
+]
+
+
+def compare_table(runs: list[tuple[str, dict]]) -> str:
+    """Real (from the first run) beside each run's simulations (range over seeds)."""
+    real = runs[0][1]["real"]
+    rp = real[real["primary"]]
+    head = "| statistic (primary dataset) | real cell-injury/24 | " + " | ".join(n for n, _ in runs) + " |"
+    lines = [head, "|" + "---|" * (2 + len(runs))]
+    for label, fn, f in COMPARE:
+        cells = []
+        for _n, res in runs:
+            vals = []
+            for sim in res["simulations"]:
+                try:
+                    vals.append(float(fn(sim[sim["primary"]])))
+                except (KeyError, TypeError):
+                    pass
+            vals = [v for v in vals if math.isfinite(v)]
+            lo, hi = (min(vals), max(vals)) if vals else (float("nan"), float("nan"))
+            cells.append(f.format(lo) if f.format(lo) == f.format(hi) else f"{f.format(lo)} – {f.format(hi)}")
+        try:
+            rv = f.format(float(fn(rp)))
+        except (KeyError, TypeError):
+            rv = "n/a"
+        lines.append(f"| {label} | {rv} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def fmt(fn, s) -> str:
     try:
         return fn(s)
@@ -205,8 +269,19 @@ def main(argv=None) -> int:
                     help="the real data's source files (for the authors' Mahalanobis cross-check; skipped if absent)")
     ap.add_argument("--no-real", action="store_true", help="reuse OUT/stats.json's real numbers")
     ap.add_argument("--label", default=None, help="name of the simulator setting (figure and table)")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
+                    help="only write OUT/compare.md: the real column and each DIR/stats.json's simulations "
+                         "(range over seeds), single-number statistics")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if args.compare:
+        runs = [(c.split("=", 1)[0], json.loads((Path(c.split("=", 1)[1]) / "stats.json").read_text()))
+                for c in args.compare]
+        out.mkdir(parents=True, exist_ok=True)
+        tab = compare_table(runs)
+        (out / "compare.md").write_text(tab + "\n")
+        print(tab)
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",") if s != ""]
     overrides = json.loads(args.sim)
