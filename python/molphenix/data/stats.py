@@ -18,7 +18,7 @@ feature spaces (352 CellProfiler features, a 384-d embedding) can be compared.
   the RMS leave-one-out distance of that batch's control wells (controls: about 1).
 * :func:`soft_label_pairs` -- arctan-L2 similarity distributions of inactive-inactive,
   active-active and active-inactive sample pairs in the space the S2L soft labels use
-  (control-centred replicate averages divided by the scale fitted to a soft-positive fraction,
+  (control-centered replicate averages divided by the scale fitted to a soft-positive fraction,
   as the trainer does), and the share of each kind inside the soft-label window.
 * :func:`variance_share` -- share of the variance explained by plate (and batch): the
   unbiased omega-squared of a one-way layout, summed over features.
@@ -179,7 +179,7 @@ def activity_fractions(
 
 
 def _median_pairwise_corr(z: np.ndarray) -> float:
-    """Median off-diagonal Pearson correlation of the rows of z (rows already centred and
+    """Median off-diagonal Pearson correlation of the rows of z (rows already centered and
     unit-norm across features)."""
     k = z.shape[0]
     c = z @ z.T
@@ -192,7 +192,7 @@ def replicate_consistency(
 ) -> dict[str, Any]:
     """Percent replicating (Way et al. 2022) and the mean replicate correlation.
 
-    Wells are centred on their batch's control mean. For every sample (molecule,
+    Wells are centered on their batch's control mean. For every sample (molecule,
     concentration) with at least two wells, its *replicate correlation* is the median Pearson
     correlation (across features) over all pairs of its wells. The null: ``n_null`` random
     groups of the same size, each of wells of distinct samples of the same selection; a
@@ -232,7 +232,7 @@ def replicate_consistency(
     xc = center_by_controls(x, _col(wells, "batch"), is_control, dtype=np.float64)
     rows = np.flatnonzero(_select_dataset(wells, dataset_name) & ~is_control)
     codes, keys = _sample_codes(wells, rows)
-    # rows standardised across features: the Pearson correlation is then a dot product
+    # rows standardized across features: the Pearson correlation is then a dot product
     z = xc[rows]
     z = z - z.mean(1, keepdims=True)
     z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
@@ -406,7 +406,7 @@ def soft_label_pairs(
 ) -> dict[str, Any]:
     """arctan-L2 similarity of sample pairs by kind, in the S2L soft-label space.
 
-    The space is the trainer's (``sim_space="input"``): control-centred wells
+    The space is the trainer's (``sim_space="input"``): control-centered wells
     (:class:`~molphenix.data.ReplicateSampler`, ``normalize="center"``), each sample the mean of
     a random subset of its replicate wells, divided by the scale fitted so that a fraction
     ``soft_positive_fraction`` of random pairs of training inputs is inside the soft-label
@@ -517,7 +517,7 @@ def soft_label_pairs(
 def _omega_squared(x: np.ndarray, groups: np.ndarray, df_offset: int = 1) -> float:
     """Unbiased share of the total variance explained by group means (omega-squared, summed
     over features): ``(SS_b - (G - df_offset) MS_w) / (SS_t + MS_w)``; groups with one
-    member are dropped. ``df_offset`` > 1 when the data were already centred within
+    member are dropped. ``df_offset`` > 1 when the data were already centered within
     ``df_offset`` super-groups (plates within batches)."""
     codes, names = encode_labels(groups)
     cnt = np.bincount(codes, minlength=len(names))
@@ -552,8 +552,8 @@ def variance_share(dataset, *, dataset_name: str | None = None) -> dict[str, flo
     Returns:
         ``plate_controls`` (plate share of the control wells' variance, raw features: plate
         and batch effects together), ``batch_controls`` (batch share, raw),
-        ``plate_within_batch_controls`` (plate share after centring each batch on its control
-        mean: what per-batch centring leaves) and ``plate_all_wells`` (plate share over all
+        ``plate_within_batch_controls`` (plate share after centering each batch on its control
+        mean: what per-batch centering leaves) and ``plate_all_wells`` (plate share over all
         wells, raw; in a real screen the plate layout also carries the treatments). NaN where
         there are fewer than two groups with two or more wells.
     """
@@ -564,12 +564,12 @@ def variance_share(dataset, *, dataset_name: str | None = None) -> dict[str, flo
     batches = _col(wells, "batch").astype(str)
     c = sel & is_control
     xc = x[c].astype(np.float64)
-    centred = center_by_controls(x, batches, is_control, dtype=np.float64)[c]
+    centered = center_by_controls(x, batches, is_control, dtype=np.float64)[c]
     n_batch = len(set(batches[c].tolist()))
     return {
         "plate_controls": _omega_squared(xc, plates[c]),
         "batch_controls": _omega_squared(xc, batches[c]),
-        "plate_within_batch_controls": _omega_squared(centred, plates[c], df_offset=n_batch),
+        "plate_within_batch_controls": _omega_squared(centered, plates[c], df_offset=n_batch),
         "plate_all_wells": _omega_squared(x[sel].astype(np.float64), plates[sel]),
     }
 
@@ -589,7 +589,7 @@ def well_addresses(dataset) -> np.ndarray | None:
         dataset: A :class:`~molphenix.data.Dataset`.
 
     Returns:
-        Object array [n_wells] of normalised addresses (row letter + column number), or None.
+        Object array [n_wells] of normalized addresses (row letter + column number), or None.
     """
     import re
 
@@ -612,7 +612,7 @@ def position_effects(
     dataset, calls: pa.Table | None = None, *, dataset_name: str | None = None, p_cutoff: float = DEFAULT_CUTOFF,
     max_wells: int = 3000, seed: int = 0,
 ) -> dict[str, Any]:
-    """Well-position effects, measured on control-centred wells (per batch).
+    """Well-position effects, measured on control-centered wells (per batch).
 
     Args:
         dataset: A :class:`~molphenix.data.Dataset` whose wells carry plate addresses
