@@ -237,3 +237,17 @@ def test_screen_statistics_on_a_simulation_and_errors(sim):
         activity_fractions(sim, cutoffs=(0.0,))
     with pytest.raises(TypeError, match="dataset"):
         control_distance(sim.wells)
+
+
+def test_soft_label_scale_is_the_trainers(sim):
+    """soft_label_pairs fits its scale on the trainer's population with the trainer's draws."""
+    pytest.importorskip("torch")
+    from molphenix.data import ReplicateSampler
+    from molphenix.losses import S2LLoss, soft_label_window
+    from molphenix.train.scales import fit_scales
+
+    lib_a = np.asarray(sim.wells.column("dataset").to_pylist()) == "lib_a"
+    sl = soft_label_pairs(sim, dataset_name="lib_a", soft_positive_fraction=0.005, inactive_rate=0.1, seed=3)
+    sampler = ReplicateSampler(sim, sim.calls, wells=lib_a, inactive_rate=0.1, normalize="center", seed=3)
+    _, sigma = fit_scales(sampler, S2LLoss(), seed=3, soft_positive_fraction=0.005)
+    assert sigma**2 * soft_label_window() == pytest.approx(sl["sigma2_quantile"], rel=1e-9)
