@@ -188,6 +188,8 @@ def test_position_effects_and_control_calibration_detect_address_effects():
     assert abs(p0["address_controls"]) < 0.05 and p1["address_controls"] == pytest.approx(0.5, abs=0.15)
     assert abs(p0["control_corr_same_address"]) < 0.05 < p1["control_corr_same_address"] - 0.3
     assert p1["replicate_pairs_same_address"] == 1.0
+    # the planted address effect is the same in every batch
+    assert p1["control_corr_same_address_same_batch"] == pytest.approx(p1["control_corr_same_address_other_batch"], abs=0.1)
     # inactive samples replicate through their position only: replicate pairs are as alike as
     # other molecules' wells at the same address
     assert p1["inactive_replicate_corr"] == pytest.approx(p1["inactive_same_address_corr"], abs=0.1)

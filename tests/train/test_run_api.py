@@ -55,7 +55,11 @@ def test_retrieve(run, ds):
     from molphenix.train import load_run
 
     tm = load_run(run)
-    x, b, c = ds.phenomic_matrix()[:40], ds.column("batch")[:40], ds.control_mask()[:40]
+    # 40 wells of the first batch, controls among them (queries are centered on their batch's
+    # controls; the first rows of a dataset need not hold any)
+    first = ds.column("batch") == ds.column("batch")[0]
+    rows = np.sort(np.r_[np.flatnonzero(first & ds.control_mask())[:8], np.flatnonzero(first & ~ds.control_mask())[:32]])
+    x, b, c = ds.phenomic_matrix()[rows], ds.column("batch")[rows], ds.control_mask()[rows]
     lib = ds.molecules.slice(0, 25)
     t = tm.retrieve(x, b, c, molecules=lib, k=5)
     assert t.num_rows == 40 * 5

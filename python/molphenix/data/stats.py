@@ -629,7 +629,7 @@ def position_effects(
         ``row_controls``, ``column_controls`` (omega-squared shares of the control wells'
         variance), ``control_corr_same_address`` / ``control_corr_other_address`` (mean
         Pearson correlation of control-well pairs on different plates at the same / a different
-        address), ``replicate_pairs_same_address`` (fraction of replicate-well pairs sharing an
+        address; the same-address pairs also split into ``..._same_batch`` / ``..._other_batch``), ``replicate_pairs_same_address`` (fraction of replicate-well pairs sharing an
         address) and, with calls, ``inactive_replicate_corr`` (pairs of replicate wells of an
         inactive sample) beside ``inactive_same_address_corr`` (pairs of wells of *different*
         molecules' inactive samples at the same address on different plates): if the two are
@@ -667,6 +667,10 @@ def position_effects(
     m1, m2 = same_a & other_p, ~same_a & other_p
     out["control_corr_same_address"] = float(cc[m1].mean()) if m1.any() else float("nan")
     out["control_corr_other_address"] = float(cc[m2].mean()) if m2.any() else float("nan")
+    batch = _col(wells, "batch").astype(str)
+    same_b = batch[ci][:, None] == batch[ci][None, :]
+    for name, m in (("same_batch", m1 & same_b), ("other_batch", m1 & ~same_b)):
+        out[f"control_corr_same_address_{name}"] = float(cc[m].mean()) if m.any() else float("nan")
     t = np.flatnonzero(sel & ~is_control)
     codes, keys = _sample_codes(wells, t)
     order = np.argsort(codes, kind="stable")
