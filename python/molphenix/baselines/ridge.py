@@ -42,7 +42,7 @@ from molphenix.eval.queries import split_queries
 
 from ._splits import centered_wells, evaluate_split_embeddings
 
-__all__ = ["RidgeConfig", "RidgeModel", "RidgeResult", "fit_ridge", "solve_ridge_dual",
+__all__ = ["RidgeConfig", "RidgeModel", "RidgeResult", "RidgeShape", "fit_ridge", "solve_ridge_dual",
            "DEFAULT_ALPHAS", "EVAL_SPLITS"]
 
 #: The alpha grid (lambda = alpha * tr(K) / n), chosen on the validation split.
@@ -53,6 +53,23 @@ MODEL_FILE = "ridge.pt"
 CONFIG_FILE = "ridge_config.json"
 GRID_FILE = "ridge_grid.json"
 METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class RidgeShape:
+    """The widths of a :class:`RidgeModel` (what callers of a run's model read from its config).
+
+    Attributes:
+        phenomic_dim: E, the phenomic input width.
+        embed_dim: The embedding width (E: the predicted phenotype is the molecule embedding).
+        molecular_dim: F, the molecular feature width.
+        mol_input: The featurizer name.
+    """
+
+    phenomic_dim: int
+    embed_dim: int
+    molecular_dim: int
+    mol_input: str
 
 
 @dataclass
@@ -191,14 +208,19 @@ class RidgeModel(torch.nn.Module):
         Shapes:
             features: [n, F]; concentration_um: [n] -> [n, E] float32
         """
-        f = torch.as_tensor(np.asarray(features, dtype=np.float32))
+        if isinstance(features, torch.Tensor):
+            f = features.detach().to(device=self.w_f.device, dtype=torch.float32)
+        else:
+            f = torch.as_tensor(np.asarray(features, dtype=np.float32), device=self.w_f.device)
         if f.ndim != 2 or f.shape[1] != self.w_f.shape[0]:
             raise ValueError(f"features: expected shape [n, {self.w_f.shape[0]}], got {tuple(f.shape)}")
+        if isinstance(concentration_um, torch.Tensor):
+            concentration_um = concentration_um.detach().cpu().numpy()
         conc = np.asarray(concentration_um, dtype=np.float64).reshape(-1)
         if conc.shape[0] != f.shape[0]:
             raise ValueError(f"concentration_um: expected {f.shape[0]} values, got {conc.shape[0]}")
-        e = torch.as_tensor(_dose_onehot(conc, self.doses), dtype=torch.float32)
-        lg = torch.as_tensor(np.log10(conc), dtype=torch.float32)
+        e = torch.as_tensor(_dose_onehot(conc, self.doses), dtype=torch.float32, device=f.device)
+        lg = torch.as_tensor(np.log10(conc), dtype=torch.float32, device=f.device)
         out = self.bias + f @ self.w_f + e @ self.w_e + lg[:, None] * self.w_l
         for k in range(self.w_fd.shape[0]):
             sel = e[:, k] > 0
@@ -226,6 +248,60 @@ class RidgeModel(torch.nn.Module):
         if t.ndim != 2 or t.shape[1] != self.w_f.shape[1]:
             raise ValueError(f"x: expected shape [n, {self.w_f.shape[1]}], got {tuple(t.shape)}")
         return torch.nn.functional.normalize(t, dim=1)
+
+    # -- the model interface of a run (molphenix.train.load_run) ------------------------------
+
+    @property
+    def config(self) -> "RidgeShape":
+        """Widths of the model, named as a :class:`molphenix.nn.ModelConfig` names them."""
+        return RidgeShape(phenomic_dim=int(self.w_f.shape[1]), embed_dim=int(self.w_f.shape[1]),
+                          molecular_dim=int(self.w_f.shape[0]), mol_input=self.featurizer)
+
+    def encode_wells(self, x: torch.Tensor) -> torch.Tensor:
+        """The query side: control-centred phenomic rows, L2-normalised (the identity map).
+
+        Shapes:
+            x: [n, E] -> [n, E]
+        """
+        return torch.nn.functional.normalize(x.float(), dim=1)
+
+    def encode_molecules(self, features: torch.Tensor, concentration_um: torch.Tensor) -> torch.Tensor:
+        """The candidate side: L2-normalised predicted phenotypes of featurized molecules.
+
+        Shapes:
+            features: [n, F]; concentration_um: [n] -> [n, E]
+        """
+        return torch.nn.functional.normalize(self.predict(features, concentration_um), dim=1)
+
+    def forward(self, x: torch.Tensor, features: torch.Tensor, concentration_um: torch.Tensor):
+        """``(encode_wells(x), encode_molecules(features, concentration_um))``."""
+        return self.encode_wells(x), self.encode_molecules(features, concentration_um)
+
+    def run_meta(self) -> Dict[str, Any]:
+        """What :meth:`from_run_meta` needs to rebuild the model's shapes (stored in a run's
+        ``run.json`` under ``"ridge"``; the weights go into its checkpoint)."""
+        return {"feature_dim": int(self.w_f.shape[0]), "embedding_dim": int(self.w_f.shape[1]),
+                "doses": self.doses.tolist(), "featurizer": self.featurizer,
+                "featurizer_kwargs": self.featurizer_kwargs, "featurizer_stats": self.featurizer_stats,
+                "alpha": self.alpha, "lambda": self.lam}
+
+    @classmethod
+    def from_run_meta(cls, meta: Dict[str, Any]) -> "RidgeModel":
+        """A zero model with the shapes of :meth:`run_meta` (load the weights with
+        ``load_state_dict``).
+
+        Raises:
+            ValueError: a key is missing.
+        """
+        try:
+            F, E, doses = int(meta["feature_dim"]), int(meta["embedding_dim"]), list(meta["doses"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"run.json: the ridge entry lacks {exc}") from None
+        K = len(doses)
+        z = torch.zeros
+        return cls(z(F, E), z(K, F, E), z(K, E), z(E), z(E), doses, featurizer=meta.get("featurizer", "morgan"),
+                   featurizer_kwargs=meta.get("featurizer_kwargs"), featurizer_stats=meta.get("featurizer_stats"),
+                   alpha=meta.get("alpha", float("nan")), lam=meta.get("lambda", float("nan")))
 
     # -- persistence --------------------------------------------------------------------------
 

@@ -101,11 +101,13 @@ _register_train_commands()
 
 def _register_demo_commands() -> None:
     try:
+        from molphenix.cli.cv import register as register_cv
         from molphenix.cli.demo import register as register_demo
         from molphenix.cli.retrieve import register as register_retrieve
     except ImportError:  # the training stack's dependencies are missing
         return
     register_retrieve(app)
+    register_cv(app)
     register_demo(app)
 
 

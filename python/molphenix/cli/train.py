@@ -24,7 +24,11 @@ _TRAIN_FLAGS = {
     "device": "--device", "threads": "--threads", "checkpoint_every": "--checkpoint-every",
     "steps": "--steps", "samples": "--samples", "batch_size": "--batch-size", "lr": "--lr",
     "overwrite": "--overwrite", "dist_timeout": "--dist-timeout", "mol_input": "--mol-input",
+    "split_seed": "--split-seed", "folds": "--folds", "fold": "--fold",
 }
+#: Flags that set training-only fields (no meaning for the closed-form ridge baseline).
+_NOT_FOR_RIDGE = {"steps": "--steps", "samples": "--samples", "batch_size": "--batch-size", "lr": "--lr",
+                  "model": "--model", "dist_timeout": "--dist-timeout"}
 _EVAL_FLAGS = {"data": "--data", "run": "--run", "match": "--match", "checkpoint": "--checkpoint",
                "splits": "--split", "out": "--out"}
 
@@ -43,13 +47,20 @@ def _flag_of(exc: ValueError, flags: Dict[str, str], fallback: Optional[str]) ->
 def train_command(
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset directory (required unless --config sets it)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory; an existing run there is resumed."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="s2l (default), siglip, clip, infoloob, cloome or cwcl."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="s2l (default), siglip, clip, infoloob, cloome or cwcl; "
+                                       "or ridge: the closed-form ridge-regression baseline (no training steps)."),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON or YAML file of TrainConfig fields (flags override it)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model config name (default molphenix-small) or a JSON path."),
     mol_input: Optional[str] = typer.Option(
         None, "--mol-input", help="Molecular input: morgan, rdkit2d, maccs, minimol (pretrained MiniMol, needs "
         'pip install "molphenix[minimol]"), graph or column:NAME (default: the model config\'s).'),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default 0).", callback=non_negative_int),
+    split_seed: Optional[int] = typer.Option(None, "--split-seed", help="Seed of the split assignment (default 0).",
+                                             callback=non_negative_int),
+    folds: Optional[int] = typer.Option(None, "--folds", help="Grouped k-fold: test fold --fold of K scaffold-grouped "
+                                        "folds (what molphenix cv runs; give both).", callback=non_negative_int),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Which fold (0 .. K-1) is the unseen-molecule test set.",
+                                       callback=non_negative_int),
     device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
     threads: Optional[int] = threads_option("CPU threads for torch (default: torch's setting); must be >= 1"),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (instead of --samples).", callback=positive_int),
@@ -65,6 +76,9 @@ def train_command(
 ) -> None:
     """Train MolPhenix (or a baseline loss) on DATA into the run directory --out.
 
+    ``--loss ridge`` fits the ridge-regression baseline instead and writes it as a run directory
+    that ``molphenix evaluate``, ``embed-library`` and ``retrieve`` read like any other.
+
     Data-parallel: ``torchrun --nproc_per_node N -m molphenix train ...`` (docs/distributed.md);
     the global batch stays --batch-size, split over the ranks."""
     from molphenix.train import TrainConfig, fit
@@ -73,7 +87,7 @@ def train_command(
         data=str(data) if data is not None else None, out=str(out) if out is not None else None,
         loss=loss, model=model, mol_input=mol_input, seed=seed, device=device, threads=threads, steps=steps, samples=samples,
         batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, progress=progress,
-        dist_timeout=dist_timeout).items()
+        dist_timeout=dist_timeout, split_seed=split_seed, folds=folds, fold=fold).items()
         if v is not None}
     if overwrite:
         given["overwrite"] = True
@@ -82,8 +96,13 @@ def train_command(
     if loss is not None:
         from molphenix.losses import LOSSES
 
-        if loss not in LOSSES:
-            usage_error("--loss", f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+        if loss not in LOSSES and loss != "ridge":
+            usage_error("--loss", f"unknown loss {loss!r}; expected one of {', '.join(LOSSES)}, or ridge")
+    if loss == "ridge":
+        for field, flag in _NOT_FOR_RIDGE.items():
+            if field in given:
+                usage_error(flag, "does not apply to --loss ridge (a closed-form fit: no steps, batches or "
+                                  "learning rate; its penalty is chosen on the validation split)")
     if data is not None and not data.is_dir():
         usage_error("--data", f"{data}: dataset directory not found")
     try:
@@ -161,20 +180,42 @@ def evaluate_command(
     typer.echo(f"wrote {out if out is not None else run / 'metrics.json'}")
 
 
-def _pct(v: Any) -> str:
-    return "   -  " if v is None else f"{100 * v:5.1f}%"
+def _cell(count: Any, rate: Any) -> str:
+    if rate is None:
+        return f"{'-':>13}"
+    c = f"{count:.1f}" if isinstance(count, float) else str(count)
+    return f"{c:>6} ({100 * rate:4.1f}%)"
 
 
 def _summary(metrics: Dict[str, Any]) -> str:
-    lines = [f"{'split':<17}{'queries':>8}{'cands':>7}  {'top1 all':>9}{'top5 all':>9}  "
-             f"{'top1 act':>9}{'top5 act':>9}  {'chance1':>8}"]
+    """Per split: top-1, top-K% as counts and rates, MRR and mean rank, all and active queries,
+    and the chance level of each (a random ranking of the split's candidates)."""
+    lines = []
     for name, m in metrics.items():
         if not isinstance(m, dict) or "all" not in m:
             continue
-        a, act = m["all"], m["active"]
-        lines.append(f"{name:<17}{a['n_queries']:>8}{m['n_candidates']:>7}  {_pct(a.get('top1')):>9}"
-                     f"{_pct(a.get('top5')):>9}  {_pct(act.get('top1')):>9}{_pct(act.get('top5')):>9}  "
-                     f"{_pct(a['chance'].get('top1')):>8}")
+        a = m["all"]
+        ks = m.get("k") or {}
+        fkeys = [k for k in ks] or [k for k in ("top1", "top5") if k in a]
+        same = set(m.get("same_as_rank1") or [])
+        desc = ", ".join(f"top-{k[3:]}% is k = {ks[k]}" + (" (the same as top-1)" if k in same else "")
+                         for k in fkeys if k in ks)
+        lines.append(f"{name}: {m['n_candidates']} candidates" + (f"; {desc}" if desc else ""))
+        head = f"  {'':<7}{'queries':>8}  {'top-1':>13}" + "".join(f"  {'top-' + k[3:] + '%':>13}" for k in fkeys)
+        lines.append(head + f"  {'MRR':>6}  {'mean rank':>9}")
+        for grp in ("all", "active"):
+            g = m[grp]
+            hits = g.get("hits") or {}
+            row = f"  {grp:<7}{g['n_queries']:>8}  {_cell(hits.get('rank1'), g.get('rank1'))}"
+            row += "".join(f"  {_cell(hits.get(k), g.get(k))}" for k in fkeys)
+            mrr = "-" if g.get("mrr") is None else f"{g['mrr']:.3f}"
+            mr = "-" if g.get("mean_rank") is None else f"{g['mean_rank']:.1f}"
+            lines.append(row + f"  {mrr:>6}  {mr:>9}")
+        if "hits_chance" in a:
+            hc = a["hits_chance"]
+            row = f"  {'chance':<7}{'':>8}  {_cell(hc['rank1'], a['chance_rank1'])}"
+            row += "".join(f"  {_cell(hc.get(k), a['chance'].get(k))}" for k in fkeys)
+            lines.append(row + f"  {a['chance_mrr']:>6.3f}  {a['chance_mean_rank']:>9.1f}")
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ from .preprocess import (
 from .sampling import ReplicateSampler
 from .schema import DataFileError, InvalidSmilesReport, SchemaError
 from .simulator import SimulatorConfig, simulate
-from .splits import SPLIT_NAMES, Splits, make_splits, scaffold_of
+from .splits import SPLIT_NAMES, Splits, fold_assignment, make_splits, scaffold_of
 
 __all__ = [
     "ControlMeans",
@@ -53,6 +53,7 @@ __all__ = [
     "load_jump",
     "load_profiles",
     "load_rxrx3_core",
+    "fold_assignment",
     "make_splits",
     "normalize",
     "normalize_wells",

@@ -15,6 +15,15 @@ Every well gets exactly one label:
 
 Assignment is deterministic for a seed and independent of row order (wells are processed in
 ``well_id`` order, scaffold groups in sorted order before the seeded shuffle).
+
+**Grouped k-fold** (``make_splits(..., folds=K, fold=k)``): the primary dataset's scaffold groups
+are dealt into K folds of near-equal molecule counts (:func:`fold_assignment`); fold ``k`` is the
+``unseen_molecules`` split, so the K test sets partition the molecules and every molecule is
+tested exactly once over the K folds. ``val`` is drawn (whole scaffold groups, ``val_fraction`` of
+all primary molecules, never exceeded) from the other K - 1 folds with a stream of
+``(seed, fold)``; ``unseen_wells`` and ``unseen_dataset`` are formed as above; the rest trains.
+``seed`` fixes the partition: every fold of one cross-validation uses the same seed, another
+seed gives another partition.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-__all__ = ["SPLIT_NAMES", "Splits", "make_splits", "scaffold_of", "scaffolds"]
+__all__ = ["SPLIT_NAMES", "Splits", "fold_assignment", "make_splits", "scaffold_of", "scaffolds"]
 
 SPLIT_NAMES = ("train", "val", "unseen_wells", "unseen_molecules", "unseen_dataset", "control")
 
@@ -175,6 +184,92 @@ class Splits:
         return cls(well_id=wid, split=sp, meta=meta)
 
 
+def _primary(dataset, primary_dataset: str | None):
+    """(primary dataset, dataset names, their well counts): ``primary_dataset`` checked, or the
+    default (``meta["primary_dataset"]``, else the dataset with most wells; ties by name)."""
+    ds_col = np.asarray(dataset.wells.column("dataset").to_pylist(), dtype=object)
+    names, counts = np.unique(ds_col.astype(str), return_counts=True)
+    if primary_dataset is None:
+        primary_dataset = dataset.meta.get("primary_dataset") if isinstance(dataset.meta, dict) else None
+        if primary_dataset not in names:
+            primary_dataset = str(names[np.lexsort((names, -counts))[0]])
+    elif primary_dataset not in names:
+        raise ValueError(f"primary_dataset {primary_dataset!r} not in datasets {list(names)}")
+    return primary_dataset, names, counts
+
+
+def _scaffold_groups(dataset, prim_mols: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(molecule -> scaffold, scaffold -> its molecules in sorted order)."""
+    smiles_of = dataset.smiles_of()
+    scaf = dict(zip(prim_mols, scaffolds([smiles_of[m] for m in prim_mols])))
+    groups: dict[str, list[str]] = {}
+    for m in prim_mols:
+        groups.setdefault(scaf[m], []).append(m)
+    return scaf, groups
+
+
+def _deal_folds(groups: dict[str, list[str]], folds: int, seed: int) -> dict[str, int]:
+    """Scaffold -> fold: the groups in a seeded random order, then largest first (a stable sort,
+    so groups of equal size keep the random order), each to the fold with the fewest molecules
+    so far (ties: the lowest fold). Fold sizes differ by at most the largest group."""
+    if folds > len(groups):
+        n_mol = sum(len(g) for g in groups.values())
+        raise ValueError(f"folds: {folds} folds need at least {folds} scaffold groups; the primary "
+                         f"dataset has {len(groups)} ({n_mol} molecules)")
+    keys = sorted(groups)
+    order = np.random.default_rng([seed, 21]).permutation(len(keys))
+    sizes = np.array([len(groups[keys[i]]) for i in order], dtype=np.int64)
+    order = order[np.argsort(-sizes, kind="stable")]
+    load = np.zeros(folds, dtype=np.int64)
+    out: dict[str, int] = {}
+    for gi in order:
+        f = int(np.argmin(load))
+        out[keys[gi]] = f
+        load[f] += len(groups[keys[gi]])
+    return out
+
+
+def _check_folds(folds, fold) -> None:
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds: expected an integer >= 2, got {folds!r}")
+    if fold is not None and (isinstance(fold, bool) or not isinstance(fold, (int, np.integer))
+                             or not 0 <= fold < folds):
+        raise ValueError(f"fold: expected an integer in [0, {folds}), got {fold!r}")
+
+
+def fold_assignment(dataset, folds: int, *, seed: int = 0,
+                    primary_dataset: str | None = None) -> dict[str, int]:
+    """The grouped k-fold partition of :func:`make_splits`: primary molecule -> fold.
+
+    Molecules that share a Bemis-Murcko scaffold (:func:`scaffold_of`) always share a fold; fold
+    sizes (in molecules) differ by at most the largest scaffold group. Deterministic for a seed
+    and independent of row order; ``make_splits(dataset, seed=seed, folds=folds, fold=k)``
+    tests exactly the molecules mapped to ``k`` here.
+
+    Args:
+        dataset: A :class:`~molphenix.data.Dataset`.
+        folds: K >= 2, at most the number of scaffold groups.
+        seed: Seed of the partition (a run's ``split_seed``).
+        primary_dataset: As for :func:`make_splits`.
+
+    Returns:
+        ``{molecule_id: fold}`` for every treated molecule of the primary dataset.
+
+    Raises:
+        ValueError: ``folds`` < 2, or more folds than scaffold groups (the counts are named).
+    """
+    _check_folds(folds, None)
+    primary, _, _ = _primary(dataset, primary_dataset)
+    w = dataset.wells
+    ds_col = np.asarray(w.column("dataset").to_pylist(), dtype=object)
+    is_control = w.column("is_control").to_numpy(zero_copy_only=False).astype(bool)
+    mol = np.asarray(w.column("molecule_id").to_pylist(), dtype=object)
+    prim_mols = sorted(set(mol[(~is_control) & (ds_col == primary)].tolist()))
+    scaf, groups = _scaffold_groups(dataset, prim_mols)
+    of_group = _deal_folds(groups, int(folds), int(seed))
+    return {m: of_group[scaf[m]] for m in prim_mols}
+
+
 def make_splits(
     dataset,
     *,
@@ -183,6 +278,8 @@ def make_splits(
     val_fraction: float = 0.1,
     unseen_wells_fraction: float = 0.2,
     primary_dataset: str | None = None,
+    folds: int | None = None,
+    fold: int | None = None,
 ) -> Splits:
     """Assign every well to a split (see the module docstring).
 
@@ -196,17 +293,26 @@ def make_splits(
             one kept well) is held out.
         primary_dataset: The training dataset (default: ``meta["primary_dataset"]`` or the
             dataset with most wells; ties by name).
+        folds: Grouped k-fold (module docstring): the number of folds K >= 2; the test set is
+            then fold ``fold`` of :func:`fold_assignment` and ``unseen_molecules_fraction`` is
+            not used.
+        fold: The fold tested, ``0 <= fold < folds`` (given with ``folds``).
 
     Returns:
         :class:`Splits` aligned with ``dataset.wells``.
 
     Raises:
-        ValueError: fractions outside [0, 1) or summing to >= 1; unknown primary dataset.
+        ValueError: fractions outside [0, 1) or summing to >= 1; unknown primary dataset;
+            ``folds`` / ``fold`` given alone or out of range, or more folds than scaffold groups.
     """
     for n, f in (("unseen_molecules_fraction", unseen_molecules_fraction), ("val_fraction", val_fraction), ("unseen_wells_fraction", unseen_wells_fraction)):
         if not 0 <= f < 1:
             raise ValueError(f"{n} must lie in [0, 1), got {f}")
-    if unseen_molecules_fraction + val_fraction >= 1:
+    if (folds is None) != (fold is None):
+        raise ValueError("folds: give folds and fold together (grouped k-fold), or neither")
+    if folds is not None:
+        _check_folds(folds, fold)
+    elif unseen_molecules_fraction + val_fraction >= 1:
         raise ValueError("unseen_molecules_fraction + val_fraction must be < 1")
     wells = dataset.wells
     n = wells.num_rows
@@ -216,13 +322,7 @@ def make_splits(
     mol = np.asarray(wells.column("molecule_id").to_pylist(), dtype=object)
     conc = wells.column("concentration_um").to_numpy(zero_copy_only=False)
 
-    names, counts = np.unique(ds_col.astype(str), return_counts=True)
-    if primary_dataset is None:
-        primary_dataset = dataset.meta.get("primary_dataset") if isinstance(dataset.meta, dict) else None
-        if primary_dataset not in names:
-            primary_dataset = str(names[np.lexsort((names, -counts))[0]])
-    elif primary_dataset not in names:
-        raise ValueError(f"primary_dataset {primary_dataset!r} not in datasets {list(names)}")
+    primary_dataset, names, counts = _primary(dataset, primary_dataset)
 
     split = np.full(n, "train", dtype=object)
     split[is_control] = "control"
@@ -232,14 +332,16 @@ def make_splits(
 
     # ---- scaffold split over the primary dataset's molecules
     prim_mols = sorted(set(mol[prim].tolist()))
-    smiles_of = dataset.smiles_of()
-    scaf = dict(zip(prim_mols, scaffolds([smiles_of[m] for m in prim_mols])))
-    groups: dict[str, list[str]] = {}
-    for m in prim_mols:
-        groups.setdefault(scaf[m], []).append(m)
+    scaf, groups = _scaffold_groups(dataset, prim_mols)
     keys = sorted(groups)
-    rng = np.random.default_rng([seed, 11])
-    order = rng.permutation(len(keys))
+    if folds is None:
+        rng = np.random.default_rng([seed, 11])
+        order = rng.permutation(len(keys))
+        test_of = None
+    else:  # the test fold is fixed; val is drawn from the other folds' groups
+        of_group = _deal_folds(groups, int(folds), int(seed))
+        order = np.random.default_rng([seed, 22, int(fold)]).permutation(len(keys))
+        test_of = {k: of_group[k] == fold for k in keys}
     n_mol = len(prim_mols)
     target_test = int(np.floor(unseen_molecules_fraction * n_mol))
     target_val = int(np.floor(val_fraction * n_mol))
@@ -247,7 +349,9 @@ def make_splits(
     n_test = n_val = 0
     for gi in order:
         g = groups[keys[gi]]
-        if n_test + len(g) <= target_test:
+        if test_of is not None and test_of[keys[gi]]:
+            label, n_test = "unseen_molecules", n_test + len(g)
+        elif test_of is None and n_test + len(g) <= target_test:
             label, n_test = "unseen_molecules", n_test + len(g)
         elif n_val + len(g) <= target_val:
             label, n_val = "val", n_val + len(g)
@@ -282,6 +386,7 @@ def make_splits(
         "primary_dataset": primary_dataset,
         "datasets": [str(x) for x in names],
         "n_scaffolds": len(keys),
+        **({"folds": int(folds), "fold": int(fold)} if folds is not None else {}),
         "n_primary_molecules": n_mol,
         "counts": {k: int((split == k).sum()) for k in SPLIT_NAMES},
     }

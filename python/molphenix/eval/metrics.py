@@ -19,6 +19,18 @@ active queries, so the JSON never holds NaN)::
 
 ``top1`` / ``top5`` are top-1% / top-5% recall (the key of a fraction f is ``"top" + 100 f``:
 0.01 -> ``top1``, 0.005 -> ``top0.5``).
+
+Beside those keys, for candidate sets small enough that a percentage misleads (on 22 candidates
+top-1% is k = 1, the true candidate first), every split and group also carries::
+
+    split:  "k": {"top1": k1, "top5": k5}          candidates counted as a hit per fraction
+            "same_as_rank1": ["top1", ...]          fractions whose k is 1 (top-K% = top-1)
+    group:  "rank1": fraction ranked first (top-1, whatever N), "ci95_rank1": [lo, hi]
+            "hits": {"rank1": c, "top1": c1, "top5": c5}          query counts (not fractions)
+            "hits_chance": {"rank1": n / N, "top1": n k1 / N, ...}  expected counts at random
+            "chance_rank1": 1 / N, "chance_mrr": H_N / N, "chance_mean_rank": (N + 1) / 2
+
+(chance = a uniformly random ranking of the N candidates; H_N the N-th harmonic number).
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ __all__ = [
     "MATCHES",
     "QueryRanks",
     "average_queries",
+    "chance_mrr",
     "concentration_key",
     "evaluate_embeddings",
     "fraction_key",
@@ -318,12 +331,25 @@ def _bootstrap_ci(ranks: np.ndarray, ks: List[int], n_bootstrap: int, seed: int,
     return np.percentile(means, [2.5, 97.5], axis=0).T
 
 
+def chance_mrr(n_candidates: int) -> float:
+    """Expected reciprocal rank of a uniformly random ranking of N candidates: H_N / N."""
+    n = int(n_candidates)
+    return float(np.sum(1.0 / np.arange(1, n + 1, dtype=np.float64)) / n)
+
+
 def _group_metrics(ranks: np.ndarray, n_candidates: int, fractions: Tuple[float, ...],
                    ks: List[int], n_bootstrap: int, seed: int, tag: str) -> Dict[str, Any]:
     keys = [fraction_key(f) for f in fractions]
     n = int(ranks.shape[0])
     out: Dict[str, Any] = {}
     chance = {key: k / n_candidates for key, k in zip(keys, ks)}
+    # the counts and the metrics that stay meaningful on few candidates (beside the keys above)
+    more: Dict[str, Any] = {
+        "hits_chance": {"rank1": n / n_candidates, **{key: n * k / n_candidates for key, k in zip(keys, ks)}},
+        "chance_rank1": 1.0 / n_candidates,
+        "chance_mrr": chance_mrr(n_candidates),
+        "chance_mean_rank": (n_candidates + 1) / 2.0,
+    }
     if n == 0:
         for key in keys:
             out[key] = None
@@ -332,6 +358,7 @@ def _group_metrics(ranks: np.ndarray, n_candidates: int, fractions: Tuple[float,
         out["chance"] = chance
         out["mean_rank"] = None
         out["mrr"] = None
+        out.update(rank1=None, ci95_rank1=None, hits={"rank1": 0, **{key: 0 for key in keys}}, **more)
         return out
     hits = ranks[:, None] < np.asarray(ks, dtype=np.int64)[None, :]  # [n, F]
     rec = hits.mean(axis=0)
@@ -341,11 +368,20 @@ def _group_metrics(ranks: np.ndarray, n_candidates: int, fractions: Tuple[float,
     if n_bootstrap > 0:
         ci = _bootstrap_ci(ranks, ks, n_bootstrap, seed, tag)
         out["ci95"] = {key: [float(lo), float(hi)] for key, (lo, hi) in zip(keys, ci)}
+        # top-1: the same interval as a fraction whose k is 1, else its own stream (the
+        # intervals above stay those of a run without this key)
+        ci1 = ci[ks.index(1)] if 1 in ks else _bootstrap_ci(ranks, [1], n_bootstrap, seed, tag + "/rank1")[0]
+        ci_rank1 = [float(ci1[0]), float(ci1[1])]
     else:
         out["ci95"] = {key: None for key in keys}
+        ci_rank1 = None
     out["chance"] = chance
     out["mean_rank"] = float(np.mean(ranks.astype(np.float64) + 1.0))
     out["mrr"] = float(np.mean(1.0 / (ranks.astype(np.float64) + 1.0)))
+    out["rank1"] = float(np.mean(ranks == 0))
+    out["ci95_rank1"] = ci_rank1
+    out["hits"] = {"rank1": int(np.sum(ranks == 0)), **{key: int(c) for key, c in zip(keys, hits.sum(axis=0))}}
+    out.update(more)
     return out
 
 
@@ -377,7 +413,8 @@ def metrics_from_ranks(
     Returns:
         The split dict of the module docstring. ``mean_rank`` is the mean 1-based rank
         (``rank + 1``; 1 = the true candidate first) and ``mrr`` the mean of ``1 / (rank + 1)``;
-        ``chance`` is ``k / N`` per fraction, the expected recall of a random ranking.
+        ``chance`` is ``k / N`` per fraction, the expected recall of a random ranking; the
+        counts, ``rank1`` and the further chance levels are the module docstring's.
 
     Shapes:
         ranks, query_conc, query_active: [Q]
@@ -415,6 +452,8 @@ def metrics_from_ranks(
     out: Dict[str, Any] = {"n_candidates": n_candidates}
     if match is not None:
         out["match"] = _check_match(match)
+    out["k"] = {fraction_key(f): int(k) for f, k in zip(fr, ks)}
+    out["same_as_rank1"] = [fraction_key(f) for f, k in zip(fr, ks) if k == 1]
     out["all"] = _group_metrics(r, *args, tag="all")
     out["active"] = _group_metrics(r[active], *args, tag="active")
     uconc, inv = np.unique(conc, return_inverse=True)

@@ -101,16 +101,24 @@ class TrainConfig:
             ``"log10"``, ``"sigmoid"`` or ``"+"``-joined); ``None`` keeps the model config's.
         seed: Seed of initialisation, sampling, replicate averaging and dropout.
         split_seed: Seed of the split assignment (fixed by default so that runs with different
-            seeds are evaluated on the same split).
+            seeds are evaluated on the same split); with ``folds``, the seed of the fold
+            partition.
         val_fraction, unseen_molecules_fraction, unseen_wells_fraction: Split sizes
             (:func:`molphenix.data.make_splits`).
+        folds, fold: Grouped k-fold (``molphenix cv``): the run tests fold ``fold`` of ``folds``
+            scaffold-grouped folds (``unseen_molecules``; ``unseen_molecules_fraction`` is then
+            not used) and validates on ``val_fraction`` of the molecules drawn from the other
+            folds (:func:`molphenix.data.make_splits`). Both ``None`` (default): one split.
         device: ``"cpu"`` or ``"cuda"``.
         threads: CPU threads for torch (``None``: torch's current setting; must be >= 1).
         batch_size: Samples per step (>= 2; ``None``: the loss's :data:`TUNED_DEFAULTS` entry,
             else :data:`DEFAULT_BATCH_SIZE`).
         steps: Optimiser steps; exclusive with ``samples``.
         samples: Total samples seen (steps = ceil(samples / batch_size)); exclusive with
-            ``steps``; both None: :data:`DEFAULT_SAMPLES`.
+            ``steps``; both None: :data:`DEFAULT_SAMPLES`. Every method sees this budget: when
+            the batch must shrink to fit an epoch of the training split (after inactive
+            undersampling), the step count grows to ceil(samples / the smaller batch), and
+            ``run.json`` records the batch and the steps taken.
         lr: Peak learning rate (AdamW; ``None``: the loss's :data:`TUNED_DEFAULTS` entry).
         weight_decay: AdamW weight decay of the heads' weight matrices (biases, norms and the
             loss's temperature/bias are not decayed; ``None``: the loss's :data:`TUNED_DEFAULTS`
@@ -158,6 +166,8 @@ class TrainConfig:
     val_fraction: float = 0.1
     unseen_molecules_fraction: float = 0.2
     unseen_wells_fraction: float = 0.2
+    folds: Optional[int] = None
+    fold: Optional[int] = None
     device: str = "cpu"
     threads: Optional[int] = None
     batch_size: Optional[int] = None
@@ -253,6 +263,13 @@ class TrainConfig:
         _num(self.dist_timeout, "dist_timeout", lo=0.0, lo_open=True)
         for f in ("val_fraction", "unseen_molecules_fraction", "unseen_wells_fraction"):
             _num(getattr(self, f), f, lo=0.0, hi=1.0, hi_open=True)
+        if (self.folds is None) != (self.fold is None):
+            raise ValueError("folds: give folds and fold together (grouped k-fold), or neither")
+        if self.folds is not None:
+            _int(self.folds, "folds", 2)
+            _int(self.fold, "fold", 0)
+            if self.fold >= self.folds:
+                raise ValueError(f"fold: must be < folds ({self.folds}), got {self.fold}")
         if self.concentration is not None and not isinstance(self.concentration, str):
             raise ValueError(f"concentration: expected a string or None, got {self.concentration!r}")
         for f in ("amp", "overwrite"):
@@ -262,9 +279,23 @@ class TrainConfig:
             raise ValueError(f"progress: expected true, false or null, got {self.progress!r}")
         return self
 
+    def make_splits(self, dataset: Any) -> Any:
+        """The run's split assignment of ``dataset`` (:func:`molphenix.data.make_splits` with
+        ``split_seed``, the fractions and, for a grouped k-fold run, ``folds`` / ``fold``).
+
+        Returns:
+            A :class:`molphenix.data.Splits`.
+        """
+        from molphenix.data import make_splits
+
+        return make_splits(dataset, seed=self.split_seed, unseen_molecules_fraction=self.unseen_molecules_fraction,
+                           val_fraction=self.val_fraction, unseen_wells_fraction=self.unseen_wells_fraction,
+                           folds=self.folds, fold=self.fold)
+
     @property
     def total_steps(self) -> int:
-        """Optimiser steps of the run: ``steps`` or ``ceil(samples / batch_size)``."""
+        """Optimiser steps of the run as configured: ``steps`` or ``ceil(samples / batch_size)``
+        (a run whose batch shrinks to fit the epoch takes more: ``run.json``'s ``total_steps``)."""
         if self.steps is not None:
             return int(self.steps)
         samples = DEFAULT_SAMPLES if self.samples is None else int(self.samples)
@@ -335,10 +366,14 @@ class TrainConfig:
 
     def identity(self) -> Dict[str, Any]:
         """The fields that define what a run computes (everything but :data:`RUNTIME_KEYS`;
-        ``soft_positive_fraction`` only for losses that read it)."""
+        ``soft_positive_fraction`` only for losses that read it; ``folds`` / ``fold`` only when
+        set)."""
         d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
         if not _uses_similarity_inputs(self.loss):  # the field has no effect on such a run
             d.pop("soft_positive_fraction", None)
+        if self.folds is None:  # one split: the identity (and its hash) of runs from before folds
+            d.pop("folds", None)
+            d.pop("fold", None)
         return d
 
     def identity_hash(self) -> str:

@@ -49,7 +49,7 @@ import numpy as np
 from .._warnings import external_stacklevel
 from ._dist import RankFailure
 from .checkpoint import restore_rng
-from .config import TrainConfig
+from .config import DEFAULT_SAMPLES, TrainConfig
 from .inputs import MolFeatures, MolTable
 from .rundir import LOG_COLUMNS, open_log, run_lock, setup_run, truncate_log, write_json
 from .scales import fit_scales
@@ -105,6 +105,10 @@ def fit(config: TrainConfig | Dict[str, Any] | str | os.PathLike, *,
     Running ``fit`` again with the same ``out`` resumes from ``checkpoints/last.pt``; a finished
     run returns at once (``log`` says so); ``overwrite=True`` starts over.
 
+    ``loss="ridge"`` fits the closed-form ridge baseline instead and writes it as a run that
+    evaluation and :func:`~molphenix.train.load_run` read the same way
+    (:mod:`molphenix.train.ridge_run`).
+
     Under a distributed launch (``WORLD_SIZE`` > 1, e.g. ``torchrun``) or inside an initialised
     process group, every process calls ``fit`` with the same config and trains one data-parallel
     run: ``batch_size`` is the global batch, rank 0 writes the run (see the module docstring).
@@ -137,6 +141,10 @@ def fit(config: TrainConfig | Dict[str, Any] | str | os.PathLike, *,
     if cfg.out is None:
         raise ValueError("out: the run directory is required")
     say = log if log is not None else logger.info
+    if cfg.loss == "ridge":  # the closed-form baseline, written as a run (molphenix.train.ridge_run)
+        from .ridge_run import fit_ridge_run
+
+        return fit_ridge_run(cfg, say)
     import torch
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -250,8 +258,16 @@ class _Trainer:
             if sampler.num_samples < 2:
                 raise ValueError(f"data: the training split has {sampler.num_samples} sample(s); "
                                  "contrastive training needs at least 2")
+            if cfg.steps is None:
+                # equal budgets: a smaller batch takes more steps, so the run still sees the
+                # configured samples (whole batches: ceil(samples / batch) steps)
+                samples = DEFAULT_SAMPLES if cfg.samples is None else int(cfg.samples)
+                total = max(1, -(-samples // bs))
+                then = f"and {total} steps, so the run still sees its {samples} samples"
+            else:
+                then = f"for the {total} steps given ({total * bs} samples)"
             self.warn(f"batch_size {cfg.batch_size} exceeds the expected epoch size "
-                      f"({expected:.0f} samples after undersampling); using batches of {bs}")
+                      f"({expected:.0f} samples after undersampling); using batches of {bs} {then}")
             sampler.batch_size = bs
         self.sampler = sampler
 
@@ -282,6 +298,7 @@ class _Trainer:
         self.input_scale = float(meta["input_scale"])
         self.similarity_scale = meta["sigma"]  # run.json's name for it
         sampler.batch_size = int(meta["batch_size"])
+        total = self.total = int(meta.get("total_steps", total))  # the steps the run takes (run.json)
         if ranks.active and sampler.batch_size < ranks.world:
             raise ValueError(f"batch_size: the global batch of {sampler.batch_size} samples cannot be split "
                              f"over {ranks.world} ranks (each rank needs at least one sample per step)")

@@ -209,7 +209,7 @@ def setup_run(run: Path, cfg: TrainConfig, ds: Any, total: int, say: Callable[[s
     ckpt = open_run(run, cfg, fp)
     out: Dict[str, Any] = {"ckpt": ckpt, "calls": None, "splits": None, "finished": None}
     if ckpt is not None and ckpt.get("finished"):
-        out["finished"] = (f"run {run} already finished ({ckpt['step']} of {total} steps); "
+        out["finished"] = (f"run {run} already finished ({ckpt['step']} of {ckpt.get('total_steps', total)} steps); "
                            "nothing to do (overwrite=True / --overwrite starts over)")
         out["ckpt"] = None
         return out
@@ -243,12 +243,11 @@ def _calls(run: Path, cfg: TrainConfig, ds: Any, resuming: bool, say: Callable[[
 
 
 def _splits(run: Path, cfg: TrainConfig, ds: Any, resuming: bool):
-    from molphenix.data import Splits, make_splits
+    from molphenix.data import Splits
 
     path = run / "split.parquet"
     if resuming and path.is_file():
         return Splits.load(path, ds)
-    sp = make_splits(ds, seed=cfg.split_seed, unseen_molecules_fraction=cfg.unseen_molecules_fraction,
-                     val_fraction=cfg.val_fraction, unseen_wells_fraction=cfg.unseen_wells_fraction)
+    sp = cfg.make_splits(ds)
     sp.save(path)
     return sp

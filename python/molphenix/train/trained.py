@@ -82,8 +82,13 @@ class TrainedModel(nn.Module):
     The molecular contract (``embed_molecules``): SMILES are featurized with the run's
     featurizer (``run.json``'s ``features``) and embedded at the given concentrations (µM).
 
+    A run of the ridge baseline (``loss="ridge"``, ``run.json`` ``kind: "ridge"``) loads the same
+    way: ``model`` is then a :class:`molphenix.baselines.RidgeModel` (the query side is the
+    centred phenotype itself, the candidate side the predicted phenotype), with the same
+    ``embed_wells`` / ``embed_molecules`` / ``retrieve`` contract.
+
     Attributes:
-        model: The :class:`~molphenix.nn.MolPhenixModel`.
+        model: The :class:`~molphenix.nn.MolPhenixModel` (or the ridge baseline's model).
         config: The run's :class:`~molphenix.train.TrainConfig`.
         meta: The run's ``run.json`` (model config, featurizer state, scales, doses).
         run_dir: The run directory (None when built in memory).
@@ -97,7 +102,12 @@ class TrainedModel(nn.Module):
         self.meta = meta
         self.config = config
         self.run_dir = run_dir
-        self.model = MolPhenixModel(ModelConfig.from_dict(meta["model_config"]))
+        if meta.get("kind") == "ridge":  # the ridge baseline's run (loss "ridge"): same interface
+            from molphenix.baselines.ridge import RidgeModel
+
+            self.model = RidgeModel.from_run_meta(meta["ridge"])
+        else:
+            self.model = MolPhenixModel(ModelConfig.from_dict(meta["model_config"]))
         self.input_scale = float(meta["input_scale"])
         self.normalize = meta.get("normalize", "center")
         cache = (run_dir / "cache") if run_dir is not None else None
@@ -110,8 +120,10 @@ class TrainedModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        """Device of the model's parameters."""
-        return next(self.model.parameters()).device
+        """Device of the model's parameters (or buffers: the ridge baseline has no parameters)."""
+        import itertools
+
+        return next(itertools.chain(self.model.parameters(), self.model.buffers())).device
 
     @property
     def embed_dim(self) -> int:
