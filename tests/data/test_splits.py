@@ -93,3 +93,78 @@ def test_scaffold_of():
     assert scaffold_of("CCO") == "CCO"  # acyclic: its own scaffold
     with pytest.raises(ValueError):
         scaffold_of("C1CC")
+
+
+# ---------------------------------------------------------------------------------------------
+# grouped k-fold
+# ---------------------------------------------------------------------------------------------
+
+
+def _primary_molecules(ds):
+    mol, _, dset, _ = _cols(ds)
+    prim = (dset == "lib_a") & ~ds.control_mask()
+    return set(mol[prim])
+
+
+def test_folds_partition_the_molecules_by_scaffold(sim):
+    from molphenix.data import fold_assignment
+
+    k = 5
+    fa = fold_assignment(sim, k, seed=3)
+    smiles = sim.smiles_of()
+    prim = _primary_molecules(sim)
+    assert set(fa) == prim
+    # a scaffold never spans two folds
+    fold_of_scaf = {}
+    for m, f in fa.items():
+        assert fold_of_scaf.setdefault(scaffold_of(smiles[m]), f) == f
+    # near-equal sizes: within the largest scaffold group
+    sizes = np.bincount(list(fa.values()), minlength=k)
+    largest = max(np.unique(list(map(lambda m: scaffold_of(smiles[m]), prim)), return_counts=True)[1])
+    assert sizes.min() > 0 and sizes.max() - sizes.min() <= largest
+    mol, _, _, _ = _cols(sim)
+    tested = []
+    for fold in range(k):
+        sp = make_splits(sim, seed=3, folds=k, fold=fold)
+        test_m = set(mol[sp.mask("unseen_molecules")])
+        assert test_m == {m for m, f in fa.items() if f == fold}  # the test set is the fold
+        tested.append(test_m)
+        train_m, val_m = set(mol[sp.mask("train")]), set(mol[sp.mask("val")])
+        scaf = lambda ms: {scaffold_of(smiles[m]) for m in ms}  # noqa: E731
+        assert val_m and not scaf(val_m) & scaf(test_m) and not scaf(train_m) & scaf(test_m)
+        assert not scaf(train_m) & scaf(val_m)
+        assert len(val_m) <= int(0.1 * len(prim))  # val_fraction of all molecules, never exceeded
+        assert sp.meta["folds"] == k and sp.meta["fold"] == fold
+        # unseen wells: replicate wells of training molecules, as in a one-split run
+        assert set(mol[sp.mask("unseen_wells")]) <= train_m
+    # every molecule tested exactly once over the folds
+    assert sum(len(t) for t in tested) == len(prim) and set().union(*tested) == prim
+
+
+def test_folds_deterministic_row_order_free_and_seeded(sim):
+    import pyarrow as pa
+
+    from molphenix.data import fold_assignment
+
+    a = make_splits(sim, seed=2, folds=4, fold=1)
+    assert (a.split == make_splits(sim, seed=2, folds=4, fold=1).split).all()
+    perm = np.random.default_rng(0).permutation(sim.n_wells)
+    ds2 = from_tables(sim.wells.take(pa.array(perm)), sim.molecules, check_smiles=False, meta=sim.meta)
+    b = make_splits(ds2, seed=2, folds=4, fold=1)
+    assert dict(zip(a.well_id, a.split)) == dict(zip(b.well_id, b.split))
+    assert fold_assignment(sim, 4, seed=2) == fold_assignment(ds2, 4, seed=2)
+    assert fold_assignment(sim, 4, seed=2) != fold_assignment(sim, 4, seed=3)
+
+
+def test_fold_errors(sim, tiny):
+    from molphenix.data import fold_assignment
+
+    with pytest.raises(ValueError, match="folds"):
+        make_splits(sim, folds=5)  # fold missing
+    with pytest.raises(ValueError, match="fold"):
+        make_splits(sim, folds=5, fold=5)
+    with pytest.raises(ValueError, match="folds"):
+        fold_assignment(sim, 1)
+    n_groups = len({scaffold_of(tiny.smiles_of()[m]) for m in _primary_molecules(tiny)})
+    with pytest.raises(ValueError, match=f"folds: {n_groups + 1} folds need at least"):
+        fold_assignment(tiny, n_groups + 1)

@@ -184,6 +184,48 @@ def test_chance_levels_and_fraction_keys_exact():
     assert m["all"]["chance"] == {"top1": 1 / 7, "top5": 1 / 7}  # k = max(1, ...)
 
 
+@pytest.mark.parametrize("n,same", [(22, ["top1"]), (99, ["top1"]), (100, ["top1"]), (101, []),
+                                     (7, ["top1", "top5"]), (20, ["top1", "top5"]), (21, ["top1"])])
+def test_small_candidate_sets_say_when_top_percent_is_top_1(n, same):
+    """k = max(1, ceil(f N)): top-1% is the true candidate first up to N = 100; the split says so."""
+    rng = np.random.default_rng(n)
+    ranks = rng.integers(0, n, size=60)
+    act = rng.random(60) < 0.4
+    m = metrics_from_ranks(ranks, n, np.ones(60), act, n_bootstrap=200, seed=2)
+    assert m["same_as_rank1"] == same
+    assert m["k"] == {"top1": max(1, math.ceil(n / 100)), "top5": max(1, math.ceil(5 * n / 100))}
+    for grp, sel in (("all", np.ones(60, bool)), ("active", act)):
+        g, r = m[grp], ranks[sel]
+        # the existing keys stay, with their meaning: top1 is the top-1% recall (a fraction)
+        assert {"top1", "top5", "n_queries", "ci95", "chance", "mean_rank", "mrr"} <= set(g)
+        assert g["top1"] == pytest.approx(np.mean(r < m["k"]["top1"]))
+        # the counts and top-1 beside them
+        assert g["hits"] == {"rank1": int((r == 0).sum()), "top1": int((r < m["k"]["top1"]).sum()),
+                             "top5": int((r < m["k"]["top5"]).sum())}
+        assert g["rank1"] == pytest.approx(np.mean(r == 0))
+        if "top1" in same:
+            assert g["rank1"] == g["top1"] and g["ci95_rank1"] == g["ci95"]["top1"]
+        lo, hi = g["ci95_rank1"]
+        assert lo <= g["rank1"] <= hi
+        # each with its chance level
+        assert g["chance_rank1"] == pytest.approx(1 / n)
+        assert g["chance_mrr"] == pytest.approx(sum(1 / i for i in range(1, n + 1)) / n)
+        assert g["chance_mean_rank"] == pytest.approx((n + 1) / 2)
+        assert g["hits_chance"] == pytest.approx({"rank1": len(r) / n, "top1": len(r) * m["k"]["top1"] / n,
+                                                  "top5": len(r) * m["k"]["top5"] / n})
+
+
+def test_new_keys_leave_the_existing_intervals_alone():
+    """ci95 of top-K% comes from the same draws as before the top-1 interval was added."""
+    from molphenix.eval.metrics import _bootstrap_ci
+
+    rng = np.random.default_rng(5)
+    ranks = rng.integers(0, 300, size=200)
+    m = metrics_from_ranks(ranks, 300, np.ones(200), np.ones(200, bool), n_bootstrap=300, seed=4)
+    want = _bootstrap_ci(ranks, [3, 15], 300, 4, "all")
+    assert m["all"]["ci95"] == {"top1": list(want[0]), "top5": list(want[1])}
+
+
 def test_bootstrap_contains_estimate_and_is_deterministic():
     rng = np.random.default_rng(3)
     n = 1000

@@ -243,3 +243,46 @@ def test_a_run_in_use_is_refused(tiny_data, tmp_path):
             fit(tiny_config(tiny_data, run, steps=2))
     fit(tiny_config(tiny_data, run, steps=2, eval_every=0))  # free again
     assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def _budget(run):
+    meta = json.loads((run / "run.json").read_text())
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    with open(run / "train_log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return meta, ck, rows
+
+
+def test_equal_budget_when_the_batch_shrinks(tiny_data, tmp_path):
+    """A batch larger than the undersampled epoch shrinks, and the step count grows so that the
+    run still sees the configured samples (as CLOOME's 512 on a small dataset)."""
+    from molphenix.train import fit
+
+    msgs = []
+    samples = 1000
+    run = fit(tiny_config(tiny_data, tmp_path / "a", steps=None, samples=samples, batch_size=512,
+                          inactive_rate=0.1, eval_every=0), log=msgs.append)
+    meta, ck, rows = _budget(run)
+    bs = meta["batch_size"]
+    assert bs < 512
+    assert meta["total_steps"] == ck["step"] == len(rows) == -(-samples // bs)  # not ceil(1000 / 512) = 2
+    assert ck["samples_seen"] == int(rows[-1]["samples_seen"]) == meta["total_steps"] * bs
+    assert samples <= ck["samples_seen"] < samples + bs  # whole batches: less than one batch over
+    assert any(f"using batches of {bs} and {meta['total_steps']} steps, so the run still sees its {samples}"
+               in m for m in msgs)
+    msgs = []
+    fit(tiny_config(tiny_data, tmp_path / "a", steps=None, samples=samples, batch_size=512, inactive_rate=0.1,
+                    eval_every=0), log=msgs.append)
+    assert f"already finished ({meta['total_steps']} of {meta['total_steps']} steps)" in msgs[-1]
+    # a budget that is a whole number of the smaller batches is seen exactly
+    run = fit(tiny_config(tiny_data, tmp_path / "b", steps=None, samples=7 * bs, batch_size=512,
+                          inactive_rate=0.1, eval_every=0), log=lambda m: None)
+    meta, ck, _ = _budget(run)
+    assert meta["batch_size"] == bs and ck["samples_seen"] == 7 * bs and ck["step"] == 7
+    # --steps: the steps given are kept (the samples follow from the smaller batch)
+    msgs = []
+    run = fit(tiny_config(tiny_data, tmp_path / "c", steps=5, batch_size=512, inactive_rate=0.1, eval_every=0),
+              log=msgs.append)
+    meta, ck, _ = _budget(run)
+    assert ck["step"] == meta["total_steps"] == 5 and ck["samples_seen"] == 5 * bs
+    assert any(f"for the 5 steps given ({5 * bs} samples)" in m for m in msgs)

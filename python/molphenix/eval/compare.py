@@ -278,6 +278,8 @@ def _table(t: Mapping[str, Any], name: str) -> Dict[str, np.ndarray]:
     q = len(np.asarray(t["rank"]))
     for c, v in t.items():
         arr = np.asarray(v.to_pylist() if hasattr(v, "to_pylist") else v)
+        if arr.ndim == 0:  # one value for every query (e.g. n_candidates)
+            arr = np.full(q, arr.item(), dtype=arr.dtype)
         if arr.shape[0] != q:
             raise ValueError(f"{name}: column {c!r} has {arr.shape[0]} rows, expected {q}")
         cols[c] = arr
@@ -310,7 +312,8 @@ def paired_compare(a: Mapping[str, Any], b: Mapping[str, Any], *, subset: str = 
         a, b: Per-query tables (mappings of equal-length columns, e.g. a pooled ranks file read
             with :func:`molphenix.eval.read_query_ranks`): ``molecule``, ``concentration``,
             ``rank`` (0-based), ``n_candidates`` and ``active`` (bool; for ``subset="active"``).
-            The two must hold the same (molecule, concentration) queries, in any order.
+            The two must hold the same (molecule, concentration) queries, in any order; a
+            column given as one value applies to every query.
         subset: ``"all"`` or ``"active"`` queries (A's activity calls).
         fractions: top-K% fractions.
         metrics: Metrics to compare (default: ``mrr``, ``rank1``, each fraction key,
