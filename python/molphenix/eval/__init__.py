@@ -12,11 +12,15 @@ training stack (``molphenix.train`` imports this package, for validation, never 
   recipe shared by validation, ``evaluate_run`` and the baselines.
 - :func:`write_metrics` / :func:`read_metrics` (atomic ``metrics.json``),
   :func:`write_query_ranks` / :func:`read_query_ranks`.
+- :func:`summarize` / :func:`paired_compare` (:mod:`molphenix.eval.compare`): metrics pooled over
+  queries whose candidate counts differ (e.g. cross-validation folds) and paired comparisons of two
+  methods, with 95% intervals from a cluster bootstrap over molecules.
 - :mod:`molphenix.eval.plots`: the figures of the report (matplotlib, imported lazily).
 - Evaluating a trained run (it loads the run, so it sits above this package):
   :func:`molphenix.train.evaluate_run`.
 """
 
+from molphenix.eval.compare import cluster_bootstrap_means, paired_compare, query_stats, summarize
 from molphenix.eval.io import (
     SCHEMA_VERSION,
     read_metrics,
@@ -42,14 +46,18 @@ __all__ = [
     "activity_lookup",
     "SCHEMA_VERSION",
     "average_queries",
+    "cluster_bootstrap_means",
     "concentration_key",
     "evaluate_embeddings",
     "fraction_key",
     "metrics_from_ranks",
+    "paired_compare",
+    "query_stats",
     "query_targets",
     "read_metrics",
     "read_query_ranks",
     "split_queries",
+    "summarize",
     "write_metrics",
     "write_query_ranks",
 ]

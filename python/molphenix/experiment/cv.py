@@ -268,7 +268,7 @@ def run_cv(data: Union[str, Path], out: Union[str, Path], methods: MethodSpec = 
             cross-validation with other settings; more folds than scaffold groups.
     """
     from molphenix.data import load_dataset
-    from molphenix.data.splits import fold_assignment, scaffold_of
+    from molphenix.data.splits import fold_assignment, scaffolds
     from molphenix.eval.metrics import MATCHES
     from molphenix.train import dataset_fingerprint
 
@@ -300,9 +300,10 @@ def run_cv(data: Union[str, Path], out: Union[str, Path], methods: MethodSpec = 
     settings = _open_cv(out, settings, overwrite)
     smiles_of = ds.smiles_of()
     mols = sorted(assignment)
-    _write_folds(out / FOLDS_FILE, mols, [scaffold_of(smiles_of[m]) for m in mols], [assignment[m] for m in mols])
+    scafs = scaffolds([smiles_of[m] for m in mols])
+    _write_folds(out / FOLDS_FILE, mols, scafs, [assignment[m] for m in mols])
     sizes = np.bincount([assignment[m] for m in mols], minlength=folds)
-    n_scaf = len({scaffold_of(smiles_of[m]) for m in mols})
+    n_scaf = len(set(scafs))
     say(f"grouped {folds}-fold cross-validation: {len(mols)} molecules in {n_scaf} scaffold groups "
         f"({'/'.join(str(int(s)) for s in sizes)} molecules per fold), methods {', '.join(names)} -> {out}")
 
