@@ -138,5 +138,5 @@ def _read_config(path: Path) -> Dict[str, Any]:
 
 def register(app: typer.Typer) -> None:
     """Add ``cv`` to ``app``."""
-    app.command("cv", help="Grouped k-fold cross-validation of several methods on one dataset; pooled, "
-                           "paired results.")(cv_command)
+    app.command("cv", short_help="Grouped k-fold cross-validation of several methods on one dataset; "
+                                 "pooled, paired results.")(cv_command)
