@@ -26,7 +26,7 @@ _FLAGS = {
 
 
 def cv_command(
-    data: Path = typer.Option(..., "--data", help="Dataset directory."),
+    data: Path = typer.Option(..., "--data", help="Dataset directory, or a bundled dataset's name (cell-injury)."),
     out: Path = typer.Option(..., "--out", help="Cross-validation directory (rerun with the same --out to resume)."),
     folds: int = typer.Option(5, "--folds", help="Number of scaffold-grouped folds K (>= 2).", callback=positive_int),
     methods: str = typer.Option("s2l,clip,siglip,cloome,ridge", "--methods",
@@ -70,7 +70,12 @@ def cv_command(
     from molphenix.experiment._report import cv_summary
 
     if not data.is_dir():
-        usage_error("--data", f"{data}: dataset directory not found")
+        from molphenix import datasets
+
+        if str(data).replace("_", "-") not in datasets.names():
+            usage_error("--data", f"{data}: dataset directory not found (nor a bundled dataset: "
+                                  f"{', '.join(datasets.names())})")
+        data = datasets.path(str(data))
     if out.exists() and not out.is_dir():
         usage_error("--out", f"{out} exists and is not a directory")
     if match not in ("pair", "molecule"):
