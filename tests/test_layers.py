@@ -30,7 +30,7 @@ PKG = Path(__file__).resolve().parents[1] / "python" / "molphenix"
 #: subpackage; the compiled extension below them.
 LEVELS: Dict[str, int] = {
     "cli": 7,
-    "demo": 6, "benchmark": 6, "info": 6,
+    "demo": 6, "benchmark": 6, "info": 6, "experiment": 6,
     "baselines": 5,
     "train": 4,
     "eval": 3,

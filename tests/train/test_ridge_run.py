@@ -99,16 +99,21 @@ def test_ridge_rerun_is_finished_and_flags_that_do_not_apply(ridge_run, tiny_dat
 
 
 def test_ridge_bad_fields_are_named(tiny_data, tmp_path):
+    from molphenix.baselines import fit_ridge_run
     from molphenix.train import TrainConfig, fit
 
+    def cfg(name, **kw):
+        return TrainConfig(data=str(tiny_data), out=str(tmp_path / name), loss="ridge", **kw)
+
     with pytest.raises(ValueError, match="mol_input: the ridge baseline takes"):
-        fit(TrainConfig(data=str(tiny_data), out=str(tmp_path / "a"), loss="ridge", mol_input="graph"))
-    with pytest.raises(ValueError, match="normalize: the ridge baseline centres"):
-        fit(TrainConfig(data=str(tiny_data), out=str(tmp_path / "b"), loss="ridge", normalize="tvn"))
+        fit_ridge_run(cfg("a", mol_input="graph"))
+    with pytest.raises(ValueError, match="normalize: the ridge baseline centers"):
+        fit_ridge_run(cfg("b", normalize="tvn"))
     with pytest.raises(ValueError, match="loss_kwargs: the ridge baseline takes only 'alphas'"):
-        fit(TrainConfig(data=str(tiny_data), out=str(tmp_path / "c"), loss="ridge", loss_kwargs={"x": 1}))
-    run = fit(TrainConfig(data=str(tiny_data), out=str(tmp_path / "d"), loss="ridge",
-                          loss_kwargs={"alphas": [1.0, 10.0]}, mol_input="maccs"), log=lambda m: None)
+        fit_ridge_run(cfg("c", loss_kwargs={"x": 1}))
+    with pytest.raises(ValueError, match="loss: 'ridge' is the closed-form baseline.*fit_ridge_run"):
+        fit(cfg("e"))  # the trainer says where the baseline is fitted
+    run = fit_ridge_run(cfg("d", loss_kwargs={"alphas": [1.0, 10.0]}, mol_input="maccs"))
     grid = json.loads((run / "ridge_grid.json").read_text())
     assert grid["alphas"] == [1.0, 10.0] and np.isfinite(grid["chosen_alpha"])
     from molphenix.train import load_run

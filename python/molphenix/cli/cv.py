@@ -67,7 +67,7 @@ def cv_command(
     import torch
 
     from molphenix.experiment import run_cv
-    from molphenix.experiment._report import cv_summary
+    from molphenix.experiment.report import cv_summary
 
     if not data.is_dir():
         from molphenix import datasets

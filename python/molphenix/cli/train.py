@@ -133,7 +133,12 @@ def train_command(
     from molphenix.train import RankFailure
 
     try:
-        run = fit(cfg, log=typer.echo)
+        if cfg.loss == "ridge":
+            from molphenix.baselines import fit_ridge_run
+
+            run = fit_ridge_run(cfg, log=typer.echo)
+        else:
+            run = fit(cfg, log=typer.echo)
     except ValueError as exc:
         _flag_of(exc, _TRAIN_FLAGS, None)
     except RankFailure as exc:  # a peer rank died or hung (torchrun): one line, exit 1

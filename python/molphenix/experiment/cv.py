@@ -7,13 +7,13 @@ Protocol:
   (:func:`molphenix.data.fold_assignment`, seeded by ``split_seed``). Fold k is the
   ``unseen_molecules`` test set of the runs of fold k, so every molecule is tested exactly once.
 * **Training and validation inside a fold.** Each (method, fold) is one run directory trained by
-  :func:`molphenix.train.fit` with ``folds=K, fold=k``: the training molecules are the other
-  K - 1 folds minus a validation set of whole scaffold groups (``val_fraction`` of all molecules,
+  :func:`molphenix.train.fit` (the ridge baseline by :func:`molphenix.baselines.fit_ridge_run`)
+  with ``folds=K, fold=k``: the training molecules are the other K - 1 folds minus a validation set of whole scaffold groups (``val_fraction`` of all molecules,
   drawn from those folds with a stream of (``split_seed``, k)) that picks the ``best`` checkpoint;
   replicate wells of training molecules are held out as ``unseen_wells`` as in any run. Every
   method of a fold gets the same split. Every fold of a method gets the same settings (those of
   the method plus the shared ones; the training budget too).
-* **Evaluation.** Each fold's run is evaluated by :func:`molphenix.eval.run.evaluate_run`
+* **Evaluation.** Each fold's run is evaluated by :func:`molphenix.train.evaluate_run`
   (``RUN/metrics.json``, ``RUN/ranks.parquet``); the ``unseen_molecules`` ranks of the K folds
   are pooled per query (each fold ranks its queries among its own candidates, so N may differ
   slightly between folds) and the pooled metrics carry cluster-bootstrap intervals over molecules
@@ -151,7 +151,7 @@ def method_configs(data: Union[str, Path], out: Union[str, Path], methods: Metho
             an invalid field value (the field named, as TrainConfig names it).
     """
     from molphenix.train import TrainConfig
-    from molphenix.train.ridge_run import RIDGE_MOL_INPUTS
+    from molphenix.baselines import RIDGE_MOL_INPUTS
 
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise ValueError(f"folds: expected an integer >= 2, got {folds!r}")
@@ -250,7 +250,7 @@ def run_cv(data: Union[str, Path], out: Union[str, Path], methods: MethodSpec = 
         folds: K >= 2 (at most the number of scaffold groups).
         split_seed: Seed of the fold partition (and of each fold's validation draw).
         train: Shared TrainConfig fields (:func:`method_configs`).
-        match: ``"pair"`` or ``"molecule"`` (:func:`molphenix.eval.run.evaluate_run`).
+        match: ``"pair"`` or ``"molecule"`` (:func:`molphenix.train.evaluate_run`).
         checkpoint: ``"best"`` (validation) or ``"last"``.
         fractions: top-K% fractions of the metrics.
         n_bootstrap: Cluster-bootstrap resamples of the pooled intervals and comparisons (>= 1;
@@ -320,7 +320,7 @@ def run_cv(data: Union[str, Path], out: Union[str, Path], methods: MethodSpec = 
     from molphenix.eval.io import atomic_write_bytes, write_metrics
 
     write_metrics(out / RESULTS_FILE, results)  # the metrics.json writer: atomic, NaN-free JSON
-    from ._report import cv_markdown
+    from .report import cv_markdown
 
     report = out / REPORT_FILE
     atomic_write_bytes(report, cv_markdown(results).encode())
@@ -341,9 +341,9 @@ def _write_folds(path: Path, mols: List[str], scafs: List[str], fold: List[int])
 
 def _run_fold(cfg: Any, data: Path, match: str, checkpoint: str, n_bootstrap: int, seed: int, tag: str,
               say: Callable[[str], None]) -> Dict[str, Any]:
+    from molphenix.baselines import fit_ridge_run
     from molphenix.eval.io import atomic_write_bytes
-    from molphenix.eval.run import evaluate_run
-    from molphenix.train import fit
+    from molphenix.train import evaluate_run, fit
 
     run = Path(cfg.out)
     rec = _fold_done(run, match, checkpoint)
@@ -352,7 +352,7 @@ def _run_fold(cfg: Any, data: Path, match: str, checkpoint: str, n_bootstrap: in
         return rec
     say(f"{tag}: {'fitting the ridge baseline' if cfg.loss == 'ridge' else f'training ({cfg.loss})'} -> {run}")
     t0 = time.perf_counter()
-    fit(cfg, log=lambda msg: say(f"    {msg}"))
+    (fit_ridge_run if cfg.loss == "ridge" else fit)(cfg, log=lambda msg: say(f"    {msg}"))
     t1 = time.perf_counter()
     metrics = evaluate_run(run, data, match=match, checkpoint=checkpoint, n_bootstrap=n_bootstrap, seed=seed)
     t2 = time.perf_counter()

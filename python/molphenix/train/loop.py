@@ -105,9 +105,9 @@ def fit(config: TrainConfig | Dict[str, Any] | str | os.PathLike, *,
     Running ``fit`` again with the same ``out`` resumes from ``checkpoints/last.pt``; a finished
     run returns at once (``log`` says so); ``overwrite=True`` starts over.
 
-    ``loss="ridge"`` fits the closed-form ridge baseline instead and writes it as a run that
-    evaluation and :func:`~molphenix.train.load_run` read the same way
-    (:mod:`molphenix.train.ridge_run`).
+    The closed-form ridge baseline (``loss="ridge"``) is fitted into a run directory by
+    :func:`molphenix.baselines.fit_ridge_run` instead; :func:`~molphenix.train.load_run` and
+    evaluation read that run the same way.
 
     Under a distributed launch (``WORLD_SIZE`` > 1, e.g. ``torchrun``) or inside an initialised
     process group, every process calls ``fit`` with the same config and trains one data-parallel
@@ -141,10 +141,9 @@ def fit(config: TrainConfig | Dict[str, Any] | str | os.PathLike, *,
     if cfg.out is None:
         raise ValueError("out: the run directory is required")
     say = log if log is not None else logger.info
-    if cfg.loss == "ridge":  # the closed-form baseline, written as a run (molphenix.train.ridge_run)
-        from .ridge_run import fit_ridge_run
-
-        return fit_ridge_run(cfg, say)
+    if cfg.loss == "ridge":  # the closed-form baseline sits above train on the layer map
+        raise ValueError("loss: 'ridge' is the closed-form baseline, not a contrastive loss: fit it with "
+                         "molphenix.baselines.fit_ridge_run (molphenix train --loss ridge)")
     import torch
 
     if cfg.device == "cuda" and not torch.cuda.is_available():

@@ -83,8 +83,8 @@ class TrainedModel(nn.Module):
     featurizer (``run.json``'s ``features``) and embedded at the given concentrations (µM).
 
     A run of the ridge baseline (``loss="ridge"``, ``run.json`` ``kind: "ridge"``) loads the same
-    way: ``model`` is then a :class:`molphenix.baselines.RidgeModel` (the query side is the
-    centred phenotype itself, the candidate side the predicted phenotype), with the same
+    way: ``model`` is then a :class:`molphenix.nn.ridge.RidgeModel` (the query side is the
+    centered phenotype itself, the candidate side the predicted phenotype), with the same
     ``embed_wells`` / ``embed_molecules`` / ``retrieve`` contract.
 
     Attributes:
@@ -103,7 +103,7 @@ class TrainedModel(nn.Module):
         self.config = config
         self.run_dir = run_dir
         if meta.get("kind") == "ridge":  # the ridge baseline's run (loss "ridge"): same interface
-            from molphenix.baselines.ridge import RidgeModel
+            from molphenix.nn.ridge import RidgeModel
 
             self.model = RidgeModel.from_run_meta(meta["ridge"])
         else:

@@ -1,7 +1,7 @@
-"""``fit(config)`` with ``loss="ridge"``: the ridge-regression baseline as a run directory.
+"""The ridge-regression baseline as a run directory (``molphenix train --loss ridge``).
 
 The baseline (:mod:`molphenix.baselines.ridge`: closed-form ridge from molecular features and a
-dose encoding to the control-centred phenotype, its penalty chosen on the ``val`` split) is not
+dose encoding to the control-centered phenotype, its penalty chosen on the ``val`` split) is not
 trained by steps, but it is written as a run like any other, so ``molphenix evaluate``,
 ``molphenix embed-library``, ``molphenix retrieve`` and :func:`molphenix.train.load_run` read it
 unchanged::
@@ -26,10 +26,10 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
-from .checkpoint import CHECKPOINT_FORMAT, save_checkpoint
-from .config import TrainConfig
+from molphenix.train import TrainConfig
+from molphenix.train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
 __all__ = ["fit_ridge_run", "RIDGE_MOL_INPUTS"]
 
@@ -43,7 +43,7 @@ def _check(cfg: TrainConfig) -> str:
     if mol_input not in RIDGE_MOL_INPUTS:
         raise ValueError(f"mol_input: the ridge baseline takes {', '.join(RIDGE_MOL_INPUTS)}, got {mol_input!r}")
     if cfg.normalize != "center":
-        raise ValueError(f"normalize: the ridge baseline centres on the controls ('center'), got {cfg.normalize!r}")
+        raise ValueError(f"normalize: the ridge baseline centers on the controls ('center'), got {cfg.normalize!r}")
     extra = sorted(set(cfg.loss_kwargs) - {"alphas"})
     if extra:
         raise ValueError(f"loss_kwargs: the ridge baseline takes only 'alphas', got {extra[0]!r}")
@@ -52,7 +52,7 @@ def _check(cfg: TrainConfig) -> str:
     return mol_input
 
 
-def fit_ridge_run(cfg: TrainConfig, say: Callable[[str], None]) -> Path:
+def fit_ridge_run(cfg: TrainConfig, log: Optional[Callable[[str], None]] = None) -> Path:
     """Fit the ridge baseline into the run directory ``cfg.out`` (see the module docstring).
 
     A finished run (its checkpoint exists) returns at once; ``overwrite`` starts over; a run
@@ -60,7 +60,7 @@ def fit_ridge_run(cfg: TrainConfig, say: Callable[[str], None]) -> Path:
 
     Args:
         cfg: The run's config (``loss="ridge"``).
-        say: Receives one-line progress messages.
+        log: Receives one-line progress messages (default: none).
 
     Returns:
         The run directory.
@@ -69,15 +69,17 @@ def fit_ridge_run(cfg: TrainConfig, say: Callable[[str], None]) -> Path:
         ValueError: a field a ridge run cannot take (named); ``out`` holds another run; an
             empty training split; a batch without controls.
     """
-    from molphenix.baselines import RidgeConfig, fit_ridge
-    from molphenix.baselines.ridge import DEFAULT_ALPHAS
     from molphenix.data import call_activity, load_dataset
     from molphenix.data.io import save_calls
+    from molphenix.train import dataset_fingerprint
+    from molphenix.train.loop import RunFinished
+    from molphenix.train.rundir import SETUP_FILES, open_run, run_lock, versions, write_json
 
-    from .inputs import dataset_fingerprint
-    from .loop import RunFinished
-    from .rundir import SETUP_FILES, open_run, run_lock, versions, write_json
+    from .ridge import DEFAULT_ALPHAS, RidgeConfig, fit_ridge
 
+    say = log if log is not None else (lambda msg: None)
+    if cfg.loss != "ridge":
+        raise ValueError(f"loss: fit_ridge_run fits loss 'ridge', got {cfg.loss!r} (molphenix.train.fit trains it)")
     mol_input = _check(cfg)
     cfg = cfg.replace(mol_input=mol_input)  # resolved once, so config.json names the input
     run = Path(cfg.out)
