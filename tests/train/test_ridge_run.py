@@ -119,3 +119,20 @@ def test_ridge_bad_fields_are_named(tiny_data, tmp_path):
     from molphenix.train import load_run
 
     assert load_run(run).embed_molecules(["CCO"], [1.0]).shape == (1, 16)
+
+
+@pytest.mark.requires_minimol
+def test_ridge_on_minimol_is_a_run(tiny_data, tmp_path, monkeypatch):
+    """The ridge baseline on the pretrained MiniMol embeddings (a linear probe) writes, loads and
+    evaluates like the Morgan one; run.json records the embedder's version."""
+    from molphenix.baselines import fit_ridge_run
+    from molphenix.train import TrainConfig, evaluate_run, load_run
+
+    monkeypatch.setenv("MOLPHENIX_CACHE_DIR", str(tmp_path / "cache"))
+    run = fit_ridge_run(TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), loss="ridge", mol_input="minimol"))
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["features"]["mol_input"] == "minimol" and meta["features"]["model_version"]
+    assert meta["ridge"]["feature_dim"] == 512
+    m = evaluate_run(run, n_bootstrap=0)
+    assert m["unseen_molecules"]["all"]["n_queries"] > 0
+    assert load_run(run).embed_molecules(["CCO"], [1.0]).shape == (1, 16)

@@ -14,7 +14,8 @@ unchanged::
     checkpoints/best.pt, last.pt               the weights (one fit: the same model)
 
 Fields of :class:`~molphenix.train.TrainConfig` a ridge run reads: ``data``, ``out``,
-``mol_input`` (``morgan`` (default), ``maccs`` or ``rdkit2d``), ``featurizer_kwargs``, the split
+``mol_input`` (``morgan`` (default), ``maccs``, ``rdkit2d`` or ``minimol``: a matrix of molecular
+features), ``featurizer_kwargs``, the split
 fields (``split_seed``, the fractions, ``folds`` / ``fold``), ``p_cutoff`` (activity calls) and
 ``loss_kwargs={"alphas": [...]}`` (the penalty grid; default
 :data:`molphenix.baselines.DEFAULT_ALPHAS`). ``normalize`` must be ``"center"``. The training
@@ -34,7 +35,7 @@ from molphenix.train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 __all__ = ["fit_ridge_run", "RIDGE_MOL_INPUTS"]
 
 #: Molecular inputs the ridge baseline takes (a feature matrix computed from SMILES).
-RIDGE_MOL_INPUTS = ("morgan", "maccs", "rdkit2d")
+RIDGE_MOL_INPUTS = ("morgan", "maccs", "rdkit2d", "minimol")
 
 
 def _check(cfg: TrainConfig) -> str:
@@ -115,6 +116,10 @@ def fit_ridge_run(cfg: TrainConfig, log: Optional[Callable[[str], None]] = None)
         features: Dict[str, Any] = {"mol_input": mol_input, "kwargs": dict(cfg.featurizer_kwargs)}
         if model.featurizer_stats is not None:
             features.update(mean=model.featurizer_stats["mean"], std=model.featurizer_stats["std"])
+        if mol_input == "minimol":  # the embedder's version, checked when the run is loaded
+            from molphenix.train.inputs import MolFeatures
+
+            features["model_version"] = MolFeatures(mol_input, cfg.featurizer_kwargs).state()["model_version"]
         n_train = int(splits.counts()["train"])
         meta = {
             "kind": "ridge",

@@ -131,8 +131,8 @@ def method_configs(data: Union[str, Path], out: Union[str, Path], methods: Metho
     ``data``, ``out = OUT/<method>/fold-<k>``, ``split_seed``, ``folds`` and ``fold``. The ridge
     baseline (``loss="ridge"``) takes of the shared fields only the split and activity fields
     (``val_fraction``, ``unseen_wells_fraction``, ``p_cutoff``), the runtime ones, and the
-    molecular input with its featurizer arguments when that input is one it can use (``morgan``,
-    ``maccs``, ``rdkit2d``; otherwise Morgan with defaults).
+    molecular input with its featurizer arguments when that input is one it can use
+    (:data:`molphenix.baselines.RIDGE_MOL_INPUTS`: a feature matrix; otherwise Morgan with defaults).
 
     Args:
         data: Dataset directory.
