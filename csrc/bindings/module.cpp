@@ -450,6 +450,82 @@ void topk_retrieve(py::handle queries_, py::handle candidates_, int64_t k, py::h
   }
 }
 
+// ---- packed candidates (CPU): pack once, search many times ------------------------------------
+std::unique_ptr<cpu::PackedCandidates> pack_candidates(const std::string& dtype, int64_t N,
+                                                       int64_t D, bool with_norms) {
+  return cpu::pack_candidates_create(parse_dtype(dtype), N, D, with_norms);
+}
+
+void packed_fill(cpu::PackedCandidates& P, py::handle rows_, int64_t row0, int num_threads) {
+  ArrayView ra = view(rows_, "rows");
+  check_ndim(ra, "rows", 2);
+  MPX_CHECK_VALUE(ra.device == Device::kCPU, "rows: expected a CPU array");
+  check_float(ra, "rows");
+  MPX_CHECK_TYPE(ra.float_dtype() == P.dtype, "rows: dtype ", dtype_name(ra.float_dtype()),
+                 " does not match the packed candidates' ", dtype_name(P.dtype));
+  MPX_CHECK_VALUE(ra.size(1) == P.D, "rows: expected ", P.D, " columns, got ", ra.size(1));
+  const int nt = resolve_threads(num_threads);
+  py::gil_scoped_release nogil;
+  cpu::pack_candidates_fill(P, ra.data, row0, ra.size(0), nt);
+}
+
+void check_packed_queries(const ArrayView& qa, const cpu::PackedCandidates& P) {
+  check_ndim(qa, "queries", 2);
+  MPX_CHECK_VALUE(qa.device == Device::kCPU, "queries: packed candidates live on the CPU; got a CUDA array");
+  check_float(qa, "queries");
+  MPX_CHECK_TYPE(qa.float_dtype() == P.dtype, "queries: dtype ", dtype_name(qa.float_dtype()),
+                 " does not match the packed candidates' ", dtype_name(P.dtype));
+  MPX_CHECK_VALUE(qa.size(1) == P.D, "queries: expected ", P.D, " columns (the candidates'), got ",
+                  qa.size(1));
+}
+
+void retrieval_ranks_packed(py::handle queries_, const cpu::PackedCandidates& P, py::handle targets_,
+                            py::handle target_scores_, py::handle ranks_, int metric_,
+                            int num_threads) {
+  ArrayView qa = view(queries_, "queries");
+  ArrayView ta = view(targets_, "targets"), ts = view(target_scores_, "target_scores");
+  ArrayView ra = view(ranks_, "ranks");
+  check_packed_queries(qa, P);
+  const int64_t Q = qa.size(0);
+  check_int64(ta, "targets");
+  check_shape(ta, "targets", {Q});
+  check_float64(ts, "target_scores");
+  check_shape(ts, "target_scores", {Q});
+  check_int64(ra, "ranks");
+  check_shape(ra, "ranks", {Q});
+  for (auto pr : {std::make_pair(&ta, "targets"), std::make_pair(&ts, "target_scores"),
+                  std::make_pair(&ra, "ranks")})
+    check_same_device(qa, "queries", *pr.first, pr.second);
+  const Metric metric = parse_metric(metric_);
+  if (Q == 0) return;
+  check_targets(static_cast<const int64_t*>(ta.data), Q, P.N);
+  const int nt = resolve_threads(num_threads);
+  py::gil_scoped_release nogil;
+  cpu::retrieval_ranks_packed(qa.data, P, Q, static_cast<const int64_t*>(ta.data),
+                              static_cast<double*>(ts.data), metric, static_cast<int64_t*>(ra.data), nt);
+}
+
+void topk_retrieve_packed(py::handle queries_, const cpu::PackedCandidates& P, int64_t k,
+                          py::handle scores_, py::handle indices_, int metric_, int num_threads) {
+  ArrayView qa = view(queries_, "queries");
+  ArrayView sa = view(scores_, "scores"), ia = view(indices_, "indices");
+  check_packed_queries(qa, P);
+  const int64_t Q = qa.size(0);
+  MPX_CHECK_VALUE(k >= 1 && k <= P.N, "k: expected 1 <= k <= N = ", P.N, ", got ", k);
+  check_float(sa, "scores");
+  check_shape(sa, "scores", {Q, k});
+  check_same_dtype(qa, "queries", sa, "scores");
+  check_int64(ia, "indices");
+  check_shape(ia, "indices", {Q, k});
+  for (auto pr : {std::make_pair(&sa, "scores"), std::make_pair(&ia, "indices")})
+    check_same_device(qa, "queries", *pr.first, pr.second);
+  const Metric metric = parse_metric(metric_);
+  if (Q == 0) return;
+  const int nt = resolve_threads(num_threads);
+  py::gil_scoped_release nogil;
+  cpu::topk_retrieve_packed(qa.data, P, Q, k, metric, sa.data, static_cast<int64_t*>(ia.data), nt);
+}
+
 size_t retrieval_ranks_workspace_bytes(const std::string& dtype, int64_t Q, int64_t N, int64_t D,
                                        int metric) {
 #ifdef MOLPHENIX_WITH_CUDA
@@ -567,4 +643,28 @@ PYBIND11_MODULE(_C, m) {
         py::arg("metric"), py::arg("num_threads"), py::arg("stream"));
   m.def("topk_retrieve_workspace_bytes", &topk_retrieve_workspace_bytes, py::arg("dtype"),
         py::arg("Q"), py::arg("N"), py::arg("D"), py::arg("k"), py::arg("metric"));
+
+  py::class_<cpu::PackedCandidates, std::unique_ptr<cpu::PackedCandidates>>(
+      m, "PackedCandidates",
+      "CPU candidates packed once into the retrieval kernels' panels (pack_candidates).")
+      .def_property_readonly("n", [](const cpu::PackedCandidates& P) { return P.N; })
+      .def_property_readonly("dim", [](const cpu::PackedCandidates& P) { return P.D; })
+      .def_property_readonly("dtype", [](const cpu::PackedCandidates& P) { return std::string(dtype_name(P.dtype)); })
+      .def_property_readonly("with_norms", [](const cpu::PackedCandidates& P) { return P.with_norms; })
+      .def_property_readonly("nbytes", [](const cpu::PackedCandidates& P) { return P.nbytes; })
+      .def_property_readonly("simd_level", [](const cpu::PackedCandidates& P) {
+        return std::string(cpu::simd_level_name(static_cast<cpu::SimdLevel>(P.level)));
+      })
+      .def("is_current", [](const cpu::PackedCandidates& P) { return cpu::pack_candidates_current(P); },
+           "True when packed under the current SIMD level (else pack again).")
+      .def("fill", &packed_fill, py::arg("rows"), py::arg("row0"), py::kw_only(),
+           py::arg("num_threads"), "Write rows [row0, row0 + len(rows)) into the panels.");
+  m.def("pack_candidates", &pack_candidates, py::arg("dtype"), py::arg("N"), py::arg("D"),
+        py::arg("with_norms"), "An empty PackedCandidates for N x D candidates (fill it).");
+  m.def("retrieval_ranks_packed", &retrieval_ranks_packed, py::arg("queries"), py::arg("packed"),
+        py::arg("targets"), py::arg("target_scores"), py::arg("ranks"), py::kw_only(),
+        py::arg("metric"), py::arg("num_threads"));
+  m.def("topk_retrieve_packed", &topk_retrieve_packed, py::arg("queries"), py::arg("packed"),
+        py::arg("k"), py::arg("scores"), py::arg("indices"), py::kw_only(), py::arg("metric"),
+        py::arg("num_threads"));
 }

@@ -75,22 +75,52 @@ struct Impl {
   static constexpr int W = K::W, MR = K::MR, NV = K::NV, NR = K::NR;
 
   // ---- packed candidates ------------------------------------------------------------------------
+  // A view of packed panels: panel p holds candidates [p * NR, p * NR + NR) as D rows of NR values
+  // (panel p, row k: data[p * D * NR + k * NR + lane]), zero padded past N; norms[j] = |c_j|^2
+  // (kSqL2 only; zero padded). Owned either by a call (PackedOwner) or by a PackedCandidates
+  // handle that outlives many calls (pack once, search many times).
   struct Packed {
     int64_t N = 0, D = 0, np = 0;
+    const T* data = nullptr;
+    const T* norms = nullptr;
+    const T* panel(int64_t p) const { return data + p * D * NR; }
+  };
+  struct PackedOwner {
     AlignedBuf<T> data{1};
-    AlignedBuf<T> norms{1};  // [np * NR] |c|^2 (kSqL2), zero padded
-    const T* panel(int64_t p) const { return data.get() + p * D * NR; }
+    AlignedBuf<T> norms{1};
+    Packed view;
   };
 
-  static void pack(const T* C, int64_t N, int64_t D, bool with_norms, int nt, Packed& P) {
-    P.N = N;
-    P.D = D;
-    P.np = (N + NR - 1) / NR;
-    P.data = AlignedBuf<T>(P.np * D * NR);
-    P.norms = AlignedBuf<T>(P.np * NR);
-    T* out = P.data.get();
-    T* nrm = P.norms.get();
-    const int64_t np = P.np;
+  static int64_t num_panels(int64_t N) { return (N + NR - 1) / NR; }
+
+  // Writes candidate rows [row0, row0 + n) (row-major [n, D] at C) into their panels of
+  // data / norms (sized for num_panels(N) panels; the caller zeroes the padding). row0 need not
+  // be a multiple of NR, so a library stored in blocks of any size packs block by block into
+  // one set of panels. The values and norms are exactly those of a pack of all rows at once.
+  static void pack_rows(const T* C, int64_t row0, int64_t n, int64_t D, bool with_norms, int nt,
+                        T* data, T* norms) {
+    if (n <= 0) return;
+    const int64_t p0 = row0 / NR, p1 = (row0 + n - 1) / NR + 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t j0 = std::max<int64_t>(row0, p * NR), j1 = std::min<int64_t>(row0 + n, p * NR + NR);
+      T* dst = data + p * D * NR;
+      for (int64_t j = j0; j < j1; ++j) {
+        const T* src = C + (j - row0) * D;
+        T* d = dst + (j - p * NR);
+        for (int64_t k = 0; k < D; ++k) d[k * NR] = src[k];
+        if (with_norms) norms[j] = dot_fma_chain(src, src, D);
+      }
+    }
+  }
+
+  // Packs all N rows of C (one call's own copy; freed when O goes).
+  static void pack(const T* C, int64_t N, int64_t D, bool with_norms, int nt, PackedOwner& O) {
+    const int64_t np = num_panels(N);
+    O.data = AlignedBuf<T>(np * D * NR);
+    O.norms = AlignedBuf<T>(np * NR);
+    T* out = O.data.get();
+    T* nrm = O.norms.get();
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t p = 0; p < np; ++p) {
       const int64_t j0 = p * NR, nc = std::min<int64_t>(NR, N - j0);
@@ -99,6 +129,13 @@ struct Impl {
         nrm[j0 + j] = (with_norms && j < nc) ? dot_fma_chain(C + (j0 + j) * D, C + (j0 + j) * D, D)
                                               : T(0);
     }
+    O.view = Packed{N, D, np, out, nrm};
+  }
+
+  // Row j of the packed candidates, gathered back (the exact stored values).
+  static void unpack_row(const Packed& P, int64_t j, T* out) {
+    const T* src = P.panel(j / NR) + (j % NR);
+    for (int64_t k = 0; k < P.D; ++k) out[k] = src[k * NR];
   }
 
   // Lane-validity bit set of vector v of panel p (columns >= N are padding).
@@ -163,7 +200,7 @@ struct Impl {
     MPX_GEMM_INLINE void operator()(int64_t ir, int mr, int64_t p, V (&c)[MR][NV]) const {
       V cn[NV];
       if (kSq)
-        for (int v = 0; v < NV; ++v) cn[v] = O::loadu(P.norms.get() + p * NR + v * W);
+        for (int v = 0; v < NV; ++v) cn[v] = O::loadu(P.norms + p * NR + v * W);
       uint32_t vb[NV];
       for (int v = 0; v < NV; ++v) vb[v] = valid_bits(P, p, v);
       for (int i = 0; i < MR; ++i) {
@@ -196,8 +233,17 @@ struct Impl {
   template <bool kSq>
   static void ranks(const T* Qm, const T* Cm, int64_t Q, int64_t N, int64_t D,
                     const int64_t* targets, double* target_scores, int64_t* ranks, int nt) {
-    Packed P;
-    pack(Cm, N, D, kSq, nt, P);
+    PackedOwner O;
+    pack(Cm, N, D, kSq, nt, O);
+    ranks_packed<kSq>(Qm, Cm, O.view, Q, targets, target_scores, ranks, nt);
+  }
+
+  // ranks on packed candidates; Cm: the row-major candidates, or nullptr (the target rows are
+  // then gathered back from the panels: the same values, so the same keys bit for bit).
+  template <bool kSq>
+  static void ranks_packed(const T* Qm, const T* Cm, const Packed& P, int64_t Q,
+                           const int64_t* targets, double* target_scores, int64_t* ranks, int nt) {
+    const int64_t D = P.D;
     WsVec<T> qn(kSq ? Q : 0), thr(Q);
     WsVec<int64_t> self(Q);
     // Target keys with exactly the tile arithmetic; per-row thresholds in T.
@@ -209,9 +255,15 @@ struct Impl {
       const int64_t t = targets[i];
       T tk;
       if (t >= 0) {
-        const T* c = Cm + t * D;
+        const T* c = Cm ? Cm + t * D : nullptr;
+        WsVec<T> row;
+        if (!c) {
+          row.resize(static_cast<size_t>(D));
+          unpack_row(P, t, row.data());
+          c = row.data();
+        }
         const T s = dot_fma_chain(q, c, D);
-        tk = key_scalar<kSq>(s, qni, kSq ? P.norms.get()[t] : T(0));
+        tk = key_scalar<kSq>(s, qni, kSq ? P.norms[t] : T(0));
         target_scores[i] = static_cast<double>(tk);
         thr[i] = tk;
         // The target's own tile key equals tk bit for bit, so the count includes it once.
@@ -409,7 +461,7 @@ struct Impl {
     MPX_GEMM_INLINE void operator()(int64_t ir, int mr, int64_t p, V (&c)[MR][NV]) const {
       V cn[NV];
       if (kSq)
-        for (int v = 0; v < NV; ++v) cn[v] = O::loadu(P.norms.get() + p * NR + v * W);
+        for (int v = 0; v < NV; ++v) cn[v] = O::loadu(P.norms + p * NR + v * W);
       uint32_t vb[NV];
       for (int v = 0; v < NV; ++v) vb[v] = valid_bits(P, p, v);
       alignas(64) T vals[MR][NR];
@@ -458,7 +510,7 @@ struct Impl {
       const int64_t p = si * P.np / ns;
       V cn[NV];
       if (kSq)
-        for (int v = 0; v < NV; ++v) cn[v] = O::loadu(P.norms.get() + p * NR + v * W);
+        for (int v = 0; v < NV; ++v) cn[v] = O::loadu(P.norms + p * NR + v * W);
       uint32_t vb[NV];
       for (int v = 0; v < NV; ++v) vb[v] = valid_bits(P, p, v);
       for (int64_t ir = 0; ir < mb; ir += MR) {
@@ -583,8 +635,15 @@ struct Impl {
   template <bool kSq>
   static void topk(const T* Qm, const T* Cm, int64_t Q, int64_t N, int64_t D, int64_t k,
                    T* out_scores, int64_t* out_idx, int nt) {
-    Packed P;
-    pack(Cm, N, D, kSq, nt, P);
+    PackedOwner O;
+    pack(Cm, N, D, kSq, nt, O);
+    topk_packed<kSq>(Qm, O.view, Q, k, out_scores, out_idx, nt);
+  }
+
+  template <bool kSq>
+  static void topk_packed(const T* Qm, const Packed& P, int64_t Q, int64_t k, T* out_scores,
+                          int64_t* out_idx, int nt) {
+    const int64_t N = P.N, D = P.D;
     WsVec<T> qn(kSq ? Q : 0);
     if (kSq) {
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -717,6 +776,41 @@ struct Impl {
 }  // namespace retrieval
 
 // Entry points of this ISA (called from retrieval.cpp's dispatch).
+template <typename T>
+int packed_panel_width_isa() {
+  return retrieval::Impl<T>::NR;
+}
+
+template <typename T>
+void pack_rows_isa(const T* rows, int64_t row0, int64_t n, int64_t D, bool with_norms, T* data,
+                   T* norms, int nt) {
+  retrieval::Impl<T>::pack_rows(rows, row0, n, D, with_norms, nt, data, norms);
+}
+
+template <typename T>
+void retrieval_ranks_packed_isa(const T* Qm, const T* data, const T* norms, int64_t Q, int64_t N,
+                                int64_t D, const int64_t* targets, double* target_scores,
+                                Metric metric, int64_t* ranks, int nt) {
+  using I = retrieval::Impl<T>;
+  const typename I::Packed P{N, D, I::num_panels(N), data, norms};
+  if (metric == Metric::kSqL2)
+    I::template ranks_packed<true>(Qm, nullptr, P, Q, targets, target_scores, ranks, nt);
+  else
+    I::template ranks_packed<false>(Qm, nullptr, P, Q, targets, target_scores, ranks, nt);
+}
+
+template <typename T>
+void topk_retrieve_packed_isa(const T* Qm, const T* data, const T* norms, int64_t Q, int64_t N,
+                              int64_t D, int64_t k, Metric metric, T* out_scores,
+                              int64_t* out_idx, int nt) {
+  using I = retrieval::Impl<T>;
+  const typename I::Packed P{N, D, I::num_panels(N), data, norms};
+  if (metric == Metric::kSqL2)
+    I::template topk_packed<true>(Qm, P, Q, k, out_scores, out_idx, nt);
+  else
+    I::template topk_packed<false>(Qm, P, Q, k, out_scores, out_idx, nt);
+}
+
 template <typename T>
 void retrieval_ranks_isa(const T* Qm, const T* Cm, int64_t Q, int64_t N, int64_t D,
                          const int64_t* targets, double* target_scores, Metric metric,

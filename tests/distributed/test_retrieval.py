@@ -348,7 +348,7 @@ def test_shard_range_blocks():
 
 
 def test_read_block_reads_only_its_row_groups(lib_file):
-    from molphenix.retrieval.index import _read_block
+    from molphenix.retrieval.storage import _read_parquet_block as _read_block
 
     x, _, _ = _data()
     for (a, b), want_groups in (((12, 27), [1, 2]), ((0, 10), [0]), ((40, 41), [4]),

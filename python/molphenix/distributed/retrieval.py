@@ -47,8 +47,9 @@ import torch
 import torch.distributed as dist
 
 from molphenix.distributed._group import is_initialized
-from molphenix.ops import _common as C
-from molphenix.retrieval.index import _num_rows
+from molphenix.ops import prepared as P
+from molphenix.retrieval import Index
+from molphenix.retrieval import storage as S
 
 __all__ = ["ShardedIndex", "sharded_ranks", "shard_range"]
 
@@ -123,12 +124,12 @@ def shard_range(n: int, rank: Optional[int] = None, world_size: Optional[int] = 
     Returns:
         ``(start, stop)``.
     """
-    n = C.check_int(n, "n")
+    n = P.check_int(n, "n")
     if n < 0:
         raise ValueError(f"n: expected >= 0, got {n}")
     r, w = _world(group)
-    rank = r if rank is None else C.check_int(rank, "rank")
-    world_size = w if world_size is None else C.check_int(world_size, "world_size")
+    rank = r if rank is None else P.check_int(rank, "rank")
+    world_size = w if world_size is None else P.check_int(world_size, "world_size")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank: expected 0 <= rank < world_size = {world_size}, got {rank}")
     base, extra = divmod(n, world_size)
@@ -141,30 +142,26 @@ def shard_range(n: int, rank: Optional[int] = None, world_size: Optional[int] = 
 # ---------------------------------------------------------------------------------------------
 
 
-def _sharded_counts(q: torch.Tensor, c: torch.Tensor, local_t: torch.Tensor, metric: str,
-                    group: Optional[dist.ProcessGroup], backend: str, nt: Optional[int],
+def _sharded_counts(q: torch.Tensor, rows: Optional[S.Rows], local_t: torch.Tensor,
+                    group: Optional[dist.ProcessGroup], which: str, nt: int,
                     name_of) -> torch.Tensor:
-    """Global ranks [Q] (int64, on q's device) from this rank's shard ``c`` [n_r, D] (n_r may
-    be 0) and ``local_t`` [Q]: the target's row in ``c``, or -1 when it lives on another rank.
+    """Global ranks [Q] (int64, on q's device) from this rank's validated rows (None or empty
+    on a rank without candidates) and ``local_t`` [Q]: the target's row in them, or -1 when it
+    lives on another rank. ``q``: prepared queries (normalised for cosine).
 
     Every query's target must live on exactly one rank; ``name_of(i)`` names query i's target
     in the error otherwise."""
-    from molphenix import ops
-
     nq = q.shape[0]
-    rows = _gather_ints([nq, q.shape[1], _METRIC_CODE[metric]], group)
-    _same_on_all(rows, 0, "queries (number of rows)")
-    _same_on_all(rows, 1, "queries (number of columns)")
-    _same_on_all(rows, 2, "metric")
+    rows_info = _gather_ints([nq, q.shape[1]], group)
+    _same_on_all(rows_info, 0, "queries (number of rows)")
+    _same_on_all(rows_info, 1, "queries (number of columns)")
     dev = _comm_device(group)
     own = local_t >= 0
     keys = torch.zeros(nq, dtype=torch.float64, device=q.device)
     counts = torch.zeros(nq, dtype=torch.int64, device=q.device)
     mine = own.nonzero().squeeze(1)
     if mine.numel():
-        r_own, k_own = ops.retrieval_ranks(q[mine], c, local_t[mine], metric=metric,
-                                           backend=backend, num_threads=nt,
-                                           return_target_scores=True)
+        r_own, k_own = rows.ranks(q[mine], local_t[mine], None, which, nt)
         counts[mine] = r_own
         keys[mine] = k_own.to(torch.float64)
     # One all-reduce for the target keys and the owner counts (exactly one owner adds its key
@@ -181,10 +178,10 @@ def _sharded_counts(q: torch.Tensor, c: torch.Tensor, local_t: torch.Tensor, met
         raise ValueError(f"target_ids: {name_of(i)} is on {int(owners[i])} ranks; ids must be "
                          "unique across the shards")
     others = (~own).nonzero().squeeze(1)
-    if others.numel() and c.shape[0]:
-        counts[others] = ops.retrieval_ranks(
-            q[others], c, torch.full((others.numel(),), -1, dtype=torch.int64, device=q.device),
-            target_scores=keys[others], metric=metric, backend=backend, num_threads=nt)
+    if others.numel() and rows is not None and rows.n:
+        counts[others], _ = rows.ranks(
+            q[others], torch.full((others.numel(),), -1, dtype=torch.int64, device=q.device),
+            keys[others], which, nt)
     counts = counts.to(dev)
     dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
     return counts.to(q.device)
@@ -223,29 +220,30 @@ def sharded_ranks(queries: Any, candidates: Any, targets: Any, *, metric: str = 
     if w == 1:
         return ops.retrieval_ranks(queries, candidates, targets, metric=metric, backend=backend,
                                    num_threads=num_threads)
-    kind = C.result_kind(queries, candidates)
-    metric = C.check_metric(metric)
+    kind = P.result_kind(queries, candidates)
+    metric = P.check_metric(metric)
     err: Optional[BaseException] = None
+    rows = None
     try:
-        q = C.to_torch(queries, "queries")
-        c = C.to_torch(candidates, "candidates")
-        C.check_float_matrix(q, "queries")
-        C.check_float_matrix(c, "candidates")
-        C.check_same_dtype(q, "queries", c, "candidates")
-        if metric == "cosine":
-            from molphenix.retrieval.index import _check_zero_norm
-
-            _check_zero_norm(q, "queries")
-            _check_zero_norm(c, "candidates")
+        q = P.to_torch(queries, "queries")
+        c = P.to_torch(candidates, "candidates")
+        P.check_float_matrix(q, "queries")
+        P.check_float_matrix(c, "candidates")
+        P.check_same_dtype(q, "queries", c, "candidates")
         if c.shape[1] != q.shape[1]:
             raise ValueError(f"candidates: expected {q.shape[1]} columns (the queries' width), "
                              f"got shape {tuple(c.shape)}")
-        t = C.to_torch(targets, "targets")
+        t = P.to_torch(targets, "targets")
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
             raise TypeError(f"targets: expected an integer dtype, got {t.dtype}")
         if t.dim() != 1 or t.shape[0] != q.shape[0]:
             raise ValueError(f"targets: expected shape [{q.shape[0]}] (one per query), got "
                              f"{tuple(t.shape)}")
+        if metric == "cosine":
+            P.check_zero_norm(q, "queries")
+            q = P.normalize_rows(q.detach())
+        if c.shape[0]:
+            rows = S.Rows([S.validate_rows(c, metric)], dtype=c.dtype, metric=metric)
     except (TypeError, ValueError) as e:
         err = e
     sizes = _agree(err, group, [c.shape[0] if err is None else 0])[:, 0]
@@ -262,47 +260,15 @@ def sharded_ranks(queries: Any, candidates: Any, targets: Any, *, metric: str = 
             raise ValueError(f"targets: entry {bad} is {int(t[bad])}; expected an index in "
                              f"[0, {n}) (the concatenated candidates)")
     local = torch.where((t >= start) & (t < stop), t - start, torch.full_like(t, -1))
-    ranks = _sharded_counts(q, c, local, metric, group, backend, num_threads,
+    which = P.resolve_backend("retrieval_ranks", backend, q.device, q.dtype)
+    ranks = _sharded_counts(q, rows, local, group, which, P.resolve_threads(num_threads),
                             lambda i: f"target {int(t[i])}")
-    return C.from_torch(ranks, kind)
+    return P.from_torch(ranks, kind)
 
 
 # ---------------------------------------------------------------------------------------------
 # top-k over shards
 # ---------------------------------------------------------------------------------------------
-
-
-def _local_topk(q: torch.Tensor, c: torch.Tensor, k: int, metric: str, backend: str,
-                nt: Optional[int]) -> Tuple[torch.Tensor, torch.Tensor, str]:
-    """Exact local top-k as (keys [Q, k], larger first; rows [Q, k]; which backend ran).
-
-    Keys are what the kernel orders by: the similarity for cosine/dot, minus the squared
-    distance for arctan_l2 (so saturated similarities still order exactly)."""
-    from molphenix.ops import _reference
-    from molphenix.ops import retrieval as R
-
-    which = backend if backend in ("reference", "cpu", "cuda") else \
-        C.resolve_backend("topk_retrieve", backend, q.device, q.dtype)
-    if which == "reference":
-        keys = _reference._keys(q.detach(), c.detach(), metric)
-        order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :k]
-        return keys.gather(1, order), order, which
-    if metric == "cosine":
-        q, c = R._normalize(q), R._normalize(c)
-    raw, idx = R._topk_op(q.detach(), c.detach(), k, R._METRIC_CODE[metric],
-                          C.resolve_threads(nt))
-    return (-raw if metric == "arctan_l2" else raw), idx, which
-
-
-def _scores_from_keys(keys: torch.Tensor, metric: str, which: str, dtype: torch.dtype) -> torch.Tensor:
-    """The scores :func:`molphenix.ops.topk_retrieve` returns for these keys (same arithmetic)."""
-    out_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    if metric != "arctan_l2":
-        return keys.to(out_dtype)
-    if which == "reference":  # keys are minus the squared distances there
-        return (1.0 - (4.0 / math.pi) * torch.atan(-keys / 0.3)).to(out_dtype)
-    d2 = -keys
-    return (1.0 - (4.0 / math.pi) * torch.atan(d2.double() / 0.3)).to(d2.dtype)
 
 
 def _merge(keys: torch.Tensor, pos: torch.Tensor, k: int, group: Optional[dist.ProcessGroup]
@@ -342,6 +308,8 @@ class ShardedIndex:
     ``Index``'s, must be called by every rank with the same queries, and return on every rank
     exactly what ``Index`` over the concatenated rows returns (ranks, ids, and scores bit for bit
     on the compiled backends). Without a process group (or with one rank) it is an ``Index``.
+    Each rank's block is held in the same storage as ``Index``'s
+    (:mod:`molphenix.retrieval.storage`): validated once, searched without re-checks.
 
     Args:
         embeddings: [n_rank, D] this rank's candidate rows (n_rank may be 0 on some ranks).
@@ -353,8 +321,8 @@ class ShardedIndex:
         group: the process group (default: the default group).
 
     Constructors for the usual layouts: :meth:`from_full` (every rank has all rows and keeps
-    its block), :meth:`from_index` (shard an ``Index``), :meth:`load` (each rank reads only its
-    rows of an ``Index.save`` Parquet file).
+    its block), :meth:`from_index` (shard an ``Index``), :meth:`load` (each rank opens only its
+    rows of a library directory or an ``Index.save`` Parquet file).
 
     Shapes:
         embeddings: [n_rank, D]; ids: [n_rank]
@@ -367,47 +335,65 @@ class ShardedIndex:
 
     def __init__(self, embeddings: Any, ids: Any = None, *, metric: str = "cosine",
                  group: Optional[dist.ProcessGroup] = None) -> None:
-        self._build(embeddings, ids, metric, group, normalized=False)
-
-    def _build(self, embeddings: Any, ids: Any, metric: str, group: Optional[dist.ProcessGroup],
-               *, normalized: bool) -> None:
-        from molphenix.retrieval import Index
-        from molphenix.retrieval.index import _ids_array
-
         self._group = group
         self._rank, self._world = _world(group)
-        metric = C.check_metric(metric)
-        if self._world == 1:
-            local = Index._from_rows(embeddings, ids, metric, normalized=normalized) \
-                if normalized else Index(embeddings, ids, metric=metric)
-            self._set(local, 0, np.asarray([len(local)]), "positions" if local._default_ids
-                      else ("str" if local.ids.dtype == object else "int"))
-            return
         err: Optional[BaseException] = None
-        n = dim = dcode = 0
-        kind = -1
+        rows = id_store = None
+        shape: Tuple[int, int] = (0, 0)
+        dtype = torch.float32
+        device = torch.device("cpu")
         try:
-            t = C.to_torch(embeddings, "embeddings")
+            metric = P.check_metric(metric)
+            t = P.to_torch(embeddings, "embeddings")
             if t.dim() != 2:
                 raise ValueError(f"embeddings: expected a 2-D array [n, D], got shape {tuple(t.shape)}")
             if not t.dtype.is_floating_point or t.dtype not in _DTYPE_CODE:
                 raise TypeError(f"embeddings: expected a floating-point dtype, got {t.dtype}")
-            n, dim, dcode = int(t.shape[0]), int(t.shape[1]), _DTYPE_CODE[t.dtype]
+            shape, dtype, device = (int(t.shape[0]), int(t.shape[1])), t.dtype, t.device
+            if shape[0] or self._world == 1:
+                v = S.validate_rows(t, metric)
+                rows = S.Rows([v], dtype=v.dtype, metric=metric)
             if ids is not None:
-                arr, _ = _ids_array(ids, n)
-                kind = _ID_KIND["str"] if arr.dtype == object else _ID_KIND["int"]
-                if n == 0:
-                    kind = -2  # empty: any kind
-            else:
-                kind = _ID_KIND["positions"]
+                id_store = S.Ids.from_values(ids, shape[0])
         except (TypeError, ValueError) as e:
+            if self._world == 1:
+                raise
             err = e
-        rows = _agree(err, self._group, [n, dim, dcode, kind, _METRIC_CODE[metric]])
-        sizes = rows[:, 0]
-        _same_on_all(rows, 1, "embeddings (number of columns)")
-        _same_on_all(rows, 2, "embeddings (dtype)")
-        _same_on_all(rows, 4, "metric")
-        kinds = {int(v) for v in rows[:, 3]} - {-2}
+        self._build(rows, id_store, metric if err is None else "cosine", shape, dtype, device,
+                    err=err, ids_given=ids is not None)
+
+    def _build(self, rows: Optional[S.Rows], ids: Optional[S.Ids], metric: str,
+               shape: Tuple[int, int], dtype: torch.dtype, device: torch.device, *,
+               err: Optional[BaseException] = None, ids_given: bool,
+               path: Optional[Path] = None) -> None:
+        """Agree on the blocks across ranks (sizes, width, dtype, metric, id kind) and keep
+        this rank's validated ``rows`` / ``ids`` (ids None: the global positions)."""
+        self._group = getattr(self, "_group", None)
+        self._path = path
+        if not hasattr(self, "_rank"):
+            self._rank, self._world = _world(self._group)
+        n, dim = shape
+        if self._world == 1:
+            ids = ids if ids is not None else S.Ids(n, "positions")
+            local = Index.from_storage(rows, ids, path=path)
+            self._set(local, 0, np.asarray([n]), ids.kind)
+            return
+        kind = -1
+        if err is None:
+            if not ids_given or ids is None or ids.kind == "positions":
+                kind = _ID_KIND["positions"] if not ids_given else _ID_KIND.get(
+                    ids.kind if ids is not None else "positions")
+            else:
+                kind = _ID_KIND[ids.kind]
+            if ids_given and n == 0:
+                kind = -2  # empty: any kind
+        info = _agree(err, self._group, [n, dim, _DTYPE_CODE.get(dtype, 0), kind,
+                                         _METRIC_CODE[metric]])
+        sizes = info[:, 0]
+        _same_on_all(info, 1, "embeddings (number of columns)")
+        _same_on_all(info, 2, "embeddings (dtype)")
+        _same_on_all(info, 4, "metric")
+        kinds = {int(v) for v in info[:, 3]} - {-2}
         if len(kinds) > 1:
             if _ID_KIND["positions"] in kinds:
                 raise ValueError("ids: given on some ranks and not on others; pass each rank's "
@@ -418,17 +404,11 @@ class ShardedIndex:
         offset = int(sizes[:self._rank].sum())
         id_kind = {v: k for k, v in _ID_KIND.items()}[kinds.pop()] if kinds else "int"
         local = None
-        err = None
         if n:
-            try:
-                local_ids = np.arange(offset, offset + n, dtype=np.int64) if ids is None else ids
-                local = Index._from_rows(t, local_ids, metric, normalized=True) if normalized \
-                    else Index(t, local_ids, metric=metric)
-            except (TypeError, ValueError) as e:
-                err = e
-        _agree(err, self._group)
-        self._set(local, offset, sizes, id_kind, metric=metric, dim=dim, dtype=t.dtype,
-                  device=t.device)
+            if ids is None or ids.kind == "positions":
+                ids = S.Ids(n, "positions", offset=offset)
+            local = Index.from_storage(rows, ids, path=path)
+        self._set(local, offset, sizes, id_kind, metric=metric, dim=dim, dtype=dtype, device=device)
 
     def _set(self, local, offset: int, sizes: np.ndarray, id_kind: str, *, metric: str = "",
              dim: int = 0, dtype: Optional[torch.dtype] = None,
@@ -452,62 +432,59 @@ class ShardedIndex:
 
         Returns the sharded index; equal in results to ``Index(embeddings, ids, metric=...)``.
         """
-        from molphenix.retrieval.index import _ids_array
-
-        t = C.to_torch(embeddings, "embeddings")
+        t = P.to_torch(embeddings, "embeddings")
         if t.dim() != 2:
             raise ValueError(f"embeddings: expected a 2-D array [N, D], got shape {tuple(t.shape)}")
         start, stop = shard_range(int(t.shape[0]), group=group)
         local_ids = None
         if ids is not None:
-            arr, _ = _ids_array(ids, int(t.shape[0]))
+            arr, _ = S.ids_array(ids, int(t.shape[0]))
             local_ids = arr[start:stop]
-        self = cls.__new__(cls)
-        self._build(t[start:stop], local_ids, metric, group, normalized=False)
-        return self
+        return cls(t[start:stop], local_ids, metric=metric, group=group)
 
     @classmethod
     def from_index(cls, index: Any, *, group: Optional[dist.ProcessGroup] = None) -> "ShardedIndex":
         """Shard an :class:`molphenix.retrieval.Index` that every rank holds (its stored rows,
-        ids and metric); each rank keeps its block :func:`shard_range`."""
+        ids and metric); each rank keeps its block :func:`shard_range` (views: nothing is
+        copied or re-validated)."""
         start, stop = shard_range(len(index), group=group)
-        ids = None if index._default_ids else index.ids[start:stop]
         self = cls.__new__(cls)
-        self._build(index.embeddings[start:stop], ids, index.metric, group, normalized=True)
+        self._group = group
+        self._rank, self._world = _world(group)
+        ids = index.id_store.slice(start, stop)
+        self._build(index.storage.slice(start, stop), ids, index.metric, (stop - start, index.dim),
+                    index.dtype, index.device, ids_given=not index.default_ids, path=index.path)
         return self
 
     @classmethod
     def load(cls, path: Union[str, "Path"], *, group: Optional[dist.ProcessGroup] = None,
              device: Union[str, torch.device, None] = None) -> "ShardedIndex":
-        """Read this rank's block of an index written by :meth:`molphenix.retrieval.Index.save`.
+        """Open this rank's block of a library directory (``molphenix embed-library``,
+        :meth:`molphenix.retrieval.Index.save`) or of an ``Index.save`` Parquet file.
 
-        Reads the footer for the row count and metadata, then only the Parquet row groups that
-        overlap this rank's rows (:func:`shard_range`), streamed in batches and sliced, so a
-        rank's memory follows its block, not the file (``Index.save`` writes row groups of
-        ``molphenix.retrieval.index.ROW_GROUP_ROWS`` rows; an older file with one big row group
-        is decoded group-wise by every rank but still streamed and sliced).
+        A library directory is memory-mapped: each rank maps only the shard files of its rows
+        (:func:`shard_range` of the manifest's N) and reads their ids when needed. A Parquet
+        file is read row group by row group: only the groups that overlap this rank's rows,
+        streamed and sliced, so a rank's memory follows its block, not the file.
 
         Args:
-            path: the Parquet file.
+            path: the library directory or Parquet file.
             group: the process group (default: the default group).
             device: where to put this rank's rows (default: CPU).
 
         Raises:
             FileNotFoundError / ValueError: as :meth:`molphenix.retrieval.Index.load`.
         """
-        from molphenix.retrieval.index import _read_meta, _read_rows
-
         path = Path(path)
-        meta = _read_meta(path)
-        start, stop = shard_range(_num_rows(path), group=group)
-        default_ids = bool(meta.get("default_ids", False))
-        emb, ids = _read_rows(path, meta, start, stop, device)
-        if ids is None:  # default ids: the global positions
-            ids = np.arange(start, stop, dtype=np.int64)
+        _, _, meta = S.open_index(path, count_only=True)
+        start, stop = shard_range(int(meta["n"]), group=group)
+        rows, ids, meta = S.open_index(path, start, stop, device=device)
         self = cls.__new__(cls)
-        self._build(emb, ids, meta["metric"], group,
-                    normalized=bool(meta.get("normalized", False)))
-        if default_ids:
+        self._group = group
+        self._rank, self._world = _world(group)
+        self._build(rows if rows.n else None, ids, meta["metric"], (rows.n, rows.dim), rows.dtype,
+                    rows.device, ids_given=not ids.default, path=path)
+        if ids.default:
             self._id_kind = "positions"
         return self
 
@@ -555,14 +532,12 @@ class ShardedIndex:
     def __repr__(self) -> str:
         return (f"ShardedIndex(n={self._n}, ranks={self._sizes.size}, local=[{self._offset}, "
                 f"{self._offset + int(self._sizes[self._rank])}), dim={self._dim}, "
-                f"metric={self._metric!r}, dtype={C.dtype_name(self._dtype)}, ids={self._id_kind})")
+                f"metric={self._metric!r}, dtype={P.dtype_name(self._dtype)}, ids={self._id_kind})")
 
     # -- queries ------------------------------------------------------------------------------
 
-    def _emb(self) -> torch.Tensor:
-        if self._local is not None:
-            return self._local.embeddings
-        return torch.empty((0, self._dim), dtype=self._dtype, device=self._device)
+    def _rows(self) -> Optional[S.Rows]:
+        return self._local.storage if self._local is not None else None
 
     def _op_metric(self) -> str:
         return "dot" if self._metric == "cosine" else self._metric
@@ -582,8 +557,6 @@ class ShardedIndex:
             ValueError / TypeError: as ``Index.search``; different query shapes or k on
                 different ranks.
         """
-        from molphenix.retrieval.index import _prepare_queries
-
         if self._world == 1:
             return self._local.search(queries, k, fraction=fraction, backend=backend,
                                       num_threads=num_threads)
@@ -592,26 +565,27 @@ class ShardedIndex:
             if (k is None) == (fraction is None):
                 raise ValueError("k/fraction: give exactly one of k or fraction")
             if k is not None:
-                k = C.check_int(k, "k")
+                k = P.check_int(k, "k")
                 if not 1 <= k <= self._n:
                     raise ValueError(f"k: expected 1 <= k <= N = {self._n} (the index size), "
                                      f"got {k}")
             else:
-                k = C.fraction_to_k(fraction, self._n)
-            q, kind, back = _prepare_queries(queries, self._dim, self._dtype, self._device,
-                                             self._metric)
+                k = P.fraction_to_k(fraction, self._n)
+            q, kind, back = S.prepare_queries(queries, self._dim, self._dtype, self._device,
+                                              self._metric)
         except (TypeError, ValueError) as e:
             err = e
         rows = _agree(err, self._group, [0, 0] if err else [q.shape[0], k])
         _same_on_all(rows, 0, "queries (number of rows)")
         _same_on_all(rows, 1, "k")
         nq = q.shape[0]
-        c = self._emb()
-        kl = min(k, c.shape[0])
+        local_rows = self._rows()
+        kl = min(k, local_rows.n if local_rows is not None else 0)
         metric = self._op_metric()
+        nt = P.resolve_threads(num_threads)
         # The same on every rank (a rank with an empty block runs no kernel but must format the
         # merged keys as the others do).
-        which = C.resolve_backend("topk_retrieve", backend, q.device, q.dtype)
+        which = P.resolve_backend("topk_retrieve", backend, q.device, q.dtype)
         sdtype = self._dtype if self._dtype in (torch.float32, torch.float64) else torch.float32
         id_dtype = object if self._id_kind == "str" else np.int64
         if nq == 0:
@@ -627,11 +601,11 @@ class ShardedIndex:
             pos = torch.full((m, k), self._n, dtype=torch.int64, device=q.device)
             rows_l = None
             if kl:
-                lk, rows_l, _ = _local_topk(qc, c, kl, metric, which, num_threads)
+                lk, rows_l = local_rows.topk_keys(qc, kl, which, nt)
                 keys[:, :kl] = lk.to(sdtype)
                 pos[:, :kl] = rows_l + self._offset
             mk, mp, cols = _merge(keys, pos, k, self._group)
-            out_scores.append(_scores_from_keys(mk, metric, which, self._dtype))
+            out_scores.append(P.scores_from_keys(mk, metric, which, self._dtype))
             out_pos.append(mp)
             if self._id_kind != "positions":
                 out_ids.append(self._gather_ids(rows_l, m, k, kl, cols))
@@ -649,7 +623,7 @@ class ShardedIndex:
         if self._id_kind == "int":
             mine = torch.full((m, k), -1, dtype=torch.int64)
             if local_rows is not None:
-                mine[:, :kl] = torch.from_numpy(self._local.ids[local_rows.cpu().numpy()])
+                mine[:, :kl] = torch.from_numpy(self._local.ids_at(local_rows.cpu().numpy()))
             dev = _comm_device(self._group)
             md = mine.to(dev)
             parts = [torch.empty_like(md) for _ in range(w)]
@@ -658,7 +632,7 @@ class ShardedIndex:
             return allids.gather(1, cols.cpu()).numpy()
         mine_o = np.full((m, k), None, dtype=object)
         if local_rows is not None:
-            mine_o[:, :kl] = self._local.ids[local_rows.cpu().numpy()]
+            mine_o[:, :kl] = self._local.ids_at(local_rows.cpu().numpy())
         parts_o: List[Any] = [None] * w
         dist.all_gather_object(parts_o, mine_o, group=self._group)
         allids_o = np.concatenate(parts_o, axis=1)
@@ -666,9 +640,9 @@ class ShardedIndex:
 
     @staticmethod
     def _local_out(t: torch.Tensor, kind: str, device: Optional[torch.device]) -> Any:
-        from molphenix.retrieval import Index
-
-        return Index._out(t, kind, device)
+        if kind in ("torch", "cupy"):  # back on the queries' device (cupy lives on a GPU)
+            t = t.to(device)
+        return t if kind == "torch" else P.from_torch(t, kind)
 
     def rank(self, queries: Any, target_ids: Any, *, backend: str = "auto",
              num_threads: Optional[int] = None) -> Any:
@@ -683,16 +657,14 @@ class ShardedIndex:
             ValueError: a target id on no rank (named), length mismatch, bad queries, different
                 query shapes on different ranks.
         """
-        from molphenix.retrieval.index import _prepare_queries
-
         if self._world == 1:
             return self._local.rank(queries, target_ids, backend=backend, num_threads=num_threads)
         err: Optional[BaseException] = None
         try:
-            q, kind, back = _prepare_queries(queries, self._dim, self._dtype, self._device,
-                                             self._metric)
+            q, kind, back = S.prepare_queries(queries, self._dim, self._dtype, self._device,
+                                              self._metric)
             if self._local is not None:
-                pos, want = self._local._lookup(target_ids)
+                pos, want = self._local.id_store.lookup(target_ids)
             else:
                 if isinstance(target_ids, (str, bytes)) or not hasattr(target_ids, "__len__"):
                     raise TypeError(f"target_ids: expected a sequence of ids, got "
@@ -708,6 +680,7 @@ class ShardedIndex:
             err = e
         _agree(err, self._group)
         local_t = torch.from_numpy(pos).to(q.device)
-        ranks = _sharded_counts(q, self._emb(), local_t, self._op_metric(), self._group, backend,
-                                num_threads, lambda i: f"id {want[i]!r}")
+        which = P.resolve_backend("retrieval_ranks", backend, q.device, q.dtype)
+        ranks = _sharded_counts(q, self._rows(), local_t, self._group, which,
+                                P.resolve_threads(num_threads), lambda i: f"id {want[i]!r}")
         return self._local_out(ranks, kind, back)

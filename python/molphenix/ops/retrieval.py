@@ -175,20 +175,39 @@ def retrieval_ranks(
         st = st.to(torch.float64)
     nt = C.resolve_threads(num_threads)
     which = C.resolve_backend("retrieval_ranks", backend, qt.device, qt.dtype)
-    if qt.shape[0] == 0:
-        ranks = torch.empty(0, dtype=torch.int64, device=qt.device)
-        keys = torch.empty(0, dtype=torch.float64, device=qt.device)
-    elif which == "reference":
-        ranks = _reference.retrieval_ranks(qt, ct, tt, target_scores=st, metric=metric)
-        keys = _reference_target_keys(qt, ct, tt, st, metric)
-    else:
-        if metric == "cosine":
-            qt, ct = _normalize(qt), _normalize(ct)
-        ranks, keys = _ranks_op(qt.detach(), ct.detach(), tt, st, _METRIC_CODE[metric], nt)
+    ranks, keys = _ranks_validated(qt, ct, tt, st, metric, which, nt)
     ranks = C.from_torch(ranks, kind)
     if return_target_scores:
         return ranks, C.from_torch(keys, kind)
     return ranks
+
+
+def _ranks_validated(qt: torch.Tensor, ct: Optional[torch.Tensor], tt: torch.Tensor,
+                     st: torch.Tensor, metric: str, which: str, nt: int,
+                     packed: Any = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(ranks [Q] int64, target keys [Q] float64) on validated tensors (``which``: the resolved
+    backend; ``st``: float64 keys where ``tt == -1``). With ``packed`` (a CPU
+    ``molphenix._C.PackedCandidates`` of the same rows, current SIMD level) the CPU kernel reads
+    the packed panels and ``ct`` may be None."""
+    if qt.shape[0] == 0:
+        return (torch.empty(0, dtype=torch.int64, device=qt.device),
+                torch.empty(0, dtype=torch.float64, device=qt.device))
+    if which == "reference":
+        return (_reference.retrieval_ranks(qt, ct, tt, target_scores=st, metric=metric),
+                _reference_target_keys(qt, ct, tt, st, metric))
+    if metric == "cosine":
+        qt = _normalize(qt)
+        ct = None if ct is None else _normalize(ct)
+        packed = None  # a packed copy holds the rows as given, not normalised
+    if packed is not None and which == "cpu":
+        ext = _ext.load()
+        q = qt.detach().contiguous()
+        keys = st.detach().to(torch.float64).clone().contiguous()
+        ranks = torch.empty(q.shape[0], dtype=torch.int64)
+        ext.retrieval_ranks_packed(q, packed, tt.contiguous(), keys, ranks,
+                                   metric=_METRIC_CODE[metric], num_threads=nt)
+        return ranks, keys
+    return _ranks_op(qt.detach(), ct.detach(), tt, st, _METRIC_CODE[metric], nt)
 
 
 def _reference_target_keys(qt, ct, tt, st, metric):
@@ -265,15 +284,44 @@ def topk_retrieve(
         k = C.fraction_to_k(fraction, n)
     nt = C.resolve_threads(num_threads)
     which = C.resolve_backend("topk_retrieve", backend, qt.device, qt.dtype)
-    if which == "reference" or qt.shape[0] == 0:
-        scores, idx = _reference.topk_retrieve(qt, ct, k, metric=metric)
-    else:
-        if metric == "cosine":
-            qt, ct = _normalize(qt), _normalize(ct)
-        scores, idx = _topk_op(qt.detach(), ct.detach(), k, _METRIC_CODE[metric], nt)
-        if metric == "arctan_l2":  # the kernel returns squared distances
-            scores = (1.0 - (4.0 / math.pi) * torch.atan(scores.double() / 0.3)).to(scores.dtype)
+    scores, idx = _topk_validated(qt, ct, k, metric, which, nt)
     return C.from_torch(scores.detach(), kind), C.from_torch(idx, kind)
+
+
+def _topk_kernel(qt: torch.Tensor, ct: Optional[torch.Tensor], k: int, metric: str, nt: int,
+                 packed: Any = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The compiled kernel's raw output on validated tensors: (keys [Q, k] -- the similarity
+    for cosine / dot, the squared distance for arctan_l2 --, indices [Q, k])."""
+    if metric == "cosine":
+        qt = _normalize(qt)
+        ct = None if ct is None else _normalize(ct)
+        packed = None  # a packed copy holds the rows as given, not normalised
+    if packed is not None and qt.device.type == "cpu":
+        ext = _ext.load()
+        q = qt.detach().contiguous()
+        scores = torch.empty((q.shape[0], k), dtype=q.dtype)
+        indices = torch.empty((q.shape[0], k), dtype=torch.int64)
+        ext.topk_retrieve_packed(q, packed, k, scores, indices, metric=_METRIC_CODE[metric],
+                                 num_threads=nt)
+        return scores, indices
+    return _topk_op(qt.detach(), ct.detach(), k, _METRIC_CODE[metric], nt)
+
+
+def _topk_validated(qt: torch.Tensor, ct: Optional[torch.Tensor], k: int, metric: str,
+                    which: str, nt: int, packed: Any = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scores [Q, k], indices [Q, k]) exactly as :func:`topk_retrieve` returns them, on
+    validated tensors (``which``: the resolved backend). With ``packed`` the CPU kernel reads the
+    packed panels (``ct`` may then be None on the CPU backend)."""
+    if qt.shape[0] == 0:
+        sdtype = qt.dtype if qt.dtype in (torch.float32, torch.float64) else torch.float32
+        return (torch.empty((0, k), dtype=sdtype, device=qt.device),
+                torch.empty((0, k), dtype=torch.int64, device=qt.device))
+    if which == "reference":
+        return _reference.topk_retrieve(qt, ct, k, metric=metric)
+    scores, idx = _topk_kernel(qt, ct, k, metric, nt, packed if which == "cpu" else None)
+    if metric == "arctan_l2":  # the kernel returns squared distances
+        scores = (1.0 - (4.0 / math.pi) * torch.atan(scores.double() / 0.3)).to(scores.dtype)
+    return scores, idx
 
 
 def recall_at_fraction(
