@@ -79,8 +79,11 @@ def test_embed_library_skips_invalid_smiles_with_a_count(trained, tmp_path, caps
     f.write_text("molecule_id,smiles,concentration_um\na,CCO,1.0\nb,not-a-smiles,1.0\nc,c1ccccc1,2.5\n")
     lib = tmp_path / "lib.parquet"
     assert main(["embed-library", "--run", str(run), "--molecules", str(f), "--out", str(lib)]) == 0
-    assert "skipped 1 rows with invalid SMILES" in capsys.readouterr().err
+    assert "1 rows rejected (1 SMILES parse error" in capsys.readouterr().out
     assert pq.read_table(lib).column("id").to_pylist() == ["a@1", "c@2.5"]
+    rejects = pcsv.read_csv(tmp_path / "lib.parquet.rejects.csv")
+    assert rejects.column("row").to_pylist() == [1]
+    assert rejects.column("reason").to_pylist()[0].startswith("SMILES Parse Error")
 
 
 @pytest.mark.parametrize("args,flag", [
@@ -110,7 +113,9 @@ def test_cli_input_errors(trained, tmp_path, capsys):
     assert main(["embed-library", "--run", str(run), "--molecules", str(csv), "--concentrations", "1,x",
                  "--out", str(lib)]) == 2
     assert _err(capsys).startswith("error: --concentrations:")
-    assert main(["embed-library", "--run", str(run), "--molecules", str(csv), "--out", str(tmp_path / "l.txt")]) == 2
+    (tmp_path / "afile").write_text("")
+    assert main(["embed-library", "--run", str(run), "--molecules", str(csv), "--out",
+                 str(tmp_path / "afile" / "lib")]) == 2  # cannot be written
     assert _err(capsys).startswith("error: --out:")
     assert main(["embed-library", "--run", str(run), "--molecules", str(csv), "--out", str(lib)]) == 0
     capsys.readouterr()

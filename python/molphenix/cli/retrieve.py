@@ -32,8 +32,7 @@ import typer
 
 from molphenix.cli._errors import positive_int, usage_error
 
-__all__ = ["embed_library_command", "retrieve_command", "register", "build_library",
-           "read_molecules"]
+__all__ = ["retrieve_command", "register", "build_library", "read_molecules"]
 
 _OUT_SUFFIXES = (".parquet", ".csv")
 
@@ -159,33 +158,6 @@ def build_library(tm, table: Any, concentrations: Optional[List[float]], *, flag
                    "concentration_um": np.asarray(conc, dtype=np.float64)}
 
 
-def _save_library(index, cols: Dict[str, np.ndarray], path: Path) -> None:
-    """``Index.save`` plus the molecule_id / smiles / concentration_um columns (metadata kept)."""
-    import os
-    import tempfile
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from molphenix.retrieval.index import ROW_GROUP_ROWS
-
-    index.save(path)
-    table = pq.read_table(path)
-    meta = table.schema.metadata
-    table = table.append_column("molecule_id", pa.array(cols["molecule_id"].tolist(), pa.string()))
-    table = table.append_column("smiles", pa.array(cols["smiles"].tolist(), pa.string()))
-    table = table.append_column("concentration_um", pa.array(cols["concentration_um"], pa.float64()))
-    table = table.replace_schema_metadata(meta)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)  # sharded readers read their groups
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_out(out: Path, suffixes: Tuple[str, ...], overwrite: bool) -> None:
     if out.suffix.lower() not in suffixes:
         usage_error("--out", f"{out}: expected a file ending in {' or '.join(suffixes)}")
@@ -193,28 +165,6 @@ def _check_out(out: Path, suffixes: Tuple[str, ...], overwrite: bool) -> None:
         usage_error("--out", f"{out} is a directory; give a file path")
     if out.exists() and not overwrite:
         usage_error("--out", f"{out} exists; pass --overwrite")
-
-
-def embed_library_command(
-    run: Path = typer.Option(..., "--run", help="Trained run directory (molphenix train --out)."),
-    molecules: Path = typer.Option(..., "--molecules", help="Parquet or CSV: smiles, molecule_id, optional concentration_um."),
-    out: Path = typer.Option(..., "--out", help="Library Parquet to write (molphenix.retrieval.Index.load reads it)."),
-    concentrations: Optional[str] = typer.Option(None, "--concentrations", help="Comma-separated µM for every molecule (default: the file's concentration_um, else the run's dose set)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best (default) or last."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
-) -> None:
-    """Embed (molecule, concentration) pairs with RUN's molecular head into a library Parquet."""
-    _check_out(out, (".parquet",), overwrite)
-    conc = _parse_concentrations(concentrations)
-    table = read_molecules(molecules)
-    tm = _load_run(run, checkpoint)
-    try:
-        index, cols = build_library(tm, table, conc)
-    except ValueError as exc:
-        usage_error("--molecules", str(exc))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _save_library(index, cols, out)
-    typer.echo(f"wrote {out}: {len(index)} (molecule, concentration) pairs, D = {index.dim}")
 
 
 def _read_wells(path: Path) -> Any:
@@ -362,7 +312,9 @@ def _retrieve(run: Path, wells: Path, out: Path, library: Optional[Path], molecu
 
 def register(app: typer.Typer) -> None:
     """Add ``embed-library`` and ``retrieve`` to ``app``."""
-    app.command("embed-library", help="Embed (molecule, concentration) pairs with a trained run into a library Parquet.")(
+    from molphenix.cli.library import embed_library_command
+
+    app.command("embed-library", help="Embed (molecule, concentration) pairs with a trained run into a library (streamed, resumable).")(
         embed_library_command)
     app.command("retrieve", help="Retrieve the best candidates for every treated well with a trained run.")(
         retrieve_command)

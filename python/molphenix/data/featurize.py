@@ -46,6 +46,7 @@ __all__ = [
     "featurize_graphs",
     "FeatureCache",
     "get_featurizer",
+    "featurizer_from_state",
     "InvalidSmilesError",
 ]
 
@@ -124,6 +125,19 @@ class _Base:
         """
         return self.finalize(self.compute(smiles, on_invalid=on_invalid))
 
+    def compute_mols(self, mols: Sequence[Any]) -> np.ndarray:
+        """Features of parsed RDKit molecules (none ``None``): exactly what ``self(smiles)``
+        returns for their SMILES, without parsing them again (streamed featurization parses
+        each SMILES once, to report invalid ones with RDKit's reason).
+
+        Returns:
+            float32 [N, dim].
+        """
+        return self.finalize(self._from_mols(list(mols)))
+
+    def _from_mols(self, mols: Sequence[Any]) -> np.ndarray:  # pragma: no cover - per featurizer
+        raise NotImplementedError
+
     def cache_key(self) -> str:
         """``<name>-<sha1 of settings>``: the cache file stem."""
         blob = json.dumps({"name": self.name, **self.settings()}, sort_keys=True)
@@ -155,13 +169,16 @@ class MorganCounts(_Base):
         return {"radius": self.radius, "n_bits": self.n_bits, "chirality": self.chirality, "log_counts": self.log_counts}
 
     def compute(self, smiles: Sequence[str], *, on_invalid: str = "raise") -> np.ndarray:
+        return self._from_mols(_mols(smiles, on_invalid))
+
+    def _from_mols(self, mols: Sequence[Any]) -> np.ndarray:
         from rdkit.Chem import rdFingerprintGenerator
 
         gen = rdFingerprintGenerator.GetMorganGenerator(
             radius=self.radius, fpSize=self.n_bits, includeChirality=self.chirality
         )
-        out = np.zeros((len(smiles), self.n_bits), dtype=np.float32)
-        for i, m in enumerate(_mols(smiles, on_invalid)):
+        out = np.zeros((len(mols), self.n_bits), dtype=np.float32)
+        for i, m in enumerate(mols):
             if m is not None:
                 out[i] = gen.GetCountFingerprintAsNumPy(m)
         return np.log1p(out) if self.log_counts else out
@@ -180,11 +197,14 @@ class MACCSKeys(_Base):
         return {}
 
     def compute(self, smiles: Sequence[str], *, on_invalid: str = "raise") -> np.ndarray:
+        return self._from_mols(_mols(smiles, on_invalid))
+
+    def _from_mols(self, mols: Sequence[Any]) -> np.ndarray:
         from rdkit import DataStructs
         from rdkit.Chem import MACCSkeys
 
-        out = np.zeros((len(smiles), 167), dtype=np.float32)
-        for i, m in enumerate(_mols(smiles, on_invalid)):
+        out = np.zeros((len(mols), 167), dtype=np.float32)
+        for i, m in enumerate(mols):
             if m is not None:
                 arr = np.zeros(167, dtype=np.float64)
                 DataStructs.ConvertToNumpyArray(MACCSkeys.GenMACCSKeys(m), arr)
@@ -231,9 +251,12 @@ class RDKitDescriptors(_Base):
         return {"names": self.names, "rdkit": __version__}
 
     def compute(self, smiles: Sequence[str], *, on_invalid: str = "raise") -> np.ndarray:
-        out = np.full((len(smiles), self.dim), np.nan, dtype=np.float64)
+        return self._from_mols(_mols(smiles, on_invalid))
+
+    def _from_mols(self, mols: Sequence[Any]) -> np.ndarray:
+        out = np.full((len(mols), self.dim), np.nan, dtype=np.float64)
         with np.errstate(all="ignore"):
-            for i, m in enumerate(_mols(smiles, on_invalid)):
+            for i, m in enumerate(mols):
                 if m is None:
                     continue
                 for j, fn in enumerate(self._fns):
@@ -322,6 +345,20 @@ class EmbeddingColumn(_Base):
 
     def cache_key(self) -> str:  # never cached: it already is a table
         return ""
+
+
+def featurizer_from_state(state: dict[str, Any]) -> _Base:
+    """The matrix featurizer a run stored (``{"mol_input", "kwargs", "mean", "std"}``, as
+    ``molphenix.train.MolFeatures.state()`` returns it), with its fitted statistics.
+
+    Raises:
+        ValueError: not a matrix featurizer (graph and column inputs have none).
+    """
+    f = get_featurizer(state["mol_input"], **(state.get("kwargs") or {}))
+    if isinstance(f, RDKitDescriptors) and state.get("mean") is not None:
+        f.mean_ = np.asarray(state["mean"], dtype=np.float64)
+        f.std_ = np.asarray(state["std"], dtype=np.float64)
+    return f
 
 
 def get_featurizer(name: str, **kwargs: Any) -> _Base:
@@ -577,6 +614,10 @@ class GraphFeaturizer:
             edge_index=np.asarray([src, dst], dtype=np.int64).reshape(2, -1),
             edge_attr=np.asarray(attr, dtype=np.float32).reshape(-1, self.BOND_DIM),
         )
+
+    def compute_mols(self, mols: Sequence[Any]) -> list[MolGraph]:
+        """Graphs of parsed RDKit molecules (none ``None``), without parsing again."""
+        return [self.graph(m) for m in mols]
 
     def __call__(self, smiles: Sequence[str], *, on_invalid: str = "raise") -> list[MolGraph | None]:
         """Graphs for a list of SMILES.
