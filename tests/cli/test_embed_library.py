@@ -238,3 +238,30 @@ def test_sigkill_then_the_same_command_finishes_bitwise_equal(env, tmp_path):
     assert not (out / "manifest.json").exists(), "the run finished before it could be killed"
     assert _run(root, out, "--workers", "1") == 0
     assert _shards(out) == _shards(full)
+
+
+def test_retrieve_streams_its_output_from_a_library_directory(env, tmp_path, monkeypatch, capsys):
+    from molphenix.cli import retrieve as R
+
+    root, _ = env
+    lib = tmp_path / "lib"
+    assert _run(root, lib) == 0
+    base = ["retrieve", "--run", str(root / "run"), "--wells", str(root / "data"), "--library", str(lib)]
+    assert main(base + ["--k", "5", "--out", str(tmp_path / "one.csv")]) == 0
+    assert main(base + ["--top-fraction", "0.02", "--out", str(tmp_path / "one.parquet")]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(R, "ROWS_PER_STEP", 7)   # many steps of 1-2 queries
+    monkeypatch.setattr(R, "WARN_ROWS", 10)
+    assert main(base + ["--k", "5", "--out", str(tmp_path / "steps.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --out will hold" in err and "consider a smaller --k or --top-fraction" in err
+    assert (tmp_path / "steps.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    assert main(base + ["--top-fraction", "0.02", "--out", str(tmp_path / "steps.parquet")]) == 0
+    a, b = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "steps.parquet")
+    assert a.equals(b) and a.num_rows % 8 == 0  # k = ceil(0.02 * 396) = 8
+    hits = pcsv.read_csv(tmp_path / "one.csv")
+    ix = Index.load(lib)
+    first = hits.column("id").to_pylist()[0]
+    row = int(ix.positions([first])[0])
+    assert hits.column("molecule_id")[0].as_py() == ix.column("molecule_id")[row].as_py()
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -1,16 +1,17 @@
-"""``molphenix embed-library`` and ``molphenix retrieve``: retrieval with a trained run.
+"""``molphenix retrieve``: the best library candidates for every treated well, with a trained run.
 
-``embed-library --run RUN --molecules FILE --out LIB.parquet`` embeds (molecule, concentration)
-pairs with the run's molecular head into a :class:`molphenix.retrieval.Index` Parquet file
-(``Index.load`` reads it). Besides the index's ``id`` (``"<molecule_id>@<concentration>"``) and
-``embedding`` columns it keeps ``molecule_id``, ``smiles`` and ``concentration_um``.
+(``embed-library``, which builds the library, lives in :mod:`molphenix.cli.library`.)
 
 ``retrieve --run RUN --wells FILE (--library LIB | --molecules FILE) (--top-fraction F | --k K)
 --out FILE`` embeds the treated wells of FILE (a wells Parquet in the documented schema, or a
 dataset directory; each batch's control wells centre it, as in training) and writes, for every
 treated well, its best candidates: columns ``query`` (the well_id), ``rank`` (0 = best),
 ``molecule_id``, ``concentration_um``, ``score`` (cosine), ``id``; Parquet or CSV by the
-extension of ``--out``.
+extension of ``--out``. The output is streamed: queries are searched and written in steps of
+about a million output rows, so 10,000 wells against a million candidates at ``--top-fraction
+0.01`` (10^8 rows) never hold the whole table; above :data:`WARN_ROWS` rows a warning says so
+before the work starts. LIB is a library directory or a Parquet index file; a directory opens
+without reading its rows.
 
 Under ``torchrun --nproc_per_node N -m molphenix retrieve ...`` the candidates are sharded across
 the ranks (:class:`molphenix.distributed.ShardedIndex`; with ``--library`` each rank reads only
@@ -184,28 +185,38 @@ def _read_wells(path: Path) -> Any:
         usage_error("--wells", str(exc))
 
 
-def _library_columns(path: Path, ids: np.ndarray) -> Dict[str, np.ndarray]:
-    """molecule_id / concentration_um of a library's ids (from its extra columns, else parsed)."""
-    import pyarrow.parquet as pq
+#: Output rows above which ``retrieve`` warns before writing (Q wells x k results).
+WARN_ROWS = 10_000_000
+#: Output rows searched and written per step (the output is streamed in steps of this size).
+ROWS_PER_STEP = 1_000_000
 
-    names = pq.read_schema(path).names
-    n = len(ids)
-    if "molecule_id" in names and "concentration_um" in names:
-        t = pq.read_table(path, columns=["id", "molecule_id", "concentration_um"])
-        lookup = dict(zip(t.column("id").to_pylist(),
-                          zip(t.column("molecule_id").to_pylist(), t.column("concentration_um").to_pylist())))
-        mol = np.asarray([lookup[i][0] for i in ids.tolist()], dtype=object)
-        conc = np.asarray([lookup[i][1] for i in ids.tolist()], dtype=np.float64)
-        return {"molecule_id": mol, "concentration_um": conc}
-    return {"molecule_id": np.asarray([str(i) for i in ids.tolist()], dtype=object),
-            "concentration_um": np.full(n, np.nan)}
+
+def _result_columns(index: Any, info: Optional[Dict[str, np.ndarray]]):
+    """(id, molecule_id, concentration_um) of every candidate row, as pyarrow Arrays (read once
+    from the library's columns; ``molecule_id`` falls back to the id, the concentration to NaN,
+    for a library saved without them)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = index.column("id")
+    if ids.type != pa.string():
+        ids = pc.cast(ids, pa.string())
+    if info is not None:
+        return (ids, pa.array(info["molecule_id"].tolist(), pa.string()),
+                pa.array(info["concentration_um"], pa.float64()))
+    try:
+        mol = index.column("molecule_id")
+        conc = index.column("concentration_um")
+    except KeyError:
+        return ids, ids, pa.array(np.full(len(ids), np.nan))
+    return ids, (mol if mol.type == pa.string() else pc.cast(mol, pa.string())), pc.cast(conc, pa.float64())
 
 
 def retrieve_command(
     run: Path = typer.Option(..., "--run", help="Trained run directory."),
     wells: Path = typer.Option(..., "--wells", help="Wells Parquet (documented schema, with control wells) or a dataset directory."),
     out: Path = typer.Option(..., "--out", help="Results file: .parquet or .csv."),
-    library: Optional[Path] = typer.Option(None, "--library", help="Library Parquet from embed-library."),
+    library: Optional[Path] = typer.Option(None, "--library", help="Library from embed-library (a directory, or a .parquet file)."),
     molecules: Optional[Path] = typer.Option(None, "--molecules", help="Or: a molecules file to embed now (as embed-library)."),
     top_fraction: Optional[float] = typer.Option(None, "--top-fraction", help="Results per query as a fraction of the candidates (k = max(1, ceil(F N)))."),
     k: Optional[int] = typer.Option(None, "--k", help="Results per query.", callback=positive_int),
@@ -228,7 +239,7 @@ def _retrieve(run: Path, wells: Path, out: Path, library: Optional[Path], molecu
               checkpoint: str, overwrite: bool) -> None:
     import pyarrow as pa
 
-    from molphenix.distributed import get_world_size, is_main
+    from molphenix.distributed import get_world_size
     from molphenix.distributed.retrieval import ShardedIndex
     from molphenix.retrieval import Index
 
@@ -245,8 +256,8 @@ def _retrieve(run: Path, wells: Path, out: Path, library: Optional[Path], molecu
     _check_out(out, _OUT_SUFFIXES, overwrite)
     conc = _parse_concentrations(concentrations)
     mol_table = read_molecules(molecules) if molecules is not None else None
-    if library is not None and not library.is_file():
-        usage_error("--library", f"{library}: file not found")
+    if library is not None and not library.exists():
+        usage_error("--library", f"{library}: no such library directory or file")
     w = _read_wells(wells)
     tm = _load_run(run, checkpoint)
     if library is not None:
@@ -277,37 +288,81 @@ def _retrieve(run: Path, wells: Path, out: Path, library: Optional[Path], molecu
     except ValueError as exc:
         usage_error("--wells", str(exc))
     searcher = ShardedIndex.from_index(index) if sharded and info is not None else index
-    scores, rid = searcher.search(qemb[treated], k, fraction=top_fraction)
-    if not is_main():
-        return
-    scores = np.asarray(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores)
-    nq, kk = scores.shape
-    flat_ids = np.asarray(rid).reshape(-1)
-    if info is not None:
-        pos = index.positions(flat_ids)
-        mol, cc = info["molecule_id"][pos], info["concentration_um"][pos]
-    else:
-        lc = _library_columns(library, flat_ids)
-        mol, cc = lc["molecule_id"], lc["concentration_um"]
-    well_ids = np.asarray(w.column("well_id").to_pylist(), dtype=object)[treated]
-    table = pa.table({
-        "query": pa.array(np.repeat(well_ids, kk).tolist(), pa.string()),
-        "rank": pa.array(np.tile(np.arange(kk, dtype=np.int64), nq)),
-        "molecule_id": pa.array(mol.tolist(), pa.string()),
-        "concentration_um": pa.array(cc, pa.float64()),
-        "score": pa.array(scores.reshape(-1).astype(np.float32)),
-        "id": pa.array([str(i) for i in flat_ids.tolist()], pa.string()),
-    })
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".csv":
-        import pyarrow.csv as pcsv
+    _write_results(searcher, index, info, qemb[treated],
+                   np.asarray(w.column("well_id").to_pylist(), dtype=object)[treated], k,
+                   top_fraction, out)
 
-        pcsv.write_csv(table, out)
-    else:
-        import pyarrow.parquet as pq
 
-        pq.write_table(table, out)
-    typer.echo(f"wrote {out}: {nq} queries x {kk} results from {len(index)} candidates")
+def _write_results(searcher: Any, index: Any, info: Optional[Dict[str, np.ndarray]], queries: Any,
+                   well_ids: np.ndarray, k: Optional[int], top_fraction: Optional[float],
+                   out: Path) -> None:
+    """Search in steps of about :data:`ROWS_PER_STEP` output rows and append each step's rows to
+    ``out`` (written to a temporary file, renamed when complete); rank 0 writes."""
+    import os
+    import tempfile
+    import time
+
+    import pyarrow as pa
+
+    from molphenix.distributed import is_main
+    from molphenix.ops import k_for_fraction
+
+    t0 = time.perf_counter()
+    nq, n = int(queries.shape[0]), len(searcher)
+    kk = int(k) if k is not None else k_for_fraction(top_fraction, n)
+    total = nq * kk
+    main_rank = is_main()
+    if main_rank and total > WARN_ROWS:
+        typer.echo(f"warning: --out will hold {total:,} rows ({nq:,} wells x {kk:,} results); "
+                   f"that is above {WARN_ROWS:,}: consider a smaller --k or --top-fraction",
+                   err=True)
+    schema = pa.schema([("query", pa.string()), ("rank", pa.int64()), ("molecule_id", pa.string()),
+                        ("concentration_um", pa.float64()), ("score", pa.float32()),
+                        ("id", pa.string())])
+    cols = _result_columns(index, info) if main_rank else None
+    writer = tmp = None
+    if main_rank:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        if out.suffix.lower() == ".csv":
+            import pyarrow.csv as pcsv
+
+            writer = pcsv.CSVWriter(tmp, schema)
+        else:
+            import pyarrow.parquet as pq
+
+            writer = pq.ParquetWriter(tmp, schema)
+    step = max(1, ROWS_PER_STEP // kk)
+    try:
+        for s in range(0, nq, step):
+            scores, rows = searcher.search_rows(queries[s:s + step], k, fraction=top_fraction)
+            if not main_rank:
+                continue
+            scores = np.asarray(scores.detach().cpu().numpy() if hasattr(scores, "detach") else scores)
+            m = scores.shape[0]
+            flat = pa.array(np.asarray(rows, dtype=np.int64).reshape(-1))
+            ids, mol, conc = (c.take(flat) for c in cols)
+            table = pa.table({
+                "query": pa.array(np.repeat(well_ids[s:s + m], kk).tolist(), pa.string()),
+                "rank": pa.array(np.tile(np.arange(kk, dtype=np.int64), m)),
+                "molecule_id": mol, "concentration_um": conc,
+                "score": pa.array(scores.reshape(-1).astype(np.float32)), "id": ids,
+            }, schema=schema)
+            writer.write_table(table)
+        if main_rank:
+            writer.close()
+            writer = None
+            os.replace(tmp, out)
+            tmp = None
+    finally:
+        if writer is not None:
+            writer.close()
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+    if main_rank:
+        typer.echo(f"wrote {out}: {nq} queries x {kk} results from {n} candidates "
+                   f"({total:,} rows, {time.perf_counter() - t0:.1f} s)")
 
 
 def register(app: typer.Typer) -> None:

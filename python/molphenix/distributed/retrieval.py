@@ -495,6 +495,23 @@ class ShardedIndex:
         return self._n
 
     @property
+    def path(self) -> Optional[Path]:
+        """The library directory or Parquet file it was loaded from (None otherwise)."""
+        return getattr(self, "_path", None)
+
+    def column(self, name: str) -> Any:
+        """A column of the library it was loaded from, for all N rows of every rank, as a
+        pyarrow Array (read on each call; ``"id"``, and the molecule columns an
+        ``embed-library`` library keeps).
+
+        Raises:
+            KeyError: no such column, or not loaded from a file.
+        """
+        if self.path is None:
+            raise KeyError(f"{name!r}: a ShardedIndex built in memory has no stored columns")
+        return S.read_columns(self.path, [name]).column(name).combine_chunks()
+
+    @property
     def local(self) -> Any:
         """This rank's block as an :class:`molphenix.retrieval.Index` (None when empty)."""
         return self._local
@@ -542,6 +559,12 @@ class ShardedIndex:
     def _op_metric(self) -> str:
         return "dot" if self._metric == "cosine" else self._metric
 
+    def search_rows(self, queries: Any, k: Optional[int] = None, *, fraction: Optional[float] = None,
+                    backend: str = "auto", num_threads: Optional[int] = None) -> Tuple[Any, np.ndarray]:
+        """As :meth:`search`, but the results' global row positions (int64 numpy [Q, k])
+        instead of their ids (as :meth:`molphenix.retrieval.Index.search_rows`)."""
+        return self._search(queries, k, fraction, backend, num_threads, positions=True)
+
     def search(self, queries: Any, k: Optional[int] = None, *, fraction: Optional[float] = None,
                backend: str = "auto", num_threads: Optional[int] = None) -> Tuple[Any, np.ndarray]:
         """The k best candidates of all ranks per query, best first (ties: lower global position).
@@ -557,9 +580,13 @@ class ShardedIndex:
             ValueError / TypeError: as ``Index.search``; different query shapes or k on
                 different ranks.
         """
+        return self._search(queries, k, fraction, backend, num_threads, positions=False)
+
+    def _search(self, queries: Any, k: Optional[int], fraction: Optional[float], backend: str,
+                num_threads: Optional[int], *, positions: bool) -> Tuple[Any, np.ndarray]:
         if self._world == 1:
-            return self._local.search(queries, k, fraction=fraction, backend=backend,
-                                      num_threads=num_threads)
+            fn = self._local.search_rows if positions else self._local.search
+            return fn(queries, k, fraction=fraction, backend=backend, num_threads=num_threads)
         err: Optional[BaseException] = None
         try:  # checked on every rank, then agreed: a rank's bad input never strands the others
             if (k is None) == (fraction is None):
@@ -590,7 +617,7 @@ class ShardedIndex:
         id_dtype = object if self._id_kind == "str" else np.int64
         if nq == 0:
             return (self._local_out(torch.empty((0, k), dtype=sdtype, device=q.device), kind, back),
-                    np.zeros((0, k), dtype=id_dtype))
+                    np.zeros((0, k), dtype=np.int64 if positions else id_dtype))
         chunk = max(1, _MERGE_BUDGET // (k * self._world))
         out_scores, out_pos, out_ids = [], [], []
         for s in range(0, nq, chunk):
@@ -607,10 +634,10 @@ class ShardedIndex:
             mk, mp, cols = _merge(keys, pos, k, self._group)
             out_scores.append(P.scores_from_keys(mk, metric, which, self._dtype))
             out_pos.append(mp)
-            if self._id_kind != "positions":
+            if self._id_kind != "positions" and not positions:
                 out_ids.append(self._gather_ids(rows_l, m, k, kl, cols))
         scores = torch.cat(out_scores)
-        if self._id_kind == "positions":
+        if self._id_kind == "positions" or positions:
             ids = torch.cat(out_pos).cpu().numpy()
         else:
             ids = np.concatenate(out_ids)

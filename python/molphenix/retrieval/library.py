@@ -425,6 +425,8 @@ def embed_library(source: Any, out: Any, *, featurizer: Any, embed: Callable[[An
     # One chunk per task: more workers than chunks idle, and a lone chunk gains nothing from a
     # worker (there is nothing to overlap it with): featurize it here.
     n_workers = min(n_workers, len(todo)) if len(todo) > 1 else 0
+    if mp.current_process().daemon:  # a daemonic process may not start workers
+        n_workers = 0
     bar = None
     if progress and rank == 0 and rows_todo:
         from tqdm import tqdm
