@@ -135,8 +135,8 @@ class _Base:
         """
         return self.finalize(self._from_mols(list(mols)))
 
-    def _from_mols(self, mols: Sequence[Any]) -> np.ndarray:  # pragma: no cover - per featurizer
-        raise NotImplementedError
+    def _from_mols(self, mols: Sequence[Any]) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} featurizes SMILES only")
 
     def cache_key(self) -> str:
         """``<name>-<sha1 of settings>``: the cache file stem."""
@@ -358,6 +358,8 @@ def featurizer_from_state(state: dict[str, Any]) -> _Base:
     if isinstance(f, RDKitDescriptors) and state.get("mean") is not None:
         f.mean_ = np.asarray(state["mean"], dtype=np.float64)
         f.std_ = np.asarray(state["std"], dtype=np.float64)
+    if state.get("model_version") is not None and hasattr(f, "expected_version"):
+        f.expected_version = state["model_version"]  # a pretrained encoder must match the run's
     return f
 
 

@@ -451,10 +451,15 @@ def featurize_chunk(featurizer: Any, smiles: Sequence[Optional[str]],
     valid = np.asarray([todo[j] for j in keep], dtype=np.int64)
     if featurizer is None:  # validity only (the features come from elsewhere)
         x = np.zeros((len(keep), 0), dtype=np.float32)
-    elif hasattr(featurizer, "compute_mols"):
-        x = featurizer.compute_mols([mols[j] for j in keep])
     else:
-        x = featurizer([smiles[todo[j]] for j in keep])
+        x = None
+        if hasattr(featurizer, "compute_mols"):
+            try:
+                x = featurizer.compute_mols([mols[j] for j in keep])
+            except NotImplementedError:  # a featurizer that only takes SMILES
+                x = None
+        if x is None:
+            x = featurizer([smiles[todo[j]] for j in keep])
     if len(x) != valid.shape[0]:
         raise ValueError(f"featurizer: returned {len(x)} rows for {valid.shape[0]} molecules")
     kind, data = _pack_features(x)
