@@ -116,3 +116,18 @@ def test_compute_mols_equals_smiles_path(name):
     g = fz.GraphFeaturizer()
     got = g.compute_mols([Chem.MolFromSmiles("CCO")])[0]
     np.testing.assert_array_equal(got.x, g(["CCO"])[0].x)
+
+
+def test_sparse_chunks_take_rows_exactly_and_slices_concatenate(monkeypatch):
+    monkeypatch.setattr(MS, "_SLICE", 2)  # several slices per chunk
+    f = fz.MorganCounts(n_bits=256)
+    fc = MS.featurize_chunk(f, SMILES)
+    want = f([SMILES[i] for i in fc.valid])
+    assert fc.kind == "csr"
+    np.testing.assert_array_equal(fc.features(), want)
+    idx = np.array([3, 0, 0, 5, 2])
+    np.testing.assert_array_equal(fc.take(idx), want[idx])
+    np.testing.assert_array_equal(fc.take(np.zeros(0, np.int64)), want[:0])
+    dense = MS.featurize_chunk(lambda s: np.arange(len(s) * 2, dtype=np.float32).reshape(-1, 2) + 1, SMILES)
+    assert dense.kind == "dense" and dense.features().shape == (7, 2)
+    np.testing.assert_array_equal(dense.take(np.array([1])), dense.features()[[1]])

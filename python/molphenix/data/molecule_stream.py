@@ -52,6 +52,8 @@ __all__ = [
 MOLECULE_SUFFIXES = (".parquet", ".csv", ".csv.gz", ".tsv", ".tsv.gz", ".smi", ".smi.gz",
                      ".smiles", ".smiles.gz")
 _COLUMNS = ("smiles", "molecule_id", "concentration_um")
+#: Molecules featurized at a time inside a chunk (bounds a worker's dense intermediate).
+_SLICE = 2048
 
 
 class MoleculeFileError(ValueError):
@@ -396,17 +398,32 @@ class FeatureChunk:
     kind: str
     data: Any
 
+    def __len__(self) -> int:
+        return int(self.valid.shape[0])
+
     def features(self) -> Any:
         """The features of the valid molecules: float32 [n_valid, F] (or the list)."""
+        if self.kind in ("dense", "objects"):
+            return self.data
+        return self.take(np.arange(len(self)))
+
+    def take(self, idx: np.ndarray) -> Any:
+        """Features of valid molecules ``idx`` (positions among the valid ones, repeats allowed):
+        float32 [len(idx), F] built straight from the sparse rows (the chunk is never densified
+        whole), or a list."""
+        idx = np.asarray(idx, dtype=np.int64)
         if self.kind == "dense":
-            return self.data
+            return np.ascontiguousarray(self.data[idx])
         if self.kind == "objects":
-            return self.data
+            return [self.data[int(i)] for i in idx]
         indptr, indices, values, width = self.data
-        n = indptr.shape[0] - 1
-        out = np.zeros((n, width), dtype=np.float32)
-        rows = np.repeat(np.arange(n), np.diff(indptr))
-        out[rows, indices] = values
+        counts = indptr[idx + 1] - indptr[idx]
+        out = np.zeros((idx.shape[0], width), dtype=np.float32)
+        if counts.sum():
+            rows = np.repeat(np.arange(idx.shape[0]), counts)
+            starts = np.repeat(indptr[idx] - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+            src = starts + np.arange(rows.shape[0])
+            out[rows, indices[src]] = values[src]
         return out
 
 
@@ -451,19 +468,47 @@ def featurize_chunk(featurizer: Any, smiles: Sequence[Optional[str]],
     valid = np.asarray([todo[j] for j in keep], dtype=np.int64)
     if featurizer is None:  # validity only (the features come from elsewhere)
         x = np.zeros((len(keep), 0), dtype=np.float32)
-    else:
+        kind, data = _pack_features(x)
+        return FeatureChunk(valid=valid, rejected=rejected, kind=kind, data=data)
+    # In slices: a dense slice of fingerprints is packed (sparse) before the next is computed,
+    # so a worker never holds a whole chunk's dense matrix.
+    parts = []
+    for s0 in range(0, len(keep), _SLICE):
+        part = keep[s0:s0 + _SLICE]
         x = None
         if hasattr(featurizer, "compute_mols"):
             try:
-                x = featurizer.compute_mols([mols[j] for j in keep])
+                x = featurizer.compute_mols([mols[j] for j in part])
             except NotImplementedError:  # a featurizer that only takes SMILES
                 x = None
         if x is None:
-            x = featurizer([smiles[todo[j]] for j in keep])
-    if len(x) != valid.shape[0]:
-        raise ValueError(f"featurizer: returned {len(x)} rows for {valid.shape[0]} molecules")
-    kind, data = _pack_features(x)
+            x = featurizer([smiles[todo[j]] for j in part])
+        if len(x) != len(part):
+            raise ValueError(f"featurizer: returned {len(x)} rows for {len(part)} molecules")
+        parts.append(_pack_features(x))
+    if not parts:
+        kind, data = "dense", np.zeros((0, 0), dtype=np.float32)
+    else:
+        kind, data = parts[0] if len(parts) == 1 else _concat(parts)
     return FeatureChunk(valid=valid, rejected=rejected, kind=kind, data=data)
+
+
+def _concat(parts: List[Tuple[str, Any]]) -> Tuple[str, Any]:
+    """One packed matrix from packed pieces (CSR pieces stay CSR; a dense piece densifies all)."""
+    kinds = {k for k, _ in parts}
+    if kinds == {"objects"}:
+        return "objects", [o for _, d in parts for o in d]
+    if kinds == {"csr"}:
+        width = parts[0][1][3]
+        indptr = [np.zeros(1, dtype=np.int64)]
+        off = 0
+        for _, (ip, _, _, _) in parts:
+            indptr.append(ip[1:] + off)
+            off += int(ip[-1])
+        return "csr", (np.concatenate(indptr), np.concatenate([d[1] for _, d in parts]),
+                       np.concatenate([d[2] for _, d in parts]), width)
+    dense = [FeatureChunk(np.arange(0), {}, k, d).features() for k, d in parts]
+    return "dense", np.concatenate(dense)
 
 
 # Worker-process state: the featurizer is sent once, by the pool initializer.

@@ -257,14 +257,14 @@ def _chunk_rows(table: Any, start: int, conc_doses: Optional[Sequence[float]],
     return smiles, mids, conc, skip
 
 
-def _embed_rows(embed: Callable[[Any, np.ndarray], torch.Tensor], feats: Any, mol_idx: np.ndarray,
-                conc: np.ndarray, dim: int) -> np.ndarray:
-    """Embeddings [len(mol_idx), dim] of (molecule feats[mol_idx[j]], conc[j]) in fixed batches."""
+def _embed_rows(embed: Callable[[Any, np.ndarray], torch.Tensor], take: Callable[[np.ndarray], Any],
+                mol_idx: np.ndarray, conc: np.ndarray, dim: int) -> np.ndarray:
+    """Embeddings [len(mol_idx), dim] of (molecule ``take([mol_idx[j]])``, conc[j]), in fixed
+    batches (each batch's features are built just before its forward pass)."""
     out = np.empty((mol_idx.shape[0], dim), dtype=np.float32)
-    is_matrix = isinstance(feats, np.ndarray)
     for s in range(0, mol_idx.shape[0], _EMBED_BATCH):
         idx = mol_idx[s:s + _EMBED_BATCH]
-        batch = np.ascontiguousarray(feats[idx]) if is_matrix else [feats[int(i)] for i in idx]
+        batch = take(idx)
         e = embed(batch, conc[s:s + _EMBED_BATCH])
         out[s:s + idx.shape[0]] = e.detach().to("cpu", torch.float32).numpy()
     return out
@@ -293,7 +293,11 @@ def _finish_chunk(work: Path, c: int, start: int, n_in: int, smiles, mids, conc_
     import pyarrow as pa
 
     valid = fc.valid
-    feats = feature_column[valid] if feature_column is not None else fc.features()
+    if feature_column is not None:
+        cols = feature_column[valid]
+        take = lambda idx: np.ascontiguousarray(cols[idx])  # noqa: E731
+    else:
+        take = fc.take
     if doses is None:
         mol_idx = np.arange(valid.shape[0], dtype=np.int64)
         conc = conc_row[valid]
@@ -304,7 +308,7 @@ def _finish_chunk(work: Path, c: int, start: int, n_in: int, smiles, mids, conc_
     ids = [f"{mids[i]}@{c_:g}" for i, c_ in zip(src.tolist(), conc.tolist())]
     shard = None
     if mol_idx.shape[0]:
-        emb = _embed_rows(embed, feats, mol_idx, conc, dim)
+        emb = _embed_rows(embed, take, mol_idx, conc, dim)
         table = pa.table({"id": pa.array(ids, pa.string()),
                           "molecule_id": pa.array([mids[i] for i in src.tolist()], pa.string()),
                           "smiles": pa.array([smiles[i] for i in src.tolist()], pa.string()),
@@ -415,8 +419,20 @@ def embed_library(source: Any, out: Any, *, featurizer: Any, embed: Callable[[An
     done = {c for c in mine if _load_record(work, c) is not None}
     todo = [c for c in mine if c not in done]
     summary.chunks_resumed = len(done)
+    threads = torch.get_num_threads()
+    tfile = work / _WORK / f"threads-rank{rank}.json"
     if done and rank == 0:
         say(f"resuming {out}: {len(done)} of {len(mine)} chunks already done")
+    try:
+        before = json.loads(tfile.read_text())["threads"] if tfile.is_file() else None
+    except (OSError, ValueError, KeyError):
+        before = None
+    if done and before is not None and before != threads:
+        say(f"warning: resuming with {threads} threads; the finished chunks were embedded with "
+            f"{before}: the rows embedded now may differ from an uninterrupted run in their last "
+            "bits (pass --threads to match)")
+    if todo:
+        S.atomic_write_bytes(tfile, json.dumps({"threads": threads}).encode())
     for tmp in (work / "shards").glob(".*.tmp") if (work / "shards").is_dir() else ():
         if rank == 0 or world == 1:
             tmp.unlink(missing_ok=True)  # a write cut short; its chunk is redone
