@@ -189,6 +189,8 @@ def _prepare_out(out: Path, work: Path, settings: Dict[str, Any], overwrite: boo
             diff = _first_difference(old, settings)
             return "", (f"{work} holds an unfinished library started with other settings ({diff} "
                         "differs); pass --overwrite to start over")
+        for tmp in (work / "shards").glob(".*.tmp") if (work / "shards").is_dir() else ():
+            tmp.unlink(missing_ok=True)  # a write cut short (its chunk is redone)
         return "resume", None
     if work.exists():
         if not work.is_dir():
@@ -433,9 +435,6 @@ def embed_library(source: Any, out: Any, *, featurizer: Any, embed: Callable[[An
             "bits (pass --threads to match)")
     if todo:
         S.atomic_write_bytes(tfile, json.dumps({"threads": threads}).encode())
-    for tmp in (work / "shards").glob(".*.tmp") if (work / "shards").is_dir() else ():
-        if rank == 0 or world == 1:
-            tmp.unlink(missing_ok=True)  # a write cut short; its chunk is redone
     rows_todo = sum(min(chunk_rows, scan.rows - c * chunk_rows) for c in todo)
     n_workers = default_workers() if workers is None else int(workers)
     # One chunk per task: more workers than chunks idle, and a lone chunk gains nothing from a
