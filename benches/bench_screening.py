@@ -148,7 +148,8 @@ def main() -> int:
     p.add_argument("--work", type=Path, required=True, help="scratch directory (libraries, the run)")
     p.add_argument("--queries", type=int, default=10_000)
     p.add_argument("--k", type=int, default=100)
-    p.add_argument("--skip", default="", help="comma-separated steps to skip (e.g. resume,embed-2m,hnsw,retrieve)")
+    p.add_argument("--skip", default="", help="comma-separated steps to skip: embed, resume, embed-2m, "
+                   "open and search (together: the rest too), hnsw, float16, retrieve")
     p.add_argument("--workers", type=int, default=None, help="embed-library --workers (default: its own)")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -237,6 +238,10 @@ def main() -> int:
         shutil.rmtree(lib2, ignore_errors=True)
 
     from molphenix.retrieval import Index
+
+    if {"open", "search"} <= skip:
+        run.close()
+        return 0
 
     # -- open -----------------------------------------------------------------------------------
     def open_time(path: Path) -> List[float]:
