@@ -46,8 +46,6 @@ def _featurizer(tm: Any):
         return fz.GraphFeaturizer(), None
     if f.kind == "column":
         return None, f.column
-    if hasattr(f, "batch_featurizer"):  # featurizers that provide their own batch API
-        return f.batch_featurizer(), None
     return fz.featurizer_from_state(f.state()), None
 
 
@@ -113,6 +111,10 @@ def _embed_library(run: Path, molecules: Path, out: Path, concentrations: Option
 
         torch.set_num_threads(threads)
     featurizer, column = _featurizer(tm)
+    if workers is None and getattr(featurizer, "cache_key", lambda: "x")() == "" and column is None:
+        # A pretrained encoder (its own threads, and a cache shared by every process) runs in
+        # this process: worker processes would each load the model.
+        workers = 0
     doses = conc
     from molphenix.data.molecule_stream import MoleculeFileError, scan_molecules
 
