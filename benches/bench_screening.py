@@ -30,7 +30,6 @@ Steps (each a row of ``results.csv`` with the load average when it ran; everythi
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -355,7 +354,7 @@ def main() -> int:
                     notes=f"disk {du(lib16) / 2**20:.0f} MiB vs {du(lib) / 2**20:.0f} MiB (float32); "
                           f"top-{k} vs float32: max |score change| {dmax:.2e}, recall {rec:.5f}, top-1 {top1:.4f}"))
         shutil.rmtree(lib16, ignore_errors=True)
-    del ix, flat, rows
+    ix = flat = rows = None  # free them before the retrieve commands
 
     # -- streamed retrieve ----------------------------------------------------------------------
     if "retrieve" not in skip:

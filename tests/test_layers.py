@@ -43,20 +43,10 @@ LEVELS: Dict[str, int] = {
 }
 ENTRY_POINTS = {"molphenix", "__main__"}
 
-#: Cross-subpackage private imports that the retrieval rework removes (its storage module and
-#: the ops' entry point for validated inputs). Each must still occur: delete it here when it goes.
-PENDING_PRIVATE = {
-    ("distributed.retrieval", "ops._common"),
-    ("distributed.retrieval", "ops._reference"),
-    ("distributed.retrieval", "retrieval.index._num_rows"),
-    ("distributed.retrieval", "retrieval.index._ids_array"),
-    ("distributed.retrieval", "retrieval.index._read_meta"),
-    ("distributed.retrieval", "retrieval.index._read_rows"),
-    ("distributed.retrieval", "retrieval.index._prepare_queries"),
-    ("distributed.retrieval", "retrieval.index._check_zero_norm"),
-    ("retrieval.index", "ops._common"),
-    ("retrieval.index", "ops.retrieval._normalize"),
-}
+#: Cross-subpackage private imports still waiting to be removed (each must still occur: delete
+#: it here when it goes). Empty: retrieval/ and distributed/ use molphenix.ops.prepared and
+#: molphenix.retrieval.storage.
+PENDING_PRIVATE: set = set()
 
 
 def _modules() -> Dict[str, Path]:

@@ -45,6 +45,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from molphenix._atomic import atomic_write, atomic_write_bytes
 from molphenix.retrieval import storage as S
 
 __all__ = ["embed_library", "LibraryBuildError", "EmbedSummary", "DEFAULT_CHUNK_ROWS",
@@ -203,7 +204,7 @@ def _prepare_out(out: Path, work: Path, settings: Dict[str, Any], overwrite: boo
             _clear(work)
     try:
         (work / _WORK / "chunks").mkdir(parents=True, exist_ok=True)
-        S.atomic_write_bytes(state, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(state, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode())
     except OSError as exc:
         return "", f"{work}: cannot write there ({exc.strerror or exc})"
     return "fresh", None
@@ -319,7 +320,7 @@ def _finish_chunk(work: Path, c: int, start: int, n_in: int, smiles, mids, conc_
     rejects = [[start + i, mids[i], smiles[i], r] for i, r in sorted(fc.rejected.items())]
     rec = {"chunk": c, "rows": [start, start + n_in], "molecules": int(valid.shape[0]),
            "library_rows": int(mol_idx.shape[0]), "shard": shard, "rejects": rejects}
-    S.atomic_write_bytes(_record_path(work, c), json.dumps(rec).encode())
+    atomic_write_bytes(_record_path(work, c), json.dumps(rec).encode())
     return rec
 
 
@@ -394,7 +395,7 @@ def embed_library(source: Any, out: Any, *, featurizer: Any, embed: Callable[[An
         raise LibraryBuildError("--molecules", str(exc)) from None
     has_conc = "concentration_um" in scan.columns
     if has_conc and doses is not None:
-        raise LibraryBuildError("--concentrations", f"the --molecules file has a concentration_um "
+        raise LibraryBuildError("--concentrations", "the --molecules file has a concentration_um "
                                                     "column; give one or the other")
     if not has_conc and not doses:
         raise LibraryBuildError("--concentrations", "no concentration_um column and no doses; "
@@ -434,7 +435,7 @@ def embed_library(source: Any, out: Any, *, featurizer: Any, embed: Callable[[An
             f"{before}: the rows embedded now may differ from an uninterrupted run in their last "
             "bits (pass --threads to match)")
     if todo:
-        S.atomic_write_bytes(tfile, json.dumps({"threads": threads}).encode())
+        atomic_write_bytes(tfile, json.dumps({"threads": threads}).encode())
     rows_todo = sum(min(chunk_rows, scan.rows - c * chunk_rows) for c in todo)
     n_workers = default_workers() if workers is None else int(workers)
     # One chunk per task: more workers than chunks idle, and a lone chunk gains nothing from a
@@ -582,7 +583,7 @@ def _finish(out: Path, work: Path, n_chunks: int, settings: Dict[str, Any],
             for row in r["rejects"]:
                 w.writerow(row)
                 reasons[_reason_kind(row[3])] += 1
-        S.atomic_write_bytes(rejects_path, buf.getvalue().encode())
+        atomic_write_bytes(rejects_path, buf.getvalue().encode())
     elif rejects_path.exists():
         rejects_path.unlink()
     summary.molecules = sum(int(r["molecules"]) for r in records)
@@ -615,8 +616,6 @@ def _finish(out: Path, work: Path, n_chunks: int, settings: Dict[str, Any],
 def _library_to_parquet(work: Path, out: Path) -> None:
     """Write a finished library directory as one Parquet index file (the layout of
     ``Index.save(... .parquet)`` plus the molecule columns), streamed shard by shard."""
-    import tempfile
-
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -628,10 +627,8 @@ def _library_to_parquet(work: Path, out: Path) -> None:
                         ("molecule_id", pa.string()), ("smiles", pa.string()),
                         ("concentration_um", pa.float64())],
                        metadata={b"molphenix.index": json.dumps(meta).encode()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer:
+    def write(f) -> None:
+        with pq.ParquetWriter(f, schema) as writer:
             buf: List[Any] = []
             have = 0
             rows, _, _ = S.open_index(work)
@@ -649,7 +646,5 @@ def _library_to_parquet(work: Path, out: Path) -> None:
                     buf, have = [rest], rest.num_rows
             if have:
                 writer.write_table(pa.concat_tables(buf), row_group_size=S.ROW_GROUP_ROWS)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(out, write)

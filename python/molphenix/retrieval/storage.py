@@ -41,6 +41,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from molphenix._atomic import atomic_write, atomic_write_bytes, fsync_dir
 from molphenix.ops import prepared as P
 
 __all__ = [
@@ -65,7 +66,6 @@ __all__ = [
     "save_parquet",
     "verify_library",
     "read_columns",
-    "atomic_write_bytes",
 ]
 
 #: Version of the Parquet layout (:func:`save_parquet`).
@@ -452,41 +452,12 @@ class Rows:
 # ---------------------------------------------------------------------------------------------
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory, fsync'd, then
-    renamed: a reader sees the old file or the whole new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,17 +518,8 @@ def write_shard(directory: Union[str, "os.PathLike[str]"], name: str, embeddings
     data = np.ascontiguousarray(arr).tobytes()
     atomic_write_bytes(directory / emb_rel, data)
     tab_path = directory / tab_rel
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=tab_path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, tab_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory / "shards")
+    atomic_write(tab_path, lambda f: pq.write_table(table, f, row_group_size=ROW_GROUP_ROWS))
+    fsync_dir(directory / "shards")
     return {"name": name, "rows": n, "embeddings": emb_rel, "embeddings_bytes": len(data),
             "embeddings_sha256": hashlib.sha256(data).hexdigest(), "table": tab_rel,
             "table_bytes": tab_path.stat().st_size, "table_sha256": _sha256_file(tab_path)}
@@ -623,7 +585,7 @@ def finish_library(directory: Union[str, "os.PathLike[str]"], shards: Sequence[D
                 "shards": shards, "info": info or {}}
     manifest["manifest_sha256"] = _manifest_digest(manifest)
     atomic_write_bytes(directory / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return manifest
 
 
@@ -950,15 +912,7 @@ def save_parquet(path: Union[str, "os.PathLike[str]"], rows: Rows, ids: Ids, *,
         data[k] = v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(
             v.tolist() if isinstance(v, np.ndarray) and v.dtype == object else v)
     table = pa.table(data).replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: pq.write_table(table, f, row_group_size=ROW_GROUP_ROWS))
 
 
 # ---------------------------------------------------------------------------------------------
