@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
@@ -264,3 +265,82 @@ def test_retrieve_streams_its_output_from_a_library_directory(env, tmp_path, mon
     row = int(ix.positions([first])[0])
     assert hits.column("molecule_id")[0].as_py() == ix.column("molecule_id")[row].as_py()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+class _FakeMiniMol:
+    """Stands in for the MiniMol encoder (64-d, deterministic per SMILES), counting its work."""
+
+    name = "minimol"
+    dim = 64
+    embedded: list = []
+
+    def __init__(self, *, threads=None, batch_size=100):
+        pass
+
+    def version(self):
+        return "minimol-fake-1"
+
+    def info(self):
+        return {"model": "fake"}
+
+    def embed(self, smiles):
+        import hashlib
+
+        _FakeMiniMol.embedded.extend(smiles)
+        out = np.stack([np.frombuffer(hashlib.sha512(s.encode()).digest(), dtype=np.uint8)[:64]
+                        for s in smiles]).astype(np.float32) / 255.0
+        return out, [None] * len(smiles)
+
+
+def _minimol_run(root: Path):
+    from molphenix.data import simulate
+    from molphenix.train import TrainConfig, fit
+
+    simulate(root / "data", n_molecules=20, seed=5, embedding_dim=16, progress=False)
+    fit(TrainConfig(data=str(root / "data"), out=str(root / "run"), steps=2, batch_size=16, threads=1,
+                    progress=False, eval_every=2, mol_input="minimol", featurizer_kwargs={},
+                    model_overrides=dict(phenomic_hidden=32, molecular_hidden=32, embed_dim=16,
+                                         phenomic_blocks=1)), log=lambda m: None)
+
+
+def _check_minimol_library(root: Path, capsys):
+    from molphenix.train import load_run
+
+    smiles, ids = _nci(90)
+    smiles[4] = "C1CC"
+    pcsv.write_csv(pa.table({"smiles": smiles, "molecule_id": ids}), root / "m.csv")
+    assert main(["embed-library", "--run", str(root / "run"), "--molecules", str(root / "m.csv"),
+                 "--out", str(root / "lib"), "--concentrations", "10", "--chunk-rows", "40",
+                 "--no-progress"]) == 0
+    assert "89 (molecule, concentration) rows" in capsys.readouterr().out
+    ix = Index.load(root / "lib")
+    assert ix.info["mol_input"] == "minimol"
+    tm = load_run(root / "run")
+    want = torch.nn.functional.normalize(tm.embed_molecules(ix.column("smiles").to_pylist(), 10.0), dim=1)
+    # the run's own featurizer; the forward passes run per chunk, so only their rounding differs
+    torch.testing.assert_close(ix.embeddings, want, rtol=0, atol=2e-6)
+
+
+def test_a_pretrained_encoder_plugs_in_chunk_by_chunk(tmp_path, monkeypatch, capsys):
+    """mol_input="minimol" with a stand-in encoder: chunks go through its batch API and its
+    machine-wide cache (a second library computes nothing)."""
+    import molphenix.data.minimol as mm
+
+    monkeypatch.setattr(mm, "MinimolEmbedder", _FakeMiniMol)
+    monkeypatch.setattr(mm, "require_minimol", lambda: None)
+    monkeypatch.setenv("MOLPHENIX_CACHE_DIR", str(tmp_path / "cache"))
+    _minimol_run(tmp_path)
+    _FakeMiniMol.embedded = []
+    _check_minimol_library(tmp_path, capsys)
+    assert len(_FakeMiniMol.embedded) == len(set(_FakeMiniMol.embedded)) > 0
+    _FakeMiniMol.embedded = []
+    assert main(["embed-library", "--run", str(tmp_path / "run"), "--molecules", str(tmp_path / "m.csv"),
+                 "--out", str(tmp_path / "lib2"), "--concentrations", "10", "--no-progress"]) == 0
+    assert _FakeMiniMol.embedded == []  # all cached
+
+
+@pytest.mark.requires_minimol
+def test_minimol_library_with_the_real_encoder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MOLPHENIX_CACHE_DIR", str(tmp_path / "cache"))
+    _minimol_run(tmp_path)
+    _check_minimol_library(tmp_path, capsys)
