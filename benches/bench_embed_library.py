@@ -30,6 +30,7 @@ def main() -> int:
     p.add_argument("--configs", default="0x2,1x1,1x2,2x1,2x2", help="WORKERSxTHREADS, comma-separated")
     args = p.parse_args()
     run = open_run(args, title="embed-library: workers x threads", matmul=True)
+    args.work.mkdir(parents=True, exist_ok=True)
     n = sum(1 for _ in open(args.library))
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
     times = {c: [] for c in configs}
