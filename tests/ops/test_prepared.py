@@ -123,3 +123,69 @@ def test_packed_errors():
         P.PackedCandidates.from_blocks([torch.zeros(2, 2)], 3, 2, torch.float32, with_norms=False)
     assert "PackedCandidates(n=3, dim=2" in repr(p)
     np.testing.assert_equal(p.n, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# the losses on validated inputs
+
+
+def _loss_and_grads(fn, p, q, t, b, *args, **kw):
+    leaves = [x.detach().clone().requires_grad_() for x in (p, q, t, b)]
+    loss = fn(*leaves, *args, **kw)
+    loss.backward()
+    return [loss.detach()] + [x.grad for x in leaves]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("case", ["u", "blocks", "hard", "no-threshold", "no-u"])
+def test_s2l_loss_on_validated_inputs_equals_the_public_op(backend, case):
+    from molphenix import ops
+    from molphenix.ops import prepared
+
+    g = torch.Generator().manual_seed(3)
+    p = torch.nn.functional.normalize(torch.randn(37, 24, generator=g), dim=1)
+    q = torch.nn.functional.normalize(torch.randn(29 if case == "blocks" else 37, 24, generator=g), dim=1)
+    u = torch.randn(37, 11, generator=g)
+    t, b = torch.tensor(9.5), torch.tensor(-8.25)
+    kw = dict(c=0.3, threshold=0.75, gamma=1.75, delta=0.75, diagonal="soft", backend=backend)
+    args = (u,)
+    if case == "blocks":
+        kw.update(u_cols=torch.randn(29, 11, generator=g), diag_offset=-5, normalizer=64.0)
+    elif case == "hard":
+        kw["diagonal"] = "hard"
+    elif case == "no-threshold":
+        kw["threshold"] = None
+    elif case == "no-u":
+        args = ()
+    want = _loss_and_grads(ops.s2l_loss, p, q, t, b, *args, **kw)
+    got = _loss_and_grads(prepared.s2l_loss, p, q, t, b, *args, **kw)
+    for name, w, x in zip(("loss", "dp", "dq", "dt", "db"), want, got):
+        assert torch.equal(w, x), name
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_siglip_loss_on_validated_inputs_equals_the_public_op(backend):
+    from molphenix import ops
+    from molphenix.ops import prepared
+
+    g = torch.Generator().manual_seed(4)
+    p = torch.nn.functional.normalize(torch.randn(33, 16, generator=g), dim=1)
+    q = torch.nn.functional.normalize(torch.randn(33, 16, generator=g), dim=1)
+    t, b = torch.tensor(10.0), torch.tensor(-10.0)
+    want = _loss_and_grads(ops.siglip_loss, p, q, t, b, backend=backend, diag_offset=2)
+    got = _loss_and_grads(prepared.siglip_loss, p, q, t, b, backend=backend, diag_offset=2)
+    for name, w, x in zip(("loss", "dp", "dq", "dt", "db"), want, got):
+        assert torch.equal(w, x), name
+
+
+def test_the_losses_on_validated_inputs_do_not_check():
+    """What the public op rejects, the prepared entry computes (the caller's guarantee): a NaN
+    input gives a NaN loss, not a host read and an error."""
+    from molphenix import ops
+    from molphenix.ops import prepared
+
+    p = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+    p[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="p: contains NaN"):
+        ops.siglip_loss(p, p, 10.0, -10.0, backend="cpu")
+    assert torch.isnan(prepared.siglip_loss(p, p, 10.0, -10.0, backend="cpu"))

@@ -41,12 +41,17 @@ class ContrastiveLoss(nn.Module):
     Attributes:
         name: The registry name (``"s2l"``, ``"siglip"``, ...).
         needs_u: True when ``forward`` requires the similarity-space inputs ``u``.
+        takes_checked: True when ``forward`` accepts ``checked=True``: the caller has verified
+            that ``p``, ``q`` and ``u`` are finite (the training step does, on the device), and
+            the loss skips the op's own checks, which read values on the host (a device
+            synchronisation on a GPU). The result is bit for bit the same.
 
     Shapes:
         forward(p [B, D], q [B, D], u [B, E] | None) -> LossOutput(loss [], stats)
     """
 
     name: str = "base"
+    takes_checked: bool = False
 
     @property
     def needs_u(self) -> bool:

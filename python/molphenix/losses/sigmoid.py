@@ -87,18 +87,24 @@ class SigLIPLoss(_SigmoidBase):
     """
 
     name = "siglip"
+    takes_checked = True
 
-    def forward(self, p: torch.Tensor, q: torch.Tensor, u: Optional[torch.Tensor] = None) -> LossOutput:
+    def forward(self, p: torch.Tensor, q: torch.Tensor, u: Optional[torch.Tensor] = None, *,
+                checked: bool = False) -> LossOutput:
         """SigLIP loss of the pairs ``(p_i, q_i)``; ``u`` is accepted and ignored.
+
+        ``checked=True``: the caller has verified ``p`` and ``q`` finite (floating, same dtype
+        and device); the op's checks are skipped (:mod:`molphenix.ops.prepared`), same result.
 
         Raises:
             ValueError: shapes (p, q not [B, D] alike), empty batch.
         """
-        from molphenix.ops import siglip_loss
+        from molphenix.ops import prepared, siglip_loss
 
         self._check_pq(p, q, None)
         t, b = self.scale_bias()
-        loss = siglip_loss(p, q, t, b, backend=self.backend)
+        op = prepared.siglip_loss if checked else siglip_loss
+        loss = op(p, q, t, b, backend=self.backend)
         return LossOutput(loss, self._stats(t, b))
 
 
@@ -151,6 +157,7 @@ class S2LLoss(SoftLabels, _SigmoidBase):
     """
 
     name = "s2l"
+    takes_checked = True
 
     def __init__(self, *, c: float = ARCTAN_C, threshold: Optional[float] = SOFT_LABEL_THRESHOLD,
                  gamma: float = S2L_GAMMA, delta: float = S2L_DELTA, diagonal: str = "soft",
@@ -168,13 +175,20 @@ class S2LLoss(SoftLabels, _SigmoidBase):
         self.gamma, self.delta = float(gamma), float(delta)
         self.diagonal = diagonal
 
-    def forward(self, p: torch.Tensor, q: torch.Tensor, u: Optional[torch.Tensor] = None) -> LossOutput:
+    def forward(self, p: torch.Tensor, q: torch.Tensor, u: Optional[torch.Tensor] = None, *,
+                checked: bool = False) -> LossOutput:
         """S2L loss of the pairs ``(p_i, q_i)`` with soft labels from ``u`` (see the class).
 
+        ``checked=True``: the caller has verified ``p``, ``q`` and ``u`` finite (floating, same
+        dtype and device, as the training step does on the device); the op's checks, which read
+        values on the host, are skipped (:mod:`molphenix.ops.prepared`): the same loss and
+        gradients, bit for bit, and a NaN input gives a NaN loss instead of an error.
+
         Raises:
-            ValueError: ``u`` missing with ``sim_space="input"``, shapes, empty batch, NaN/Inf.
+            ValueError: ``u`` missing with ``sim_space="input"``, shapes, empty batch, NaN/Inf
+                (not with ``checked=True``).
         """
-        from molphenix.ops import s2l_loss
+        from molphenix.ops import prepared, s2l_loss
 
         if self.sim_space == "input":
             self.similarity_inputs(p, u)  # a missing u is named before the shapes
@@ -187,8 +201,9 @@ class S2LLoss(SoftLabels, _SigmoidBase):
             loss = _s2l_from_labels(p, q, t, b, s, self.gamma, self.delta, self.diagonal)
             stats["soft_pos_frac"] = offdiagonal_positive_fraction(s)
         else:
-            loss = s2l_loss(p, q, t, b, us, c=self.c, threshold=self.threshold, gamma=self.gamma,
-                            delta=self.delta, diagonal=self.diagonal, backend=self.backend)
+            op = prepared.s2l_loss if checked else s2l_loss
+            loss = op(p, q, t, b, us, c=self.c, threshold=self.threshold, gamma=self.gamma,
+                      delta=self.delta, diagonal=self.diagonal, backend=self.backend)
         return LossOutput(loss, stats)
 
     def extra_repr(self) -> str:

@@ -1,4 +1,13 @@
-"""The retrieval kernels for inputs that are already validated: molphenix's internal entry point.
+"""The kernels for inputs that are already validated: molphenix's internal entry point.
+
+The S2L / SigLIP losses (:func:`s2l_loss`, :func:`siglip_loss`): the public ops check their
+inputs on every call, and on a GPU those checks read values on the host (a finiteness screen of
+``p``, ``q`` and ``u``, the value of ``scale`` and ``bias``): a device synchronisation each. A
+training step that checks its embeddings itself (deferred, on the device) calls the versions here,
+which run the same kernel on the same arguments -- the loss and the gradients are bit for bit
+those of the public ops -- without the checks.
+
+The retrieval kernels:
 
 The public ops (:func:`molphenix.ops.topk_retrieve`, :func:`molphenix.ops.retrieval_ranks`)
 check every argument on every call: shapes, dtypes, devices, a finiteness pass over the
@@ -28,6 +37,7 @@ import torch
 from molphenix import _ext
 from molphenix.ops import _reference
 from molphenix.ops import retrieval as _retrieval
+from molphenix.ops.s2l_loss import _loss, _siglip, _trusted
 from molphenix.ops._common import (  # noqa: F401 - re-exported: the ops' own checks
     METRICS,
     array_kind,
@@ -63,7 +73,9 @@ __all__ = [
     "resolve_backend",
     "resolve_threads",
     "result_kind",
+    "s2l_loss",
     "scores_from_keys",
+    "siglip_loss",
     "to_torch",
     "topk",
     "topk_keys",
@@ -227,3 +239,56 @@ def ranks(queries: torch.Tensor, candidates: Optional[torch.Tensor], targets: to
     return _retrieval._ranks_validated(queries, candidates, targets, target_scores, metric, which,
                                        num_threads, h)
 
+
+
+def s2l_loss(p: torch.Tensor, q: torch.Tensor, scale: Any, bias: Any, u: Optional[torch.Tensor] = None, *,
+             c: float, threshold: Optional[float], gamma: float, delta: float, diagonal: str = "soft",
+             u_cols: Optional[torch.Tensor] = None, diag_offset: int = 0, normalizer: Optional[float] = None,
+             backend: str = "auto", num_threads: Optional[int] = None, deterministic: bool = True) -> torch.Tensor:
+    """:func:`molphenix.ops.s2l_loss` on validated torch inputs, without its checks.
+
+    The caller guarantees what the public op would check: ``p``, ``q`` 2-D floating tensors of
+    one dtype, width and device with at least one row and finite values; ``u`` (``u_cols``)
+    finite, floating, on that device, with ``p``'s (``q``'s) rows; ``scale > 0`` and ``bias``
+    finite (floats or 0-dim tensors, the differentiable parameters); ``c > 0``, ``threshold`` in
+    [-1, 1] or None, ``diagonal`` "soft" or "hard", ``normalizer > 0`` or None. Nothing here
+    reads a tensor's value on the host (the compiled op itself reads ``scale`` and ``bias``).
+
+    Args:
+        p, q, scale, bias, u, c, threshold, gamma, delta, diagonal, u_cols, diag_offset,
+        normalizer, backend, num_threads, deterministic: as :func:`molphenix.ops.s2l_loss`.
+
+    Returns:
+        The scalar loss, a 0-dim tensor of ``p``'s dtype (differentiable as the public op's).
+
+    Shapes:
+        p: [B1, D], q: [B2, D], u: [B1, E], u_cols: [B2, E] -> []
+
+    Raises:
+        ValueError: an unknown backend (as the public op); inputs that break the guarantees
+            are not detected (NaN in, NaN out).
+    """
+    a = _trusted("s2l_loss", p, q, scale, bias, u, u_cols, c, threshold, gamma, delta, diagonal,
+                 diag_offset, normalizer, backend, num_threads)
+    return _loss(a, diagonal, deterministic)
+
+
+def siglip_loss(p: torch.Tensor, q: torch.Tensor, scale: Any, bias: Any, *, diag_offset: int = 0,
+                normalizer: Optional[float] = None, backend: str = "auto", num_threads: Optional[int] = None,
+                deterministic: bool = True) -> torch.Tensor:
+    """:func:`molphenix.ops.siglip_loss` on validated torch inputs, without its checks (the
+    guarantees of :func:`s2l_loss` here, for ``p``, ``q``, ``scale`` and ``bias``).
+
+    Args:
+        p, q, scale, bias, diag_offset, normalizer, backend, num_threads, deterministic: as
+        :func:`molphenix.ops.siglip_loss`.
+
+    Returns:
+        The scalar loss, a 0-dim tensor of ``p``'s dtype.
+
+    Shapes:
+        p: [B1, D], q: [B2, D] -> []
+    """
+    a = _trusted("siglip_loss", p, q, scale, bias, None, None, 0.3, None, 1.0, 1.0, "soft",
+                 diag_offset, normalizer, backend, num_threads)
+    return _siglip(a, deterministic)

@@ -206,6 +206,50 @@ def _prepare(op, p, q, scale, bias, u, u_cols, c, threshold, gamma, delta, diago
     return a
 
 
+def _trusted(op, p, q, scale, bias, u, u_cols, c, threshold, gamma, delta, diagonal, diag_offset,
+             normalizer, backend, num_threads) -> _Args:
+    """:func:`_prepare` without the checks (for :mod:`molphenix.ops.prepared`): the same
+    conversions, so the kernel sees the same arguments, but no pass over the values and no read
+    of a tensor's value on the host."""
+    a = _Args()
+    a.kind = "torch"
+    a.p, a.q = p, q
+    a.u = None if u is None else u.detach()
+    a.u_cols = a.u if u_cols is None else u_cols.detach()
+    if a.u is None:
+        a.u_cols = None
+    a.c = float(c)
+    a.threshold = None if threshold is None else float(threshold)
+    a.gamma, a.delta = float(gamma), float(delta)
+    a.hard = diagonal == "hard"
+    a.diag_offset = int(diag_offset)
+    a.normalizer = float(p.shape[0]) if normalizer is None else float(normalizer)
+    a.scale = scale if isinstance(scale, torch.Tensor) else torch.tensor(float(scale), dtype=torch.float64,
+                                                                          device=p.device)
+    a.bias = bias if isinstance(bias, torch.Tensor) else torch.tensor(float(bias), dtype=torch.float64,
+                                                                       device=p.device)
+    a.threads = C.resolve_threads(num_threads)
+    a.backend = C.resolve_backend(op, backend, p.device, p.dtype)
+    return a
+
+
+def _loss(a: _Args, diagonal: str, deterministic: bool) -> torch.Tensor:
+    """The loss of prepared arguments on their backend (a torch 0-dim tensor)."""
+    if a.backend == "reference":
+        return _reference.s2l_loss(a.p, a.q, a.scale, a.bias, a.u, c=a.c, threshold=a.threshold,
+                                   gamma=a.gamma, delta=a.delta, diagonal=diagonal,
+                                   u_cols=a.u_cols, diag_offset=a.diag_offset,
+                                   normalizer=a.normalizer)
+    return _run_kernel(a, deterministic)
+
+
+def _siglip(a: _Args, deterministic: bool) -> torch.Tensor:
+    if a.backend == "reference":
+        return _reference.siglip_loss(a.p, a.q, a.scale, a.bias, diag_offset=a.diag_offset,
+                                      normalizer=a.normalizer)
+    return _run_kernel(a, deterministic)
+
+
 def _run_kernel(a: _Args, deterministic: bool) -> torch.Tensor:
     ut, uct = a.u, a.u_cols
     if ut is not None:  # the similarity space is float32 (float64 for float64 embeddings)
@@ -293,14 +337,7 @@ def s2l_loss(
     """
     a = _prepare("s2l_loss", p, q, scale, bias, u, u_cols, c, threshold, gamma, delta, diagonal,
                  diag_offset, normalizer, backend, num_threads)
-    if a.backend == "reference":
-        loss = _reference.s2l_loss(a.p, a.q, a.scale, a.bias, a.u, c=a.c, threshold=a.threshold,
-                                   gamma=a.gamma, delta=a.delta, diagonal=diagonal,
-                                   u_cols=a.u_cols, diag_offset=a.diag_offset,
-                                   normalizer=a.normalizer)
-    else:
-        loss = _run_kernel(a, deterministic)
-    return C.from_torch(loss, a.kind)
+    return C.from_torch(_loss(a, diagonal, deterministic), a.kind)
 
 
 def siglip_loss(
@@ -324,9 +361,4 @@ def siglip_loss(
     """
     a = _prepare("siglip_loss", p, q, scale, bias, None, None, 0.3, None, 1.0, 1.0, "soft",
                  diag_offset, normalizer, backend, num_threads)
-    if a.backend == "reference":
-        loss = _reference.siglip_loss(a.p, a.q, a.scale, a.bias, diag_offset=a.diag_offset,
-                                      normalizer=a.normalizer)
-    else:
-        loss = _run_kernel(a, deterministic)
-    return C.from_torch(loss, a.kind)
+    return C.from_torch(_siglip(a, deterministic), a.kind)

@@ -328,6 +328,8 @@ class _Trainer:
         # loss already gives it the full global-batch gradient on every rank
         self.heads = ranks.wrap(_heads_module(model), self.device)
         self.loss_call = loss_fn
+        # the step checks p, q and u itself (on the device): the loss need not (no host sync)
+        self.loss_checked = bool(loss_fn.takes_checked) and not ranks.active
         if ranks.active:
             try:
                 from molphenix.distributed.losses import DistributedLoss

@@ -79,7 +79,7 @@ class StepLoop:
 
     Args:
         tr: The trainer: ``cfg``, ``state``, ``run_dir``, ``ranks``, ``model``, ``heads``,
-            ``loss_fn``, ``loss_call``, ``opt``, ``params``, ``param_names``, ``device``,
+            ``loss_fn``, ``loss_call``, ``loss_checked``, ``opt``, ``params``, ``param_names``, ``device``,
             ``mols``, ``sample_mol_row``, ``input_scale``, ``similarity_scale``, ``validator``
             and ``batches(epoch, batch)``.
         logf: The open ``train_log.csv`` (rank 0) or None.
@@ -172,7 +172,9 @@ class StepLoop:
         # distributed: the loss is the global batch's on every rank, so a non-finite input on
         # any rank shows on all of them (and every rank raises at the same step)
         try:
-            out = tr.loss_call(p, q, u)
+            # ok_p / ok_q / ok_u are this step's own finiteness checks (read with the step's other
+            # values): a loss that can skip the op's checks, which sync the host, does so
+            out = tr.loss_call(p, q, u, checked=True) if tr.loss_checked else tr.loss_call(p, q, u)
         except ValueError:
             # the ops reject non-finite inputs: name the step (an earlier one if it caused this)
             self.resolve()
