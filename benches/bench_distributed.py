@@ -187,12 +187,9 @@ def _time_single(B, D, E, threads, warmup):
 def _train_supported() -> str:
     """'' when molphenix.train can run a data-parallel step, else the reason it cannot."""
     try:
-        from molphenix.train import loop
-        from molphenix.train._dist import Ranks  # noqa: F401
+        from molphenix.train import data_parallel_heads  # noqa: F401
     except Exception as e:  # pragma: no cover
         return f"molphenix.train has no data-parallel step to drive: {e}"
-    if not hasattr(loop, "_heads_module") or "DistributedLoss" not in Path(loop.__file__).read_text():
-        return "molphenix.train has no distributed training (no DistributedLoss in train/loop.py)"
     return ""
 
 
@@ -205,8 +202,7 @@ def _train_step_fn(B: int, E: int = 384, F: int = 2048):
     from molphenix.distributed import DistributedLoss, get_rank, get_world_size
     from molphenix.losses import create_loss
     from molphenix.nn import create_model
-    from molphenix.train._dist import Ranks
-    from molphenix.train.loop import _heads_module
+    from molphenix.train import data_parallel_heads
 
     rank, world = get_rank(), get_world_size()
     g = torch.Generator().manual_seed(0)
@@ -218,7 +214,7 @@ def _train_step_fn(B: int, E: int = 384, F: int = 2048):
     torch.manual_seed(0)
     model = create_model("molphenix-small", phenomic_dim=E, molecular_dim=F)
     loss_fn = create_loss("s2l")
-    heads = Ranks().wrap(_heads_module(model), torch.device("cpu"))
+    heads = data_parallel_heads(model, torch.device("cpu"))
     call = DistributedLoss(loss_fn) if world > 1 else loss_fn
     opt = torch.optim.AdamW(list(model.parameters()) + list(loss_fn.parameters()), lr=1e-4)
 

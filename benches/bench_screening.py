@@ -21,11 +21,16 @@ Steps (each a row of ``results.csv`` with the load average when it ran; everythi
   retrieve    ``molphenix retrieve`` of 10,000 simulated wells against the library, streamed to
               Parquet: wall time and peak memory
 
-    python scripts/make_screening_library.py --n 2000000 --out /tmp/screen/lib-2m.smi
-    head -n 1000000 /tmp/screen/lib-2m.smi > /tmp/screen/lib-1m.smi
-    nohup python benches/bench_screening.py --library /tmp/screen/lib-1m.smi \\
-        --library-2m /tmp/screen/lib-2m.smi --work /tmp/screen/work \\
-        --results-dir benches/results/<run> > /tmp/screen/bench.out 2>&1 &
+The whole screen, library generation included, is one command (commit first: the rows are
+appended to ``benches/results/<machine>.csv``, the raw log goes to ``benches/results/<machine>/``)::
+
+    nohup python benches/bench_screening.py --threads 2 --work /tmp/screen > /tmp/screen.out 2>&1 &
+
+Without ``--library`` it writes the test library with ``scripts/make_screening_library.py``:
+``--n-2m`` (default 2,000,000) molecules into ``WORK/lib-2m.smi`` (kept, and reused by a later run
+when its record matches), whose first ``--n`` (default 1,000,000) lines are ``WORK/lib-1m.smi``
+(the first N lines of a larger library are the N-molecule library). ``--n-2m 0`` skips the 2M
+step. A smoke run: ``--n 20000 --n-2m 0 --chunk-rows 2000 --queries 1000 --no-save``.
 """
 
 from __future__ import annotations
@@ -56,13 +61,23 @@ def load() -> str:
 
 
 def _tree(pid: int) -> List[int]:
-    import psutil
-
-    try:
-        p = psutil.Process(pid)
-        return [pid] + [c.pid for c in p.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
+    """``pid`` and all its descendants (from /proc: every process's parent)."""
+    children: Dict[int, List[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])  # after "pid (comm) state"
+        children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
 
 
 def _rss_pss(pids: List[int]) -> tuple:
@@ -93,7 +108,7 @@ class Monitor:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            pids = _tree(self.pid)
+            pids = _tree(self.pid) if Path(f"/proc/{self.pid}").exists() else []
             rss, pss = _rss_pss(pids)
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
             self.peak_procs = max(self.peak_procs, len(pids))
@@ -140,26 +155,69 @@ def shards_bytes(path: Path):
     return h.hexdigest(), hi
 
 
-def main() -> int:
+def make_library(work: Path, n: int, n2: int) -> tuple:
+    """(the n-molecule file, the n2-molecule file or None): the test library, written once
+    (``scripts/make_screening_library.py``) into ``work`` and reused while its record matches."""
+    import json
+
+    big = max(n, n2)
+    path = work / f"lib-{big}.smi"
+    rec = Path(str(path) + ".json")
+    if not (path.is_file() and rec.is_file() and json.loads(rec.read_text()).get("n") == big):
+        print(f"# writing the test library: {big:,} molecules -> {path} [load {load()}]", flush=True)
+        t0 = time.perf_counter()
+        subprocess.run([PY, str(HERE.parent / "scripts" / "make_screening_library.py"), "--n", str(big),
+                        "--out", str(path)], env=ENV, check=True)
+        print(f"# test library written in {time.perf_counter() - t0:.0f} s [load {load()}]", flush=True)
+    else:
+        print(f"# test library {path} (exists; its record: n = {big:,})")
+    if n == big:
+        return path, None
+    head = work / f"lib-{n}.smi"
+    with open(path) as src, open(head, "w") as dst:
+        for i, line in enumerate(src):
+            if i == n:
+                break
+            dst.write(line)
+    return head, path
+
+
+def main(argv=None) -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--library", type=Path, required=True, help="the molecules file (1M)")
-    p.add_argument("--library-2m", type=Path, default=None, help="a 2M file for the flat-memory check")
+    p.add_argument("--library", type=Path, default=None,
+                   help="the molecules file to screen (default: the test library, see --n)")
+    p.add_argument("--library-2m", type=Path, default=None, help="a second, larger file for the flat-memory check")
+    p.add_argument("--n", type=int, default=1_000_000, help="molecules of the test library (without --library)")
+    p.add_argument("--n-2m", type=int, default=2_000_000,
+                   help="molecules of the larger test library (without --library; 0: no flat-memory step)")
     p.add_argument("--work", type=Path, required=True, help="scratch directory (libraries, the run)")
     p.add_argument("--queries", type=int, default=10_000)
     p.add_argument("--k", type=int, default=100)
+    p.add_argument("--chunk-rows", type=int, default=10_000, help="embed-library --chunk-rows")
     p.add_argument("--skip", default="", help="comma-separated steps to skip: embed, resume, embed-2m, "
                    "open and search (together: the rest too), hnsw, float16, retrieve")
     p.add_argument("--workers", type=int, default=None, help="embed-library --workers (default: its own)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.n < 1 or args.n_2m < 0 or args.chunk_rows < 1 or args.queries < 1 or args.k < 1:
+        p.error("--n, --chunk-rows, --queries, --k: expected positive integers; --n-2m: >= 0")
     skip = set(filter(None, args.skip.split(",")))
-    run = open_run(args, title="end-to-end screen of a library", matmul=True)
+    with open_run(args, title="end-to-end screen of a library", matmul=True) as run:
+        return _screen(run, args, skip)
+
+
+def _screen(run, args, skip) -> int:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
+    if args.library is None:
+        args.library, lib2m = make_library(work, args.n, args.n_2m if args.n_2m > args.n else args.n)
+        if args.library_2m is None:
+            args.library_2m = lib2m
     nmol = sum(1 for _ in open(args.library))
     print(f"# library {args.library}: {nmol:,} molecules")
-    meta = Path(str(args.library) + ".json")
-    if meta.is_file():
-        print(f"# library record: {meta.read_text().strip()}")
+    for f in (args.library, args.library_2m):
+        meta = Path(str(f) + ".json") if f is not None else None
+        if meta is not None and meta.is_file():
+            print(f"# library record ({f.name}): {meta.read_text().strip()}")
 
     # -- the run --------------------------------------------------------------------------------
     runp = work / "run"
@@ -172,7 +230,10 @@ def main() -> int:
         fit(TrainConfig(data=str(work / "data"), out=str(runp), steps=20, batch_size=256,
                         progress=False, eval_every=20), log=lambda m: None)
         print(f"# trained {runp} in {time.perf_counter() - t0:.0f} s")
-    base = [PY, "-m", "molphenix", "embed-library", "--run", str(runp), "--concentrations", "10"]
+    base = [PY, "-m", "molphenix", "embed-library", "--run", str(runp), "--concentrations", "10",
+            "--chunk-rows", str(args.chunk_rows)]
+    if args.threads is not None:
+        base += ["--threads", str(args.threads)]
     if args.workers is not None:
         base += ["--workers", str(args.workers)]
 
@@ -206,7 +267,7 @@ def main() -> int:
     if "resume" not in skip:
         killed = work / "lib-1m-killed"
         shutil.rmtree(killed, ignore_errors=True)
-        nchunks = (nmol + 9999) // 10000
+        nchunks = (nmol + args.chunk_rows - 1) // args.chunk_rows
         chunks = killed / ".embed" / "chunks"
 
         def half():
@@ -239,7 +300,6 @@ def main() -> int:
     from molphenix.retrieval import Index
 
     if {"open", "search"} <= skip:
-        run.close()
         return 0
 
     # -- open -----------------------------------------------------------------------------------
@@ -293,7 +353,10 @@ def main() -> int:
     times = time_interleaved([Provider("ours", ours_fn), Provider("faiss", flat_fn)], warmup=0,
                              repeats=2)
     med = {n: float(np.median(v)) for n, v in times.items()}
-    ids_o = np.asarray(exact["ours"][1])
+    # Index.search returns the library's ids, faiss row positions: compare positions
+    pos = {v: i for i, v in enumerate(ix.ids.tolist())}
+    ids_o = np.vectorize(pos.__getitem__, otypes=[np.int64])(np.asarray(exact["ours"][1], dtype=object))
+    del pos
     ids_f = exact["faiss"][1]
     agree = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids_o, ids_f)]))
     print(f"search {args.queries:,} queries x k = {k}: ours {med['ours']:.2f} s, faiss IndexFlatIP "
@@ -303,7 +366,8 @@ def main() -> int:
         run.add(Row(op="library_search", provider=name if name == "ours" else "faiss-IndexFlatIP",
                     case={"N": nmol, "D": 256, "Q": args.queries, "k": k}, dtype="float32", device="cpu",
                     threads=run.threads, times=times[name], work=args.queries, unit="queries/s",
-                    notes=f"exact; load {la} -> {load()}; ours {med['faiss'] / med['ours']:.2f}x faiss"))
+                    notes=f"exact; load {la} -> {load()}; ours {med['faiss'] / med['ours']:.2f}x faiss; "
+                          f"lists agree {agree:.5f} (mean fraction of common ids per query)"))
 
     # -- HNSW -----------------------------------------------------------------------------------
     if "hnsw" not in skip:
@@ -377,7 +441,6 @@ def main() -> int:
                         unit="wells/s", peak_mem_bytes=res["rss"], mem_counted="peak RSS of the command",
                         status="ok" if res["rc"] == 0 else f"rc {res['rc']}", notes=f"load {la} -> {load()}"))
             out.unlink(missing_ok=True)
-    run.close()
     return 0
 
 

@@ -27,7 +27,7 @@ from .config import (
 from ._dist import RankFailure
 from .evaluate import EVAL_SPLITS, evaluate_run
 from .inputs import dataset_fingerprint
-from .loop import LOG_COLUMNS, fit
+from .loop import LOG_COLUMNS, data_parallel_heads, fit
 from .trained import TrainedModel, load_run
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "TUNED_DEFAULTS",
     "TrainConfig",
     "TrainedModel",
+    "data_parallel_heads",
     "dataset_fingerprint",
     "evaluate_run",
     "fit",

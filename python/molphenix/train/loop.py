@@ -181,6 +181,26 @@ def _heads_module(model: Any) -> Any:
     return _Heads(model)
 
 
+def data_parallel_heads(model: Any, device: Any) -> Any:
+    """Both encoders of ``model`` as one module, as the trainer runs them: in
+    DistributedDataParallel with the trainer's summing gradient hook under a process group of
+    several ranks, the module itself in one process (for benchmarks of the training step).
+
+    Args:
+        model: A :class:`molphenix.nn.MolPhenixModel` (``encode_wells``, ``encode_molecules``).
+        device: The device the heads run on.
+
+    Returns:
+        A module whose ``forward(x, mol, conc)`` returns ``(p, q)``.
+
+    Shapes:
+        forward(x [B, E], mol [B, ...], conc [B]) -> (p [B, D], q [B, D])
+    """
+    from ._dist import Ranks
+
+    return Ranks().wrap(_heads_module(model), device)
+
+
 class _Trainer:
     def __init__(self, cfg: TrainConfig, say: Callable[[str], None], user_log: bool = False,
                  ranks: Any = None, stack: Optional[ExitStack] = None):
