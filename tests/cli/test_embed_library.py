@@ -215,6 +215,90 @@ def test_bad_input_is_one_line_and_exit_2(env, tmp_path, capsys):
     assert _err(capsys).startswith("error: --storage:")
 
 
+def test_bad_input_in_every_format_is_one_line_and_exit_2(env, tmp_path, capsys):
+    """The same four refusals (empty, no SMILES column, every SMILES invalid, an --out that
+    cannot be written) for the SMILES, gzipped CSV and Parquet inputs, and nothing is left that
+    could pass for a library."""
+    root, _ = env
+    pq.write_table(pa.table({"smiles": pa.array([], pa.string())}), tmp_path / "empty.parquet")
+    pq.write_table(pa.table({"name": ["a"], "value": [1]}), tmp_path / "nosmiles.parquet")
+    pq.write_table(pa.table({"smiles": ["C1CC", "XYZ", "c1cc"]}), tmp_path / "invalid.parquet")
+    (tmp_path / "comments.smi").write_text("# only a comment\n\n")
+    (tmp_path / "invalid.smi").write_text("C1CC a\nXYZ b\n")
+    with gzip.open(tmp_path / "empty.csv.gz", "wb"):
+        pass
+    with gzip.open(tmp_path / "nosmiles.csv.gz", "wt") as fh:
+        fh.write("name,value\na,1\n")
+    want = {"empty.parquet": "no molecules (0 rows)", "nosmiles.parquet": "no 'smiles' column",
+            "invalid.parquet": "no valid molecules: all 3 rows were rejected",
+            "comments.smi": "no molecules", "invalid.smi": "no valid molecules: all 2 rows were rejected",
+            "empty.csv.gz": "empty file", "nosmiles.csv.gz": "no 'smiles' column"}
+    for i, (name, expected) in enumerate(want.items()):
+        out = tmp_path / f"out{i}"
+        assert _run(root, out, mols=tmp_path / name) == 2, name
+        line = _err(capsys)
+        assert line.startswith("error: --molecules:") and expected in line, (name, line)
+        assert not (out / "manifest.json").exists()
+        with pytest.raises((ValueError, OSError)):
+            Index.load(out)
+    # --out that cannot be written: below a file, and a file path ending in .parquet below a file
+    (tmp_path / "plain").write_text("x")
+    for out in (tmp_path / "plain" / "lib", tmp_path / "plain" / "lib.parquet"):
+        assert _run(root, out) == 2
+        assert _err(capsys).startswith("error: --out:")
+    assert (tmp_path / "plain").read_text() == "x"
+
+
+def test_a_damaged_chunk_is_never_taken_for_a_finished_one(env, tmp_path, monkeypatch, capsys):
+    """Every way a chunk can be half-written -- a record cut short, an embeddings file or id table
+    cut short or of the right size with other bytes, a leftover temporary file -- makes that chunk
+    count as not done: the rerun embeds it again and the library equals an uninterrupted one."""
+    from molphenix.retrieval import library as L
+
+    root, _ = env
+    full = tmp_path / "full"
+    assert _run(root, full, "--workers", "0") == 0
+    part = tmp_path / "part"
+    real = L._finish_chunk
+    calls = []
+
+    def dying(*a, **k):
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        calls.append(a[1])
+        return real(*a, **k)
+
+    monkeypatch.setattr(L, "_finish_chunk", dying)
+    assert _run(root, part, "--workers", "0") == 130
+    monkeypatch.setattr(L, "_finish_chunk", real)
+    recs = {c: L._load_record(part, c) for c in range(6)}
+    assert all(recs.values())
+    # chunk 0: the record cut short (a crash while writing it)
+    rp = L._record_path(part, 0)
+    rp.write_bytes(rp.read_bytes()[: len(rp.read_bytes()) // 2])
+    # chunk 1: same-size embeddings, other bytes (only the checksum can tell)
+    emb = part / recs[1]["shard"]["embeddings"]
+    blob = bytearray(emb.read_bytes())
+    blob[-1] ^= 0xFF
+    emb.write_bytes(bytes(blob))
+    # chunk 2: the id table cut short
+    ids = next(part / v for k, v in recs[2]["shard"].items() if k != "embeddings" and isinstance(v, str)
+               and v.endswith(".parquet"))
+    ids.write_bytes(ids.read_bytes()[:40])
+    # chunk 3: the embeddings file gone, a temporary file of it left beside
+    emb3 = part / recs[3]["shard"]["embeddings"]
+    emb3.rename(emb3.with_name(f".{emb3.name}.tmp"))
+    for c in range(4):
+        assert L._load_record(part, c) is None, c
+    assert L._load_record(part, 4) and L._load_record(part, 5)
+    capsys.readouterr()
+    assert _run(root, part, "--workers", "0") == 0
+    io = capsys.readouterr()
+    assert "2 of 8 chunks already done" in io.err
+    assert _shards(part) == _shards(full)
+    assert not list(part.rglob(".*.tmp")) and not list(part.rglob("*.tmp"))
+
+
 @pytest.mark.slow
 def test_sigkill_then_the_same_command_finishes_bitwise_equal(env, tmp_path):
     """A real SIGKILL of the whole process group (the command and its workers) mid-run."""
