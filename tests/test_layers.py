@@ -43,12 +43,6 @@ LEVELS: Dict[str, int] = {
 }
 ENTRY_POINTS = {"molphenix", "__main__"}
 
-#: Cross-subpackage private imports still waiting to be removed (each must still occur: delete
-#: it here when it goes). Empty: retrieval/ and distributed/ use molphenix.ops.prepared and
-#: molphenix.retrieval.storage.
-PENDING_PRIVATE: set = set()
-
-
 def _modules() -> Dict[str, Path]:
     out = {}
     for p in sorted(PKG.rglob("*.py")):
@@ -186,13 +180,9 @@ def _private_imports() -> Set[Tuple[str, str, str]]:
 
 
 def test_no_private_name_crosses_subpackages():
-    found = _private_imports()
-    pairs = {(a, b) for a, b, _ in found}
-    new = sorted(f"{where} imports molphenix.{b}" for a, b, where in found if (a, b) not in PENDING_PRIVATE)
-    assert not new, ("imports of another subpackage's _private module or name (make it public, or "
-                     "move a shared helper to a root-level private module):\n" + "\n".join(new))
-    gone = sorted(PENDING_PRIVATE - pairs)
-    assert not gone, f"these pending private imports are gone: delete them from PENDING_PRIVATE: {gone}"
+    found = sorted(f"{where} imports molphenix.{b}" for _, b, where in _private_imports())
+    assert not found, ("imports of another subpackage's _private module or name (make it public, or "
+                       "move a shared helper to a root-level private module):\n" + "\n".join(found))
 
 
 def test_training_modules_stay_readable():
