@@ -1,7 +1,7 @@
 """An end-to-end screen of a million-molecule library on this machine, in one run.
 
-Steps (each a row of ``results.csv`` with the load average when it ran; everything printed goes to
-``run.log``):
+Steps (each a row of the machine's table with the load average when it ran; everything printed
+goes to the raw log):
 
   train       a small run to embed with (molphenix-small: Morgan 2048 counts -> D = 256; trained
               briefly on simulated data: only its shape matters for speed)
@@ -27,9 +27,10 @@ appended to ``benches/results/<machine>.csv``, the raw log goes to ``benches/res
     nohup python benches/bench_screening.py --threads 2 --work /tmp/screen > /tmp/screen.out 2>&1 &
 
 Without ``--library`` it writes the test library with ``scripts/make_screening_library.py``:
-``--n-2m`` (default 2,000,000) molecules into ``WORK/lib-2m.smi`` (kept, and reused by a later run
-when its record matches), whose first ``--n`` (default 1,000,000) lines are ``WORK/lib-1m.smi``
-(the first N lines of a larger library are the N-molecule library). ``--n-2m 0`` skips the 2M
+``--n-2m`` (default 2,000,000) molecules into ``WORK/lib-2000000.smi`` (kept, and reused by a later
+run while its record matches; the record, with the file's sha256, is printed into the raw log),
+whose first ``--n`` (default 1,000,000) lines are ``WORK/lib-1000000.smi`` (the first N lines of a
+larger library are the N-molecule library). ``--n-2m 0`` skips the 2M
 step. A smoke run: ``--n 20000 --n-2m 0 --chunk-rows 2000 --queries 1000 --no-save``.
 """
 

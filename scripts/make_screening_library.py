@@ -8,7 +8,10 @@ N-molecule library); its sha256 is printed and written beside it (``<out>.json``
 three, so a rerun can be checked against a recorded one.
 
     python scripts/make_screening_library.py --n 1000000 --out /tmp/screen-1m.smi
-    python scripts/make_screening_library.py --n 1000000 --out /tmp/screen-1m.smi --check benches/results/screening/library-1m.json
+    python scripts/make_screening_library.py --n 1000000 --out /tmp/screen-1m.smi --check RECORD.json
+
+(``RECORD.json``: the ``.json`` an earlier run wrote; ``benches/bench_screening.py`` prints the
+record of the library it screens into its raw log.)
 """
 
 from __future__ import annotations
