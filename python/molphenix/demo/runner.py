@@ -76,7 +76,8 @@ class DemoProfile:
 
 
 #: ``default`` and ``quick`` are sized for the demo's time limits (10 and 2 minutes) on 2 CPU
-#: cores; ``tiny`` is for tests. Timings: benches/bench_demo.py, log in benches/results/demo-cpu-x86_64-2c.log. The
+#: cores; ``tiny`` is for tests. Timings: benches/bench_demo.py, log in
+#: benches/results/cpu-intel-xeon-2c/2026-11-28-bench_demo.log. The
 #: default's 131,072 samples (512 steps of 256) are about half the tuning budget (256,000; the
 #: validation recall of the tuning runs peaked at 300-600 steps), at about half the time limit.
 PROFILES: Dict[str, DemoProfile] = {

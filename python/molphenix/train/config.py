@@ -38,7 +38,7 @@ DEFAULT_SAMPLES = 256_000
 DEFAULT_LR = 1e-3
 
 #: Per-loss defaults frozen after the validation-split tuning (docs/design/training.md,
-#: scripts/tune_defaults.py, benches/results/tuning-2026-11-28/ and
+#: experiments/tune_defaults.py, experiments/results/tuning-2026-11-28/ and
 #: tuning-round{2,3,4}-2026-11-28/). A field left ``None`` in a :class:`TrainConfig` takes the
 #: value here for its loss, else the global default; a ``loss_kwargs`` or ``model_overrides``
 #: entry here is used unless the config sets the same key (``model_overrides`` only with
