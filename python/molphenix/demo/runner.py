@@ -38,7 +38,10 @@ Layout of ``--out DIR``::
     DIR/report.md               tables and figures
 
 Resumable: a method whose ``metrics.json`` exists is skipped; an unfinished run resumes from its
-last checkpoint (``fit``'s resume).
+last checkpoint (``fit``'s resume); ``overwrite`` starts over.
+
+The same command on a bundled real screen (``molphenix demo --data cell-injury``) is
+:mod:`molphenix.demo.real`.
 """
 
 from __future__ import annotations
@@ -119,8 +122,16 @@ class _Progress:
         return time.perf_counter() - self.t0
 
 
-def _check_state(out: Path, settings: Dict[str, Any]) -> None:
+def _check_state(out: Path, settings: Dict[str, Any], overwrite: bool = False) -> None:
     path = out / "demo.json"
+    if overwrite and out.is_dir() and any(out.iterdir()):
+        if not path.is_file():
+            raise ValueError(f"out: {out} is not empty and holds no demo (demo.json); --overwrite deletes only a "
+                             "demo's directory")
+        import shutil
+
+        for p in out.iterdir():
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     if path.is_file():
         old = json.loads(path.read_text())
         if old != settings:
@@ -223,7 +234,7 @@ def _fmt(v: Any) -> str:
 
 def run_demo(out: str | Path = "molphenix-demo", *, quick: bool = False, seed: int = 0,
              profile: Optional[str] = None, methods: Optional[List[str]] = None,
-             log: Callable[[str], None] = print) -> Path:
+             overwrite: bool = False, log: Callable[[str], None] = print) -> Path:
     """Run the demo end to end (resumable) and return the path of ``report.md``.
 
     Args:
@@ -233,6 +244,7 @@ def run_demo(out: str | Path = "molphenix-demo", *, quick: bool = False, seed: i
         profile: A :data:`PROFILES` name overriding ``quick`` (``"tiny"``: seconds, for tests).
         methods: Restrict to these methods (default: all of :data:`METHODS`; ``molphenix`` is
             always included: its split is the one the ridge anchor uses).
+        overwrite: Delete the demo in ``out`` and start over.
         log: Receives one progress line per stage.
 
     Returns:
@@ -254,7 +266,7 @@ def run_demo(out: str | Path = "molphenix-demo", *, quick: bool = False, seed: i
     out = Path(out)
     say = _Progress(log)
     settings = {"profile": asdict(prof), "seed": int(seed)}
-    _check_state(out, settings)
+    _check_state(out, settings, overwrite)
     say(f"demo ({name} profile, seed {seed}) -> {out}")
     ds = _simulate(out, prof, seed, say)
     results: Dict[str, Dict[str, Any]] = {}

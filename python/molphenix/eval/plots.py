@@ -18,6 +18,8 @@ from molphenix._similarity import ARCTAN_C, SOFT_LABEL_THRESHOLD
 
 __all__ = [
     "plot_embedding_projection",
+    "plot_metric_intervals",
+    "plot_rank_cdfs",
     "plot_per_concentration",
     "plot_recall_vs_samples",
     "plot_similarity_cdfs",
@@ -401,4 +403,115 @@ def plot_embedding_projection(
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# pooled metrics with intervals; rank distributions
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_metric_intervals(
+    values: Mapping[str, Tuple[float, Optional[float], Optional[float]]],
+    path: PathLike,
+    *,
+    chance: Optional[float] = None,
+    xlabel: str = "MRR",
+    title: Optional[str] = None,
+) -> Path:
+    """One metric per method as a point with its 95% interval, against the chance level.
+
+    Args:
+        values: method -> ``(value, low, high)`` (``None`` bounds: no bar), drawn top to bottom
+            in the mapping's order.
+        path: PNG to write.
+        chance: draw the chance level as a dashed vertical line.
+        xlabel: what the metric is.
+        title: optional title.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: no methods, or a value that is not finite.
+    """
+    if not values:
+        raise ValueError("values: expected at least one method")
+    names = list(values)
+    fig, (ax,) = _figure(size=(6.0, 0.45 * len(names) + 1.6))
+    for i, name in enumerate(names):
+        v, lo, hi = values[name]
+        if v is None or not math.isfinite(float(v)):
+            raise ValueError(f"values: {name!r} has no finite value ({v!r})")
+        y = len(names) - 1 - i
+        if lo is not None and hi is not None:
+            ax.errorbar([float(v)], [y], xerr=[[float(v) - float(lo)], [float(hi) - float(v)]], fmt="o",
+                        color="C0", capsize=3, ms=5)
+        else:
+            ax.plot([float(v)], [y], "o", color="C0", ms=5)
+    if chance is not None:
+        ax.axvline(float(chance), color="grey", ls="--", lw=1, label=f"chance ({float(chance):.3f})")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(list(reversed(names)), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3, axis="x")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_rank_cdfs(
+    ranks_by_method: Mapping[str, Tuple[Any, Any]],
+    path: PathLike,
+    *,
+    title: Optional[str] = None,
+) -> Path:
+    """Cumulative distribution of the true candidate's rank, one step line per method, with the
+    exact chance curve of a random ranking.
+
+    Args:
+        ranks_by_method: method -> ``(ranks, n_candidates)``: 0-based integer ranks [Q] (as
+            :func:`molphenix.ops.retrieval_ranks` gives them) and each query's number of
+            candidates [Q] (or one int for all).
+        path: PNG to write.
+        title: optional title.
+
+    Returns:
+        The path written. The y value at rank r is the share of queries whose true candidate
+        ranks r or better (1-based); chance is the mean over queries of min(r, N) / N.
+
+    Raises:
+        ValueError: no methods, an empty or mismatched rank array, or a rank outside [0, N).
+    """
+    if not ranks_by_method:
+        raise ValueError("ranks_by_method: expected at least one method")
+    fig, (ax,) = _figure()
+    n_ref = None
+    for method, (ranks, n_cand) in ranks_by_method.items():
+        r = _np(ranks, "ranks").astype(np.int64).ravel()
+        n = _np(n_cand, "n_candidates").astype(np.int64).ravel()
+        if n.size == 1:
+            n = np.full(r.shape, int(n[0]), dtype=np.int64)
+        if r.size == 0 or r.shape != n.shape:
+            raise ValueError(f"ranks_by_method: {method!r} needs one rank and one candidate count per query, "
+                             f"got {r.size} ranks and {n.size} counts")
+        if (r < 0).any() or (r >= n).any():
+            raise ValueError(f"ranks_by_method: {method!r} has a rank outside [0, n_candidates)")
+        xs = np.arange(1, int(n.max()) + 1)
+        ys = (r[None, :] < xs[:, None]).mean(axis=1)
+        ax.step(xs, ys, where="post", label=str(method), lw=1.2)
+        n_ref = n
+    xs = np.arange(1, int(n_ref.max()) + 1)
+    chance = (np.minimum(xs[:, None], n_ref[None, :]) / n_ref[None, :]).mean(axis=1)
+    ax.plot(xs, chance, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xlabel("rank of the true candidate (1 = first)")
+    ax.set_ylabel("share of queries ranked this well or better")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(1, int(n_ref.max()))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    if title:
+        ax.set_title(title, fontsize=10)
     return _save(fig, path)

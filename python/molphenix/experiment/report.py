@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, List, Mapping, Optional
 
-__all__ = ["cv_markdown", "cv_summary"]
+__all__ = ["comparison_table", "cv_markdown", "cv_summary", "fold_table", "notes", "pooled_table"]
 
 
 def _f(v: Optional[float], nd: int = 3) -> str:
@@ -33,7 +33,10 @@ def _k_label(key: str, g: Mapping[str, Any]) -> str:
     return f"top-{pct}% ({k}{same})"
 
 
-def _pooled_table(results: Mapping[str, Any], subset: str) -> List[str]:
+def pooled_table(results: Mapping[str, Any], subset: str) -> List[str]:
+    """Markdown lines of the pooled metrics of every method for ``subset`` (``"all"`` or
+    ``"active"``): MRR, top-1 as hits / queries, each top-K% with its k and its hits, mean rank,
+    all with 95% intervals, and the chance row (expected hits and rates)."""
     methods = results["methods"]
     first = next(iter(methods.values()))["pooled"][subset]
     if not first["n_queries"]:
@@ -58,7 +61,9 @@ def _pooled_table(results: Mapping[str, Any], subset: str) -> List[str]:
     return lines
 
 
-def _comparison_table(results: Mapping[str, Any], subset: str) -> List[str]:
+def comparison_table(results: Mapping[str, Any], subset: str) -> List[str]:
+    """Markdown lines of the paired comparisons against the reference for ``subset`` (A - B of
+    every metric and A / B of the first, with 95% intervals); empty when there are none."""
     rows = [c for c in results["comparisons"] if c["subset"] == subset]
     if not rows:
         return []
@@ -77,7 +82,9 @@ def _comparison_table(results: Mapping[str, Any], subset: str) -> List[str]:
     return lines
 
 
-def _fold_table(results: Mapping[str, Any]) -> List[str]:
+def fold_table(results: Mapping[str, Any]) -> List[str]:
+    """Markdown lines of the per-fold unseen-molecule MRR of every method, with each fold's
+    fit + evaluation wall time and the folds' sizes."""
     folds = results["folds"]
     head = ["method"] + [f"fold {k}" for k in range(folds)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -94,7 +101,9 @@ def _fold_table(results: Mapping[str, Any]) -> List[str]:
     return lines
 
 
-def _notes(results: Mapping[str, Any]) -> List[str]:
+def notes(results: Mapping[str, Any]) -> List[str]:
+    """Bullet lines that explain the tables: when top-K% is top-1, what the intervals and the
+    paired comparisons resample."""
     first = next(iter(results["methods"].values()))["pooled"]["all"]
     out = []
     for key in first.get("same_as_rank1") or []:
@@ -124,27 +133,27 @@ def cv_markdown(results: Mapping[str, Any]) -> str:
         "",
         "## Pooled, all queries",
         "",
-        *_pooled_table(results, "all"),
+        *pooled_table(results, "all"),
         "",
         "## Pooled, active queries",
         "",
-        *_pooled_table(results, "active"),
+        *pooled_table(results, "active"),
         "",
     ]
     for subset in ("all", "active"):
-        t = _comparison_table(results, subset)
+        t = comparison_table(results, subset)
         if t:
             lines += [f"## Paired comparisons against {results['reference']}, {subset} queries", "", *t, ""]
-    lines += ["## Per fold: unseen-molecule MRR (fit + evaluation wall time)", "", *_fold_table(results), "",
-              "## Notes", "", *_notes(results), ""]
+    lines += ["## Per fold: unseen-molecule MRR (fit + evaluation wall time)", "", *fold_table(results), "",
+              "## Notes", "", *notes(results), ""]
     return "\n".join(lines)
 
 
 def cv_summary(results: Mapping[str, Any]) -> str:
     """The terminal summary: the pooled table (all queries), the comparisons and the notes."""
-    lines = ["pooled over folds, all queries:", *_pooled_table(results, "all")]
-    t = _comparison_table(results, "all")
+    lines = ["pooled over folds, all queries:", *pooled_table(results, "all")]
+    t = comparison_table(results, "all")
     if t:
         lines += ["", f"paired against {results['reference']} (all queries):", *t]
-    lines += ["", *_notes(results)]
+    lines += ["", *notes(results)]
     return "\n".join(lines)
