@@ -137,7 +137,7 @@ def _check_state(out: Path, settings: Dict[str, Any], overwrite: bool = False) -
         if old != settings:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise ValueError(f"out: {out} holds a demo run with other settings ({', '.join(diff)}); "
-                             "use another --out or delete it")
+                             "use another --out, or --overwrite to start over")
     else:
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")

@@ -450,15 +450,16 @@ def plot_metric_intervals(
         else:
             ax.plot([float(v)], [y], "o", color="C0", ms=5)
     if chance is not None:
-        ax.axvline(float(chance), color="grey", ls="--", lw=1, label=f"chance ({float(chance):.3f})")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.axvline(float(chance), color="grey", ls="--", lw=1)
+        ax.text(float(chance), 1.0, f" chance {float(chance):.3f}", transform=ax.get_xaxis_transform(),
+                ha="left", va="bottom", fontsize=7, color="grey")
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels(list(reversed(names)), fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3, axis="x")
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=10, pad=14)
     return _save(fig, path)
 
 
