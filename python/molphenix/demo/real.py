@@ -90,9 +90,10 @@ REAL_METHODS: Dict[str, Dict[str, Any]] = {
     "ridge": {"loss": "ridge"},
 }
 #: The MiniMol variants, run when the ``molphenix[minimol]`` extra is importable.
+#: (``featurizer_kwargs={}``: MiniMol's own defaults, whatever Morgan settings are shared.)
 MINIMOL_METHODS: Dict[str, Dict[str, Any]] = {
-    "molphenix-minimol": {"loss": "s2l", "mol_input": "minimol"},
-    "ridge-minimol": {"loss": "ridge", "mol_input": "minimol"},
+    "molphenix-minimol": {"loss": "s2l", "mol_input": "minimol", "featurizer_kwargs": {}},
+    "ridge-minimol": {"loss": "ridge", "mol_input": "minimol", "featurizer_kwargs": {}},
 }
 REFERENCE = "molphenix"
 
