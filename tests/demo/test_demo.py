@@ -56,3 +56,12 @@ def test_demo_flag_errors(tmp_path, capsys):
     f.write_text("")
     assert main(["demo", "--out", str(f)]) == 2
     assert capsys.readouterr().err.startswith("error: --out:")
+
+
+def test_demo_overwrite_refuses_a_directory_that_holds_no_demo(tmp_path, capsys):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "mine.txt").write_text("keep")
+    assert main(["demo", "--tiny", "--overwrite", "--out", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out:") and "holds no demo" in err and (d / "mine.txt").is_file()

@@ -93,3 +93,24 @@ def test_embedding_projection(tmp_path):
     _check_png(plots.plot_embedding_projection(u[:, :1], act, tmp_path / "pca1.png"))
     with pytest.raises(ValueError, match="active"):
         plots.plot_embedding_projection(u, act[:5], tmp_path / "x.png")
+
+
+def test_metric_intervals(tmp_path):
+    vals = {"a": (0.3, 0.2, 0.4), "b": (0.1, None, None)}
+    p = plots.plot_metric_intervals(vals, tmp_path / "m.png", chance=0.15, title="t")
+    assert p.stat().st_size > 0 and p.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="values"):
+        plots.plot_metric_intervals({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="'a' has no finite value"):
+        plots.plot_metric_intervals({"a": (float("nan"), None, None)}, tmp_path / "x.png")
+
+
+def test_rank_cdfs(tmp_path):
+    r = np.array([0, 1, 5, 21, 3])
+    n = np.array([22, 22, 23, 22, 23])
+    p = plots.plot_rank_cdfs({"a": (r, n), "b": (r[::-1].copy(), n)}, tmp_path / "r.png")
+    assert p.stat().st_size > 0
+    with pytest.raises(ValueError, match="outside"):
+        plots.plot_rank_cdfs({"a": (np.array([22]), np.array([22]))}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="one rank and one candidate count"):
+        plots.plot_rank_cdfs({"a": (r, n[:2])}, tmp_path / "x.png")

@@ -20,10 +20,11 @@ def demo_command(
                                        "k-fold cross-validation instead of the simulator."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (rerun with the same --out to resume; "
                                        "default molphenix-demo, or molphenix-demo-<data>)."),
-    quick: bool = typer.Option(False, "--quick", help="A smaller run: simulator about 2 minutes on 2 CPU cores (default "
-                               "run: about 10); --data: 3 folds and a smaller budget, at most 3 minutes (default: 5 "
-                               "folds, at most 15)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the simulation and every training run.", callback=non_negative_int),
+    quick: bool = typer.Option(False, "--quick", help="A smaller run: simulator about 2 minutes on 2 CPU cores "
+                               "(default run: about 10); --data: 3 folds and a smaller budget, at most 3 minutes "
+                               "(default: 5 folds, at most 15)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the simulation and every training run.",
+                             callback=non_negative_int),
     threads: Optional[int] = threads_option("CPU threads for torch (default: torch's setting); must be >= 1"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the demo in --out and start over."),
     tiny: bool = typer.Option(False, "--tiny", hidden=True, help="seconds-long smoke sizes (tests)"),

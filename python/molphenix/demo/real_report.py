@@ -115,7 +115,8 @@ def write_real_report(out: Path, results: Mapping[str, Any], plots: Mapping[str,
               f"defaults and {budget}.",
               ""]
     lines += ["## Methods", "",
-              "| method | what | TrainConfig fields | steps x batch per fold (samples seen) | wall time, all folds (fit + evaluation) |",
+              "| method | what | TrainConfig fields | steps x batch per fold (samples seen) "
+              "| wall time, all folds (fit + evaluation) |",
               "|---|---|---|---|---|"]
     for name in results["methods"]:
         w = walls[name]
