@@ -31,8 +31,9 @@ simplest reading of the pretrained embedding; without the extra they are skipped
 says so in one line, with the install command.
 
 Protocol (:data:`REAL_PROFILES`): ``folds`` scaffold-grouped folds (5; ``quick`` 3), split seed 0,
-``match="molecule"`` (each (molecule, concentration) query ranks the fold's molecules: about 22
-candidates, so top-1% is top-1 and the report says so), the best-validation checkpoint of each
+``match="molecule"`` (each (molecule, concentration) query ranks the fold's molecules: 19-20
+candidates with 5 folds of the primary dataset's 99 molecules, so top-1% is top-1 and the report
+says so), the best-validation checkpoint of each
 fold, cluster-bootstrap intervals over molecules, paired comparisons against ``molphenix``.
 
 Layout of ``--out DIR``::
