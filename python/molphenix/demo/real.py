@@ -241,6 +241,14 @@ def _prepare_data(out: Path, name: str, say) -> Path:
     return data
 
 
+def _bundled_sha256(name: str) -> str:
+    """Content hash of the bundled dataset (a changed copy in a newer package is other settings)."""
+    from molphenix import datasets
+    from molphenix.train import dataset_fingerprint
+
+    return dataset_fingerprint(datasets.load(name))["sha256"]
+
+
 def _finished(cv: Path, names: List[str], folds: int) -> int:
     return sum((cv / n / f"fold-{k}" / "cv_fold.json").is_file() for n in names for k in range(folds))
 
@@ -295,7 +303,8 @@ def run_real_demo(out: str | Path = "molphenix-demo-cell-injury", *, data: str =
             [f"--data {shlex.quote(data)}", f"--out {shlex.quote(str(out))}"] + (["--quick"] if name == "quick" else [])
             + ([f"--seed {seed}"] if seed else []))
     say = _Progress(log)
-    settings = {"kind": "real", "data": data, "profile": asdict(prof), "seed": int(seed)}
+    settings = {"kind": "real", "data": data, "dataset_sha256": _bundled_sha256(data), "profile": asdict(prof),
+                "seed": int(seed)}
     _open(out, settings, overwrite)
     cv = out / "cv"
     say(f"demo (real data: {data}; {name} profile: {prof.folds} folds, match {prof.match}, seed {seed}) -> {out}")
