@@ -202,7 +202,7 @@ def test_old_logs_get_the_world_size_column(tmp_path):
     from molphenix.train import LOG_COLUMNS
     from molphenix.train.rundir import truncate_log
 
-    old = ",".join(LOG_COLUMNS[:-1])
+    old = ",".join(LOG_COLUMNS[:LOG_COLUMNS.index("world_size")])
     path = tmp_path / "train_log.csv"
     path.write_text(f"{old}\n1,0,0,16,9.3,0.003,10,-10,0,35,120,0.1,\n2,0,1,32,8.7,0.002,10,-10,0,21,240,0.2,\n3,0")
     truncate_log(path, 1)
@@ -210,6 +210,7 @@ def test_old_logs_get_the_world_size_column(tmp_path):
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == LOG_COLUMNS and len(rows) == 1
     assert rows[0]["step"] == "1" and rows[0]["world_size"] == "" and rows[0]["val_recall"] == ""
+    assert rows[0]["val_mrr"] == ""
 
 
 def test_transport_errors_are_told_from_computation_errors():

@@ -144,6 +144,27 @@ def test_rerun_skips_finished_folds_and_resumes_the_rest(cv_dir, data, tmp_path,
     assert list(res["methods"]) == ["s2l", "ridge", "clip"]
 
 
+def test_the_other_checkpoint_is_evaluated_without_training_again(cv_dir, data, tmp_path, capsys):
+    out = tmp_path / "cv"
+    shutil.copytree(cv_dir, out)
+    for p in out.rglob("config.json"):  # the copied runs live elsewhere now
+        cfg = json.loads(p.read_text())
+        cfg["out"] = str(p.parent)
+        p.write_text(json.dumps(cfg))
+    ck = {p: p.stat().st_mtime_ns for p in out.rglob("last.pt")}
+    capsys.readouterr()
+    assert main(_argv(data, out, "--checkpoint", "last")) == 0
+    log = capsys.readouterr().out
+    assert "done earlier" not in log and log.count("already finished") == 2 * FOLDS  # re-evaluated only
+    for p, t in ck.items():
+        assert p.stat().st_mtime_ns == t, p
+    last, best = (json.loads((out / f"results-{c}.json").read_text()) for c in ("last", "best"))
+    assert last["checkpoint"] == "last" and best["checkpoint"] == "best"
+    assert json.loads((out / "results.json").read_text())["checkpoint"] == "last"
+    assert (out / "report-last.md").is_file() and (out / "report-best.md").is_file()
+    assert json.loads((out / "cv.json").read_text())["checkpoint"] == "last"
+
+
 def test_settings_that_differ_are_refused(cv_dir, data, capsys):
     rc = main(_argv(data, cv_dir, "--split-seed", "3"))
     err = capsys.readouterr().err

@@ -70,11 +70,11 @@ def fit_ridge_run(cfg: TrainConfig, log: Optional[Callable[[str], None]] = None)
         ValueError: a field a ridge run cannot take (named); ``out`` holds another run; an
             empty training split; a batch without controls.
     """
-    from molphenix.data import call_activity, load_dataset
+    from molphenix.data import load_dataset
     from molphenix.data.io import save_calls
     from molphenix.train import dataset_fingerprint
     from molphenix.train.loop import RunFinished
-    from molphenix.train.rundir import SETUP_FILES, open_run, run_lock, versions, write_json
+    from molphenix.train.rundir import SETUP_FILES, cached_calls, open_run, run_lock, versions, write_json
 
     from .ridge import DEFAULT_ALPHAS, RidgeConfig, fit_ridge
 
@@ -103,7 +103,7 @@ def fit_ridge_run(cfg: TrainConfig, log: Optional[Callable[[str], None]] = None)
         calls = ds.calls
         if calls is None:
             say("computing activity calls (the dataset has no calls.parquet)")
-            calls = call_activity(ds, cutoff=cfg.p_cutoff, seed=cfg.split_seed)
+            calls = cached_calls(ds, fp["sha256"], cfg.p_cutoff, cfg.split_seed)
             save_calls(calls, run / "calls.parquet")
         splits = cfg.make_splits(ds)
         splits.save(run / "split.parquet")

@@ -34,8 +34,9 @@ def cv_command(
                                      "and ridge (the closed-form baseline)."),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON or YAML file of TrainConfig fields shared by "
                                           "every learned method (flags override it)."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Samples seen by every learned method in every fold "
-                                          "(default 256000).", callback=positive_int),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Samples seen by every learned method in every fold, "
+                                          "in full (default: min(256000, 200 epochs of the fold's training split), "
+                                          "stopping early on a small training set).", callback=positive_int),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps instead of --samples.", callback=positive_int),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step (default: each loss's).",
                                              callback=positive_int),
@@ -100,8 +101,10 @@ def cv_command(
                  device=device, threads=threads, progress=progress)
     if steps is not None:
         train.pop("samples", None)
+        train.pop("epochs", None)
     if samples is not None:
         train.pop("steps", None)
+        train.pop("epochs", None)
     train.update({k: v for k, v in flags.items() if v is not None})
     if threads is not None:
         torch.set_num_threads(threads)

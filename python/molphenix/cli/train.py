@@ -24,11 +24,13 @@ _TRAIN_FLAGS = {
     "device": "--device", "threads": "--threads", "checkpoint_every": "--checkpoint-every",
     "steps": "--steps", "samples": "--samples", "batch_size": "--batch-size", "lr": "--lr",
     "overwrite": "--overwrite", "dist_timeout": "--dist-timeout", "mol_input": "--mol-input",
-    "split_seed": "--split-seed", "folds": "--folds", "fold": "--fold",
+    "split_seed": "--split-seed", "folds": "--folds", "fold": "--fold", "epochs": "--epochs",
+    "early_stopping": "--early-stopping", "patience": "--patience",
 }
 #: Flags that set training-only fields (no meaning for the closed-form ridge baseline).
 _NOT_FOR_RIDGE = {"steps": "--steps", "samples": "--samples", "batch_size": "--batch-size", "lr": "--lr",
-                  "model": "--model", "dist_timeout": "--dist-timeout"}
+                  "model": "--model", "dist_timeout": "--dist-timeout", "epochs": "--epochs",
+                  "early_stopping": "--early-stopping", "patience": "--patience"}
 _EVAL_FLAGS = {"data": "--data", "run": "--run", "match": "--match", "checkpoint": "--checkpoint",
                "splits": "--split", "out": "--out"}
 
@@ -63,8 +65,18 @@ def train_command(
                                        callback=non_negative_int),
     device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda."),
     threads: Optional[int] = threads_option("CPU threads for torch (default: torch's setting); must be >= 1"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (instead of --samples).", callback=positive_int),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Samples seen in total (default 256000).", callback=positive_int),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (instead of --samples), taken in full "
+                                        "unless --early-stopping.", callback=positive_int),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Samples seen in total, taken in full unless "
+                                          "--early-stopping (default: min(256000, 200 epochs of the training split); "
+                                          "a small training set then stops early).", callback=positive_int),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Budget in epochs over the training split (instead "
+                                         "of --steps / --samples).", callback=positive_int),
+    early_stopping: Optional[bool] = typer.Option(
+        None, "--early-stopping/--no-early-stopping", help="Stop after --patience validations without improvement "
+        "of the validation MRR (default: only for the default budget on a small training set)."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Validations without improvement before an "
+                                           "early stop (default 20).", callback=positive_int),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step (default 256).", callback=positive_int),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: the loss's tuned default, TUNED_DEFAULTS; 1e-3)."),
     checkpoint_every: Optional[float] = typer.Option(None, "--checkpoint-every", help="Seconds between checkpoints (default 60; 0: every step)."),
@@ -87,7 +99,8 @@ def train_command(
         data=str(data) if data is not None else None, out=str(out) if out is not None else None,
         loss=loss, model=model, mol_input=mol_input, seed=seed, device=device, threads=threads, steps=steps, samples=samples,
         batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every, progress=progress,
-        dist_timeout=dist_timeout, split_seed=split_seed, folds=folds, fold=fold).items()
+        dist_timeout=dist_timeout, split_seed=split_seed, folds=folds, fold=fold, epochs=epochs,
+        early_stopping=early_stopping, patience=patience).items()
         if v is not None}
     if overwrite:
         given["overwrite"] = True
@@ -109,10 +122,10 @@ def train_command(
         if config is not None:
             if not config.is_file():
                 usage_error("--config", f"{config}: file not found")
-            if steps is not None:
-                given.setdefault("samples", None)
-            elif samples is not None:
-                given.setdefault("steps", None)
+            for flag in ("steps", "samples", "epochs"):  # a budget flag replaces the file's budget
+                if given.get(flag) is not None:
+                    for other in {"steps", "samples", "epochs"} - {flag}:
+                        given.setdefault(other, None)
             cfg = TrainConfig.from_file(config, **given)
         else:
             cfg = TrainConfig(**given)

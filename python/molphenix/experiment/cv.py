@@ -31,9 +31,13 @@ Layout of ``out``::
                              active, target, rank, n_candidates
     results.json             pooled metrics per method, per-fold metrics, paired comparisons
     report.md                the same as tables
+    results-<checkpoint>.json, report-<checkpoint>.md
+                             the same, kept per checkpoint evaluated (best, last)
 
 Resumable: rerunning the same command skips finished folds and resumes an interrupted run from
-its last checkpoint; more methods may be added on a rerun; other settings are refused (named).
+its last checkpoint; more methods may be added on a rerun; a rerun with the other
+``checkpoint`` re-evaluates the trained folds without training again; other settings are
+refused (named).
 """
 
 from __future__ import annotations
@@ -202,7 +206,10 @@ def _open_cv(out: Path, settings: Dict[str, Any], overwrite: bool) -> Dict[str, 
 
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(settings) if k != "methods" and old.get(k) != settings.get(k))
+        # the checkpoint evaluated changes no training: a rerun with the other one re-evaluates
+        # the finished folds (results.json / report.md then hold it; both are also kept per checkpoint)
+        diff = sorted(k for k in set(old) | set(settings)
+                      if k not in ("methods", "checkpoint") and old.get(k) != settings.get(k))
         if diff:
             desc = "; ".join(f"{k}: {settings.get(k)!r} now vs {old.get(k)!r} there" for k in diff)
             raise ValueError(f"out: {out} holds a cross-validation with other settings ({desc}); use another "
@@ -215,6 +222,7 @@ def _open_cv(out: Path, settings: Dict[str, Any], overwrite: bool) -> Dict[str, 
                                  f"({', '.join(f'{k}: {a.get(k)!r} now vs {b.get(k)!r} there' for k in keys)}); "
                                  "use another method name or --out, or --overwrite to start over")
         merged = dict(old)
+        merged["checkpoint"] = settings["checkpoint"]
         merged["methods"] = {**old["methods"], **settings["methods"]}
         settings = merged
     out.mkdir(parents=True, exist_ok=True)
@@ -320,10 +328,12 @@ def run_cv(data: Union[str, Path], out: Union[str, Path], methods: MethodSpec = 
     from molphenix.eval.io import atomic_write_bytes, write_metrics
 
     write_metrics(out / RESULTS_FILE, results)  # the metrics.json writer: atomic, NaN-free JSON
+    write_metrics(out / f"results-{checkpoint}.json", results)
     from .report import cv_markdown
 
     report = out / REPORT_FILE
     atomic_write_bytes(report, cv_markdown(results).encode())
+    atomic_write_bytes(out / f"report-{checkpoint}.md", cv_markdown(results).encode())
     say(f"pooled results: {out / RESULTS_FILE}, report: {report}")
     return CVResult(out=out, results=results, report=report)
 

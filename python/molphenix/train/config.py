@@ -16,6 +16,8 @@ __all__ = [
     "DEFAULT_SOFT_POSITIVE_FRACTION",
     "DEFAULT_INACTIVE_RATE",
     "DEFAULT_SAMPLES",
+    "DEFAULT_EPOCHS",
+    "DEFAULT_PATIENCE",
     "DEFAULT_LR",
     "TUNED_DEFAULTS",
     "RUNTIME_KEYS",
@@ -33,6 +35,16 @@ DEFAULT_INACTIVE_RATE = 0.1
 
 #: Samples seen by a default run (steps = ceil(samples / batch_size)).
 DEFAULT_SAMPLES = 256_000
+
+#: Epochs over the training split (after inactive undersampling) that cap the default budget: a
+#: run without ``steps``, ``samples`` or ``epochs`` sees min(DEFAULT_SAMPLES, DEFAULT_EPOCHS x
+#: epoch size) samples; when the cap binds (a small training set) it also validates every epoch
+#: and stops early (molphenix.train.recipe). Chosen on the inner validation folds of the bundled
+#: real screen (docs/design/training.md, experiments/results/recipe-2026-12-08/).
+DEFAULT_EPOCHS = 200
+
+#: Validations without improvement of the validation criterion before a run stops early.
+DEFAULT_PATIENCE = 20
 
 #: Peak learning rate when neither the config nor :data:`TUNED_DEFAULTS` sets one.
 DEFAULT_LR = 1e-3
@@ -113,12 +125,28 @@ class TrainConfig:
         threads: CPU threads for torch (``None``: torch's current setting; must be >= 1).
         batch_size: Samples per step (>= 2; ``None``: the loss's :data:`TUNED_DEFAULTS` entry,
             else :data:`DEFAULT_BATCH_SIZE`).
-        steps: Optimiser steps; exclusive with ``samples``.
+        steps: Optimiser steps; exclusive with ``samples`` and ``epochs``.
         samples: Total samples seen (steps = ceil(samples / batch_size)); exclusive with
-            ``steps``; both None: :data:`DEFAULT_SAMPLES`. Every method sees this budget: when
+            ``steps`` and ``epochs``. With none of the three, the default budget is
+            min(:data:`DEFAULT_SAMPLES`, :data:`DEFAULT_EPOCHS` x the training epoch size)
+            (:mod:`molphenix.train.recipe`). Every method sees this budget: when
             the batch must shrink to fit an epoch of the training split (after inactive
             undersampling), the step count grows to ceil(samples / the smaller batch), and
             ``run.json`` records the batch and the steps taken.
+        epochs: Budget in epochs over the training split (expected samples of an epoch after
+            inactive undersampling): ceil(epochs x epoch size) samples; exclusive with ``steps``
+            and ``samples``.
+        early_stopping: Stop after ``patience`` validations without improvement of
+            ``val_metric`` (the last checkpoint is where the run stopped). ``None`` (default):
+            on only for the default budget when its epoch cap binds (a small training set);
+            an explicit ``steps``, ``samples`` or ``epochs`` budget runs in full unless this
+            is True.
+        patience: Validations without improvement before an early stop (``None``:
+            :data:`DEFAULT_PATIENCE`).
+        val_metric: Criterion of ``best.pt`` and early stopping: ``"mrr"`` (validation MRR
+            over all validation queries) or ``"recall"`` (top-``eval_fraction`` recall of the
+            active validation queries); ``None``: ``"mrr"`` with early stopping, else
+            ``"recall"``.
         lr: Peak learning rate (AdamW; ``None``: the loss's :data:`TUNED_DEFAULTS` entry).
         weight_decay: AdamW weight decay of the heads' weight matrices (biases, norms and the
             loss's temperature/bias are not decayed; ``None``: the loss's :data:`TUNED_DEFAULTS`
@@ -136,8 +164,8 @@ class TrainConfig:
             ``sim_space="input"``, cwcl): the fraction of random pairs of training inputs
             inside the soft-label window; sigma is fitted once to reach it
             (:func:`molphenix.losses.fit_similarity_scale`) and stored in the run.
-        eval_every: Validate every this many steps (``None``: about 10 times per run; 0: only
-            at the end).
+        eval_every: Validate every this many steps (``None``: every epoch with early stopping,
+            else about 10 times per run; 0: only at the end).
         eval_fraction: Top-K% fraction of the validation recall that selects ``best.pt``.
         checkpoint_every: Seconds between checkpoints (0: after every step); one is always
             written at the end.
@@ -173,6 +201,10 @@ class TrainConfig:
     batch_size: Optional[int] = None
     steps: Optional[int] = None
     samples: Optional[int] = None
+    epochs: Optional[int] = None
+    early_stopping: Optional[bool] = None
+    patience: Optional[int] = None
+    val_metric: Optional[str] = None
     lr: Optional[float] = None
     weight_decay: Optional[float] = None
     warmup: float = 0.05
@@ -242,12 +274,21 @@ class TrainConfig:
             _int(self.threads, "threads", 1)
         if self.max_average is not None:
             _int(self.max_average, "max_average", self.min_average)
-        if self.steps is not None and self.samples is not None:
-            raise ValueError("steps: give either steps or samples, not both")
+        given = [f for f in ("steps", "samples", "epochs") if getattr(self, f) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{given[0]}: give one of steps, samples or epochs, not {' and '.join(given)}")
         if self.steps is not None:
             _int(self.steps, "steps", 1)
         if self.samples is not None:
             _int(self.samples, "samples", 1)
+        if self.epochs is not None:
+            _int(self.epochs, "epochs", 1)
+        if self.patience is not None:
+            _int(self.patience, "patience", 1)
+        if self.early_stopping is not None and not isinstance(self.early_stopping, bool):
+            raise ValueError(f"early_stopping: expected true, false or null, got {self.early_stopping!r}")
+        if self.val_metric is not None and self.val_metric not in ("mrr", "recall"):
+            raise ValueError(f"val_metric: expected 'mrr' or 'recall' (or None: automatic), got {self.val_metric!r}")
         if self.eval_every is not None:
             _int(self.eval_every, "eval_every", 0)
         _num(self.lr, "lr", lo=0.0, lo_open=True)
@@ -295,7 +336,9 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         """Optimiser steps of the run as configured: ``steps`` or ``ceil(samples / batch_size)``
-        (a run whose batch shrinks to fit the epoch takes more: ``run.json``'s ``total_steps``)."""
+        (a run whose batch shrinks to fit the epoch takes more, an ``epochs`` or default budget
+        on a small training set fewer: ``run.json``'s ``total_steps``; for ``epochs`` and the
+        default budget this is the :data:`DEFAULT_SAMPLES` bound)."""
         if self.steps is not None:
             return int(self.steps)
         samples = DEFAULT_SAMPLES if self.samples is None else int(self.samples)
@@ -374,6 +417,9 @@ class TrainConfig:
         if self.folds is None:  # one split: the identity (and its hash) of runs from before folds
             d.pop("folds", None)
             d.pop("fold", None)
+        for f in ("epochs", "early_stopping", "patience", "val_metric"):
+            if d.get(f) is None:  # unset: the identity (and its hash) of runs from before the recipe
+                d.pop(f, None)
         return d
 
     def identity_hash(self) -> str:

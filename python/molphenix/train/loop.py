@@ -14,7 +14,8 @@ Run directory layout (``RUN = config.out``)::
     train_log.csv      one row per step (see LOG_COLUMNS)
     checkpoints/last.pt  the latest state (written at least every checkpoint_every seconds
                        and at the end; ``finished`` marks a completed run)
-    checkpoints/best.pt  the model with the best validation recall so far
+    checkpoints/best.pt  the model with the best validation criterion so far (MRR or recall,
+                       molphenix.train.recipe)
     .lock              advisory lock held while a process trains the run
 
 Determinism: the sample order of epoch e comes from the stream (seed, e), the replicate
@@ -49,8 +50,9 @@ import numpy as np
 from .._warnings import external_stacklevel
 from ._dist import RankFailure
 from .checkpoint import restore_rng
-from .config import DEFAULT_SAMPLES, TrainConfig
+from .config import TrainConfig
 from .inputs import MolFeatures, MolTable
+from .recipe import Budget, resolve_budget
 from .rundir import LOG_COLUMNS, open_log, run_lock, setup_run, truncate_log, write_json
 from .scales import fit_scales
 from .steps import StepLoop, make_checkpoint
@@ -99,8 +101,12 @@ def fit(config: TrainConfig | Dict[str, Any] | str | os.PathLike, *,
     (:class:`~molphenix.data.ReplicateSampler`), embeds the control-centered phenomic input and
     the featurized molecule at its concentration, and takes an AdamW step on the contrastive
     loss (linear warm-up, cosine decay, gradient clipping). Every ``eval_every`` steps and at
-    the end it computes the top-``eval_fraction`` recall of the ``val`` split (active queries;
-    all queries when there are no actives) and keeps ``checkpoints/best.pt``.
+    the end it validates on the ``val`` split (the MRR over all queries and the
+    top-``eval_fraction`` recall of the active ones) and keeps ``checkpoints/best.pt`` by the
+    run's criterion. The budget, the validation cadence, the criterion and early stopping are
+    resolved by :func:`molphenix.train.recipe.resolve_budget` (size-aware by default: a small
+    training set gets an epoch-capped budget and early stopping) and recorded in ``run.json``
+    (``recipe``); an early-stopped run's ``last.pt`` is where it stopped.
 
     Running ``fit`` again with the same ``out`` resumes from ``checkpoints/last.pt``; a finished
     run returns at once (``log`` says so); ``overwrite=True`` starts over.
@@ -272,17 +278,20 @@ class _Trainer:
                 min_average=cfg.min_average, max_average=cfg.max_average, batch_size=cfg.batch_size,
                 normalize=None if cfg.normalize == "none" else cfg.normalize, drop_last=True, seed=cfg.seed)
         expected = sampler.expected_epoch_size()
+        bs = int(cfg.batch_size)
         if expected < cfg.batch_size:
             bs = max(2, int(expected))
             if sampler.num_samples < 2:
                 raise ValueError(f"data: the training split has {sampler.num_samples} sample(s); "
                                  "contrastive training needs at least 2")
-            if cfg.steps is None:
-                # equal budgets: a smaller batch takes more steps, so the run still sees the
-                # configured samples (whole batches: ceil(samples / batch) steps)
-                samples = DEFAULT_SAMPLES if cfg.samples is None else int(cfg.samples)
-                total = max(1, -(-samples // bs))
-                then = f"and {total} steps, so the run still sees its {samples} samples"
+        # the budget (molphenix.train.recipe): steps / samples / epochs as given, else the default
+        # min(DEFAULT_SAMPLES, DEFAULT_EPOCHS epochs); equal budgets: a smaller batch takes more
+        # steps, so the run still sees the configured samples (whole batches: ceil(samples / batch))
+        budget = resolve_budget(cfg, expected, bs)
+        total = budget.total_steps
+        if bs != cfg.batch_size:
+            if budget.samples is not None:
+                then = f"and {total} steps, so the run still sees its {budget.samples} samples"
             else:
                 then = f"for the {total} steps given ({total * bs} samples)"
             self.warn(f"batch_size {cfg.batch_size} exceeds the expected epoch size "
@@ -299,7 +308,7 @@ class _Trainer:
         err, meta, features = None, None, None
         try:
             if ranks.main:
-                meta, features = self._run_meta(ds, sampler, loss_fn, mol_ids, smiles, resuming, total)
+                meta, features = self._run_meta(ds, sampler, loss_fn, mol_ids, smiles, resuming, total, budget)
         except Exception as exc:  # noqa: BLE001 - re-raised on every rank by agree()
             err = exc
         ranks.agree(err, "the run's set-up")
@@ -318,6 +327,12 @@ class _Trainer:
         self.similarity_scale = meta["sigma"]  # run.json's name for it
         sampler.batch_size = int(meta["batch_size"])
         total = self.total = int(meta.get("total_steps", total))  # the steps the run takes (run.json)
+        # run.json's recipe; a run from before the recipe validated on the recall ~10 times and
+        # never stopped early
+        self.budget = Budget.from_dict(meta["recipe"]) if "recipe" in meta else Budget(
+            kind="legacy", epoch_size=float(expected), samples=None, total_steps=total, early_stopping=False,
+            patience=budget.patience, val_metric="recall",
+            eval_every=cfg.eval_every if cfg.eval_every is not None else max(1, total // 10))
         if ranks.active and sampler.batch_size < ranks.world:
             raise ValueError(f"batch_size: the global batch of {sampler.batch_size} samples cannot be split "
                              f"over {ranks.world} ranks (each rank needs at least one sample per step)")
@@ -327,7 +342,7 @@ class _Trainer:
         model, loss_fn, opt = self.model, self.loss_fn, self.opt
 
         state = {"step": 0, "epoch": 0, "batch": 0, "samples_seen": 0, "elapsed_s": 0.0,
-                 "best_metric": None, "best_step": None}
+                 "best_metric": None, "best_step": None, "stale": 0, "stopped_step": None}
         if resuming:
             model.load_state_dict(ckpt["model"])
             loss_fn.load_state_dict(ckpt["loss"])
@@ -387,7 +402,7 @@ class _Trainer:
         self.param_names.update({id(p): f"loss.{n}" for n, p in loss_fn.named_parameters()})
 
     def _run_meta(self, ds: Any, sampler: Any, loss_fn: Any, mol_ids: list, smiles: list,
-                  resuming: bool, total: int) -> Tuple[Dict[str, Any], MolFeatures]:
+                  resuming: bool, total: int, budget: Budget) -> Tuple[Dict[str, Any], MolFeatures]:
         """Rank 0: the run's ``run.json`` (read when resuming, else computed and written) and the
         fitted molecular featurizer."""
         cfg, run = self.cfg, self.run_dir
@@ -422,6 +437,7 @@ class _Trainer:
                 "doses": doses,
                 "batch_size": int(sampler.batch_size),
                 "total_steps": total,
+                "recipe": budget.to_dict(),
                 "loss": cfg.loss,
                 "n_train_samples": int(sampler.num_samples),
                 "n_train_active": int(sampler.active.sum()),
@@ -476,10 +492,15 @@ class _Trainer:
                 logf.close()
             if bar is not None:
                 bar.close()
+        metric = (f"top-{100 * cfg.eval_fraction:g}% recall" if self.budget.val_metric == "recall"
+                  else self.budget.val_metric.upper())
         best = "" if st["best_metric"] is None else (
-            f"; best val top-{100 * cfg.eval_fraction:g}% recall {st['best_metric']:.4f} at step {st['best_step']}")
+            f"; best val {metric} {st['best_metric']:.4f} at step {st['best_step']}")
         procs = f" on {ranks.world} processes" if ranks.active else ""
-        self.say(f"finished {run}: {total} steps, {st['samples_seen']} samples in {st['elapsed_s']:.1f} s{procs}{best}")
+        steps = f"{total} steps" if st["stopped_step"] is None else (
+            f"stopped early at step {st['stopped_step']} of {total} ({self.budget.patience} validations "
+            "without improvement)")
+        self.say(f"finished {run}: {steps}, {st['samples_seen']} samples in {st['elapsed_s']:.1f} s{procs}{best}")
         return run
 
 

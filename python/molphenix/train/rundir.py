@@ -22,13 +22,14 @@ from .config import TrainConfig
 from .inputs import dataset_fingerprint
 
 __all__ = ["LOG_COLUMNS", "LOCK", "SETUP_FILES", "run_lock", "open_run", "setup_run", "truncate_log",
-           "open_log", "write_json", "versions"]
+           "open_log", "write_json", "versions", "cached_calls"]
 
-#: Columns of ``RUN/train_log.csv``: one row per step. ``val_recall`` is filled on validation
-#: steps only; ``soft_pos_frac`` every few steps (:data:`molphenix.train.steps.STATS_EVERY`);
+#: Columns of ``RUN/train_log.csv``: one row per step. ``val_recall`` (top-``eval_fraction``
+#: recall of the active validation queries) and ``val_mrr`` (MRR of all validation queries) are
+#: filled on validation steps only; ``soft_pos_frac`` every few steps (:data:`molphenix.train.steps.STATS_EVERY`);
 #: ``world_size`` is the number of data-parallel processes that took the step (1 without torchrun).
 LOG_COLUMNS = ("step", "epoch", "batch", "samples_seen", "loss", "lr", "t", "b", "soft_pos_frac",
-               "grad_norm", "samples_per_s", "elapsed_s", "val_recall", "world_size")
+               "grad_norm", "samples_per_s", "elapsed_s", "val_recall", "world_size", "val_mrr")
 
 #: Files a fresh start (re)writes; a start killed before its first checkpoint redoes them.
 SETUP_FILES = ("config.json", "dataset.json", "versions.json", "run.json", "split.parquet",
@@ -222,13 +223,36 @@ def setup_run(run: Path, cfg: TrainConfig, ds: Any, total: int, say: Callable[[s
         write_json(run / "dataset.json", fp)
         write_json(run / "versions.json", versions())
     write_json(run / "config.json", cfg.to_dict())
-    out["calls"] = _calls(run, cfg, ds, resuming, say)
+    out["calls"] = _calls(run, cfg, ds, resuming, say, fp["sha256"])
     out["splits"] = _splits(run, cfg, ds, resuming)
     return out
 
 
-def _calls(run: Path, cfg: TrainConfig, ds: Any, resuming: bool, say: Callable[[str], None]):
+#: Activity calls computed in this process, by (dataset sha256, p_cutoff, split_seed): the calls
+#: are a deterministic function of these, and a cross-validation computes them for every run
+#: (seconds each on a real screen); a few datasets at most are kept.
+_CALLS_MEMO: Dict[tuple, Any] = {}
+_CALLS_MEMO_SIZE = 4
+
+
+def cached_calls(ds: Any, sha256: str, p_cutoff: float, seed: int) -> Any:
+    """:func:`molphenix.data.call_activity` of ``ds`` (``cutoff=p_cutoff, seed=seed``), computed
+    once per process for the dataset whose fingerprint is ``sha256``.
+
+    Returns:
+        The calls table (the same object for the same key: do not modify it).
+    """
     from molphenix.data import call_activity
+
+    key = (str(sha256), float(p_cutoff), int(seed))
+    if key not in _CALLS_MEMO:
+        while len(_CALLS_MEMO) >= _CALLS_MEMO_SIZE:
+            _CALLS_MEMO.pop(next(iter(_CALLS_MEMO)))
+        _CALLS_MEMO[key] = call_activity(ds, cutoff=p_cutoff, seed=seed)
+    return _CALLS_MEMO[key]
+
+
+def _calls(run: Path, cfg: TrainConfig, ds: Any, resuming: bool, say: Callable[[str], None], sha256: str):
     from molphenix.data.io import load_calls, save_calls
 
     if ds.calls is not None:
@@ -237,7 +261,7 @@ def _calls(run: Path, cfg: TrainConfig, ds: Any, resuming: bool, say: Callable[[
     if resuming and path.is_file():
         return load_calls(path)
     say("computing activity calls (the dataset has no calls.parquet)")
-    calls = call_activity(ds, cutoff=cfg.p_cutoff, seed=cfg.split_seed)
+    calls = cached_calls(ds, sha256, cfg.p_cutoff, cfg.split_seed)
     save_calls(calls, path)
     return calls
 

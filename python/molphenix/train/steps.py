@@ -62,6 +62,7 @@ class _Record:
     device_values: List[Any]
     values: Dict[str, Optional[float]] = field(default_factory=dict)
     val: Optional[float] = None
+    val_mrr: Optional[float] = None
 
 
 def resolve_every(device: Any) -> int:
@@ -103,7 +104,8 @@ class StepLoop:
         tr = self.tr
         cfg, st, ranks = tr.cfg, tr.state, tr.ranks
         warm = int(round(cfg.warmup * total))
-        eval_every = cfg.eval_every if cfg.eval_every is not None else max(1, total // 10)
+        budget = tr.budget  # molphenix.train.recipe: cadence, criterion, early stopping
+        eval_every = budget.eval_every
         last_ckpt = time.monotonic()
         t_start = time.perf_counter()
         elapsed0 = float(st["elapsed_s"])
@@ -130,27 +132,48 @@ class StepLoop:
             validate = final or (eval_every > 0 and st["step"] % eval_every == 0)
             now = time.monotonic()
             checkpoint = ranks.main and (final or now - last_ckpt >= cfg.checkpoint_every)
+            stop = False
             if validate or checkpoint or len(self.pending) >= self.resolve_every:
                 rows = self.resolve()
                 if validate:
-                    val = tr.validator(tr)
-                    tr.model.train()
-                    rows[-1].val = val
-                    if val is not None and (st["best_metric"] is None or val > st["best_metric"]):
-                        st["best_metric"], st["best_step"] = val, st["step"]
-                        if ranks.main:
-                            save_checkpoint(tr.checkpoint(finished=False), tr.run_dir / "checkpoints" / "best.pt")
+                    stop = self._validate(rows[-1], final)
                 self._write(rows)
+            if stop:  # early stopping: this step is the run's last
+                final, checkpoint = True, ranks.main
             if checkpoint:
                 if final and st["best_metric"] is None:
                     # no validation split: the final model is the best we know
                     save_checkpoint(tr.checkpoint(finished=True), tr.run_dir / "checkpoints" / "best.pt")
                 save_checkpoint(tr.checkpoint(finished=final), tr.run_dir / "checkpoints" / "last.pt")
                 last_ckpt = now
+            if stop:
+                break
         if ranks.active:
             # the others wait for rank 0's last checkpoint: when fit returns on any rank, the run
             # directory is complete
             ranks.barrier("the final checkpoint")
+
+    def _validate(self, row: _Record, final: bool) -> bool:
+        """Validate the current model, keep ``best.pt`` and count validations without improvement;
+        True when early stopping ends the run here."""
+        tr = self.tr
+        st, budget = tr.state, tr.budget
+        val = tr.validator(tr)
+        tr.model.train()
+        if val is None:
+            return False
+        row.val, row.val_mrr = val["recall"], val["mrr"]
+        crit = val[budget.val_metric]
+        if st["best_metric"] is None or crit > st["best_metric"]:
+            st["best_metric"], st["best_step"], st["stale"] = crit, st["step"], 0
+            if tr.ranks.main:
+                save_checkpoint(tr.checkpoint(finished=False), tr.run_dir / "checkpoints" / "best.pt")
+        else:
+            st["stale"] = int(st.get("stale") or 0) + 1
+        if budget.early_stopping and not final and st["stale"] >= budget.patience:
+            st["stopped_step"] = st["step"]
+            return True
+        return False
 
     def _step(self, sb: Any, lr: float, step: int, *, with_stats: bool) -> List[Any]:
         """One optimizer step on the batch ``sb``; returns its device values (see _VALUES)."""
@@ -270,7 +293,8 @@ class StepLoop:
             self.writer.writerow([r.step, r.epoch, r.batch, r.samples_seen, f"{v['loss']:.6g}", f"{r.lr:.6g}",
                                   _fmt(v["t"]), _fmt(v["b"]), _fmt(v["soft_pos_frac"]), f"{v['grad_norm']:.6g}",
                                   f"{v['samples_per_s']:.1f}", f"{r.elapsed_s:.3f}",
-                                  "" if r.val is None else f"{r.val:.6g}", tr.ranks.world])
+                                  "" if r.val is None else f"{r.val:.6g}", tr.ranks.world,
+                                  "" if r.val_mrr is None else f"{r.val_mrr:.6g}"])
         self.logf.flush()
         if self.bar is not None:
             self.bar.update(len(rows))
@@ -300,6 +324,8 @@ def make_checkpoint(tr: Any, *, finished: bool) -> Dict[str, Any]:
         "elapsed_s": float(st["elapsed_s"]),
         "best_metric": st["best_metric"],
         "best_step": st["best_step"],
+        "stale": int(st.get("stale") or 0),
+        "stopped_step": st.get("stopped_step"),
         "finished": bool(finished),
         "total_steps": int(tr.total),
         "model": tr.model.state_dict(),

@@ -1,15 +1,16 @@
-"""Validation during training: the top-``eval_fraction`` recall of the ``val`` split.
+"""Validation during training: the MRR (all queries) and the top-``eval_fraction`` recall of the
+``val`` split.
 
 Queries are the split's control-centered, replicate-averaged wells
 (:func:`molphenix.eval.queries.split_queries`, the recipe of ``evaluate_run``); candidates are
-the split's own (molecule, concentration) pairs; the recall is over the active queries (all
-queries when the split has no actives). In a data-parallel run rank 0 computes it and every rank
+the split's own (molecule, concentration) pairs; the MRR is over all queries, the recall over
+the active queries (all queries when the split has no actives). In a data-parallel run rank 0 computes it and every rank
 receives the same value, so every rank takes the same best-checkpoint decision.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -17,7 +18,7 @@ __all__ = ["Validator"]
 
 
 class Validator:
-    """The validation recall of one run.
+    """The validation metrics of one run.
 
     Args:
         dataset: The run's dataset.
@@ -37,9 +38,9 @@ class Validator:
             self.queries = split_queries(dataset, splits.indices("val"), calls, normalize=cfg.normalize,
                                          p_cutoff=cfg.p_cutoff)
 
-    def __call__(self, tr: Any) -> Optional[float]:
-        """The recall of the trainer ``tr``'s current model (None without a validation split);
-        the model is left in eval mode."""
+    def __call__(self, tr: Any) -> Optional[Dict[str, float]]:
+        """``{"mrr": ..., "recall": ...}`` of the trainer ``tr``'s current model (None without a
+        validation split); the model is left in eval mode."""
         if not self.ranks.active:
             return self._recall(tr)
         err, val = None, None
@@ -51,7 +52,7 @@ class Validator:
         self.ranks.agree(err, "validation")
         return self.ranks.broadcast(val, "validation")
 
-    def _recall(self, tr: Any) -> Optional[float]:
+    def _recall(self, tr: Any) -> Optional[Dict[str, float]]:
         if self.queries is None:
             return None
         import torch
@@ -71,4 +72,5 @@ class Validator:
                                 fractions=(self.cfg.eval_fraction,), n_bootstrap=0)
         key = fraction_key(self.cfg.eval_fraction)
         grp = m["active"] if m["active"]["n_queries"] else m["all"]
-        return float(grp[key])
+        mrr = m["all"].get("mrr")
+        return {"recall": float(grp[key]), "mrr": float(mrr) if mrr is not None else float("nan")}
