@@ -11,13 +11,14 @@ the training folds; the test folds are never evaluated here).
 Usage: python analyze.py SWEEP_DIR > candidates.md
 """
 import csv
+import json
 import math
 import sys
 from pathlib import Path
 
 root = Path(sys.argv[1])
 METHODS = ("s2l", "clip", "siglip", "cloome")
-EPOCHS = (50, 100, 200)
+EPOCHS = (50, 100, 250)
 PATIENCE = (5, 10, 20, 40, math.inf)
 
 
@@ -27,8 +28,9 @@ def curve(path):
     return [(int(r["step"]), float(r["val_mrr"]), float(r["val_recall"])) for r in rows]
 
 
-def simulate(cv, crit, patience):
-    """(stop index, best index) of early stopping on the curve."""
+def simulate(cv, crit, patience, complete):
+    """(stop index, best index) of early stopping on the curve; None when the curve (an
+    early-stopped sweep run, ``complete`` False) ends before this candidate would stop."""
     k = 1 if crit == "mrr" else 2
     best_i, stale = None, 0
     for i, row in enumerate(cv):
@@ -38,6 +40,8 @@ def simulate(cv, crit, patience):
             stale += 1
         if stale >= patience and i < len(cv) - 1:
             return i, best_i
+    if not complete:
+        return None
     return len(cv) - 1, best_i
 
 
@@ -59,7 +63,12 @@ for e in EPOCHS:
                     if not path.is_file():
                         break
                     cv = curve(path)
-                    s, b = simulate(cv, crit, p)
+                    rec = json.loads((path.parent / "run.json").read_text())["recipe"]
+                    complete = cv[-1][0] == rec["total_steps"]
+                    sb = simulate(cv, crit, p, complete)
+                    if sb is None:
+                        break
+                    s, b = sb
                     lasts.append(cv[s][1]); bests.append(cv[b][1]); steps.append(cv[s][0])
                 if len(lasts) < 5:
                     continue

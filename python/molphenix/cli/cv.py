@@ -35,7 +35,7 @@ def cv_command(
     config: Optional[Path] = typer.Option(None, "--config", help="JSON or YAML file of TrainConfig fields shared by "
                                           "every learned method (flags override it)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Samples seen by every learned method in every fold, "
-                                          "in full (default: min(256000, 200 epochs of the fold's training split), "
+                                          "in full (default: min(256000, 250 epochs of the fold's training split), "
                                           "stopping early on a small training set).", callback=positive_int),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps instead of --samples.", callback=positive_int),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per step (default: each loss's).",

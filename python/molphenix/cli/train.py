@@ -68,7 +68,7 @@ def train_command(
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (instead of --samples), taken in full "
                                         "unless --early-stopping.", callback=positive_int),
     samples: Optional[int] = typer.Option(None, "--samples", help="Samples seen in total, taken in full unless "
-                                          "--early-stopping (default: min(256000, 200 epochs of the training split); "
+                                          "--early-stopping (default: min(256000, 250 epochs of the training split); "
                                           "a small training set then stops early).", callback=positive_int),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Budget in epochs over the training split (instead "
                                          "of --steps / --samples).", callback=positive_int),

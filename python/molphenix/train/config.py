@@ -41,7 +41,7 @@ DEFAULT_SAMPLES = 256_000
 #: epoch size) samples; when the cap binds (a small training set) it also validates every epoch
 #: and stops early (molphenix.train.recipe). Chosen on the inner validation folds of the bundled
 #: real screen (docs/design/training.md, experiments/results/recipe-2026-12-08/).
-DEFAULT_EPOCHS = 200
+DEFAULT_EPOCHS = 250
 
 #: Validations without improvement of the validation criterion before a run stops early.
 DEFAULT_PATIENCE = 20
