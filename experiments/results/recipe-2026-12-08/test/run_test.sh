@@ -1,5 +1,6 @@
 #!/bin/bash
-# The one test evaluation of the frozen recipe (commit b4ce026). Run from the repository root.
+# The one test evaluation of the frozen recipe (freeze commit b4ce026, cd4c337 after the rebase onto
+# main). Run from the repository root.
 set -e
 OUT=${OUT:-/tmp/recipe/cv-test}
 T=experiments/results/recipe-2026-12-08/test
