@@ -47,6 +47,7 @@ from molphenix.benchmark import (  # noqa: E402
     Provider,
     Row,
     Run,
+    Tee,
     machine_tag,
     run_case,
     run_checks,
@@ -54,7 +55,7 @@ from molphenix.benchmark import (  # noqa: E402
 )
 
 __all__ = ["parser", "open_run", "run_plan", "parse_sizes", "time_provider", "tree_state", "machine_table",
-           "CheckFailed", "Row", "RESULTS"]
+           "CheckFailed", "Row", "RESULTS", "Tee"]
 
 RESULTS = HERE / "results"
 #: outputs, not code: changes here do not make a tree dirty
@@ -137,23 +138,6 @@ def machine_table(device: str = "cpu", root: Path = RESULTS) -> Tuple[Path, Path
     return root / f"{m}.csv", root / m
 
 
-class _Tee:
-    def __init__(self, *streams: TextIO):
-        self.streams = streams
-
-    def write(self, s: str) -> int:
-        for st in self.streams:
-            st.write(s)
-        return len(s)
-
-    def flush(self) -> None:
-        for st in self.streams:
-            st.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-
 class BenchRun(Run):
     """A :class:`molphenix.benchmark.Run` whose printed output is also copied to ``log_path``
     (the raw log beside the machine's table); closing the run closes the log."""
@@ -165,7 +149,7 @@ class BenchRun(Run):
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             self._raw = log_path.open("a")
-            sys.stdout = _Tee(self._outer, self._raw)  # type: ignore[assignment]
+            sys.stdout = Tee(self._outer, self._raw)  # type: ignore[assignment]
         try:
             super().__init__(**kw)
         except BaseException:

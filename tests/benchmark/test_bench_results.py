@@ -161,4 +161,4 @@ def test_open_run_refuses_a_dirty_tree_and_labels_allowed_dirty_rows(tmp_path, h
     assert row["git_sha"].endswith("-dirty")
     (log,) = (tmp_path / "m").glob("*-x.log")
     assert "rows are marked" in log.read_text() and "# load average at end" in log.read_text()
-    assert not isinstance(sys.stdout, harness._Tee)  # the raw log is closed with the run
+    assert not isinstance(sys.stdout, harness.Tee)  # the raw log is closed with the run

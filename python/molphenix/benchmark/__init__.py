@@ -59,6 +59,8 @@ __all__ = [
     "device_name",
     "git_sha",
     "markdown_table",
+    "Tee",
+    "default_results_dir",
 ]
 
 CSV_FIELDS = [
@@ -433,7 +435,9 @@ def _memory_in_child(spec_ref: str, params: Dict[str, Any], name: str, dtype: st
 # ------------------------------------------------------------------------------------------------
 # a run: one directory, one CSV, one raw log
 
-class _Tee:
+class Tee:
+    """A text stream that writes to every stream it was given (stdout and a raw log)."""
+
     def __init__(self, *streams: TextIO):
         self.streams = streams
 
@@ -451,6 +455,16 @@ class _Tee:
 
 
 def default_results_dir(device: str = "cpu", root: Optional[Path] = None) -> Path:
+    """The dated folder ``<root>/<machine>-<YYYY-MM-DD>`` of a run that keeps its own CSV beside its
+    raw log (a GPU run; CPU runs append to the machine's one table instead).
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"`` (names the machine, see :func:`machine_tag`).
+        root: The results folder (default: the checkout's ``benches/results``).
+
+    Returns:
+        The folder's path (not created).
+    """
     root = root or Path(__file__).resolve().parents[3] / "benches" / "results"
     return root / f"{machine_tag(device)}-{_dt.date.today().isoformat()}"
 
@@ -494,7 +508,7 @@ class Run:
             self.results_dir.mkdir(parents=True, exist_ok=True)
             self.csv_path = self.results_dir / "results.csv"
             self._log = (self.results_dir / "run.log").open("a")
-            sys.stdout = _Tee(self._stdout, self._log)  # type: ignore[assignment]
+            sys.stdout = Tee(self._stdout, self._log)  # type: ignore[assignment]
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         print(f"# {title}: {now}")
         print(f"# command: {self.command}")
