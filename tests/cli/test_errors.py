@@ -262,3 +262,28 @@ def test_console_script_in_a_fresh_process(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert r.stderr.startswith("error: --"), r.stderr
         assert "Usage" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_takes_a_bundled_dataset_by_name(capsys, tmp_path, monkeypatch):
+    """``--data cell-injury`` names the bundled real screen wherever no such directory exists."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    code, _, err = run(capsys, ["train", "--data", "cell-injury", "--out", str(out), "--steps", "2",
+                                "--batch-size", "32", "--no-progress"])
+    assert code == 0, err
+    from molphenix.datasets import cell_injury_path
+
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["data"] in ("cell-injury", str(cell_injury_path()))
+    assert (out / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("argv", [["train", "--out", "r"], ["cv", "--out", "r"]])
+def test_unknown_dataset_name_lists_the_bundled_ones(capsys, tmp_path, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, argv + ["--data", "cell-injuri"])
+    assert code == 2
+    assert_one_line(err, "error: --data: cell-injuri: dataset directory not found (nor a bundled dataset: cell-injury)")
+    assert not (tmp_path / "r").exists()

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from pathlib import Path
 from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
 
 import typer
@@ -68,6 +69,7 @@ _exc = click.exceptions
 _NO_ARGS_HELP: tuple = tuple(x for x in [getattr(_exc, "NoArgsIsHelpError", None)] if x is not None)
 
 __all__ = [
+    "dataset_dir",
     "CLIError",
     "MolphenixGroup",
     "data_error",
@@ -128,6 +130,18 @@ def data_error(flag: Optional[str], message: str) -> NoReturn:
 
 
 # ----------------------------------------------------------------------------- validators
+
+
+def dataset_dir(data: Path, flag: str = "--data") -> Path:
+    """The dataset directory ``data`` names: a directory, else a bundled dataset's name
+    (``cell-injury``); anything else is a usage error on ``flag`` (exit 2)."""
+    if data.is_dir():
+        return data
+    from molphenix.data import bundled
+
+    if str(data).replace("_", "-") in bundled.names():
+        return bundled.path(str(data))
+    usage_error(flag, f"{data}: dataset directory not found (nor a bundled dataset: {', '.join(bundled.names())})")
 
 
 def _bounded_int(minimum: int) -> Callable[..., Optional[int]]:

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 
 import typer
 
-from molphenix.cli._errors import non_negative_int, positive_int, threads_option, usage_error
+from molphenix.cli._errors import dataset_dir, non_negative_int, positive_int, threads_option, usage_error
 
 __all__ = ["cv_command", "register"]
 
@@ -70,13 +70,7 @@ def cv_command(
     from molphenix.experiment import run_cv
     from molphenix.experiment.report import cv_summary
 
-    if not data.is_dir():
-        from molphenix import datasets
-
-        if str(data).replace("_", "-") not in datasets.names():
-            usage_error("--data", f"{data}: dataset directory not found (nor a bundled dataset: "
-                                  f"{', '.join(datasets.names())})")
-        data = datasets.path(str(data))
+    data = dataset_dir(data)
     if out.exists() and not out.is_dir():
         usage_error("--out", f"{out} exists and is not a directory")
     if match not in ("pair", "molecule"):

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from molphenix.cli._errors import (data_error, describe_os_error, non_negative_int, positive_int, threads_option,
+from molphenix.cli._errors import (data_error, dataset_dir, describe_os_error, non_negative_int, positive_int, threads_option,
                                    usage_error)
 from molphenix.data.activity import DEFAULT_CUTOFF
 from molphenix.data.simulator import SimulatorConfig as _D
@@ -149,8 +149,7 @@ def featurize_command(
     if mol_input not in _PRECOMPUTED:
         usage_error("--mol-input", f"only {', '.join(_PRECOMPUTED)} has a machine-wide cache to fill, got "
                                    f"{mol_input!r} (morgan, rdkit2d and maccs take seconds and are cached per run)")
-    if not data.is_dir():
-        usage_error("--data", f"{data}: dataset directory not found")
+    data = dataset_dir(data)
     if cache_dir is not None and cache_dir.exists() and not cache_dir.is_dir():
         usage_error("--cache-dir", f"{cache_dir} exists and is not a directory")
     from molphenix.data.minimol import MiniMol, require_minimol

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 
 import typer
 
-from molphenix.cli._errors import data_error, non_negative_int, positive_int, threads_option, usage_error
+from molphenix.cli._errors import data_error, dataset_dir, non_negative_int, positive_int, threads_option, usage_error
 
 __all__ = ["evaluate_command", "register", "train_command"]
 
@@ -47,7 +47,7 @@ def _flag_of(exc: ValueError, flags: Dict[str, str], fallback: Optional[str]) ->
 
 
 def train_command(
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset directory (required unless --config sets it)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset directory, or a bundled dataset's name (cell-injury); required unless --config sets it."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory; an existing run there is resumed."),
     loss: Optional[str] = typer.Option(None, "--loss", help="s2l (default), siglip, clip, infoloob, cloome or cwcl; "
                                        "or ridge: the closed-form ridge-regression baseline (no training steps)."),
@@ -116,8 +116,8 @@ def train_command(
             if field in given:
                 usage_error(flag, "does not apply to --loss ridge (a closed-form fit: no steps, batches or "
                                   "learning rate; its penalty is chosen on the validation split)")
-    if data is not None and not data.is_dir():
-        usage_error("--data", f"{data}: dataset directory not found")
+    if data is not None:
+        data = dataset_dir(data)
     try:
         if config is not None:
             if not config.is_file():
@@ -162,7 +162,7 @@ def train_command(
 
 def evaluate_command(
     run: Path = typer.Option(..., "--run", help="Run directory (molphenix train --out)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset directory (default: the run's)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset directory or a bundled dataset's name (default: the run's)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Metrics file (default RUN/metrics.json)."),
     match: str = typer.Option("pair", "--match", help="pair (the true (molecule, concentration)) or molecule."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best (validation) or last."),
@@ -179,8 +179,8 @@ def evaluate_command(
         usage_error("--checkpoint", f"must be best or last, got {checkpoint!r}")
     if not (run / "run.json").is_file():
         usage_error("--run", f"{run} is not a molphenix run directory (no run.json)")
-    if data is not None and not data.is_dir():
-        usage_error("--data", f"{data}: dataset directory not found")
+    if data is not None:
+        data = dataset_dir(data)
     if out is not None and out.is_dir():
         usage_error("--out", f"{out} is a directory; give a file path")
     from molphenix.distributed import is_main, process_group
