@@ -377,7 +377,7 @@ def _run_fold(cfg: Any, data: Path, match: str, checkpoint: str, n_bootstrap: in
 
         ck = load_checkpoint(last)
         rec.update(samples_seen=int(ck.get("samples_seen", 0)), train_elapsed_s=float(ck.get("elapsed_s", 0.0)),
-                   best_step=ck.get("best_step"))
+                   best_step=ck.get("best_step"), steps=int(ck.get("step", 0)))
     atomic_write_bytes(run / FOLD_FILE, (json.dumps(rec, indent=2) + "\n").encode())
     a = m.get("all") or {}
     say(f"{tag}: fit {t1 - t0:.1f} s, evaluated {t2 - t1:.1f} s; {SPLIT}: {a.get('n_queries')} queries, "
