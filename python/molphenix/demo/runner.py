@@ -79,10 +79,11 @@ class DemoProfile:
 
 
 #: ``default`` and ``quick`` are sized for the demo's time limits (10 and 2 minutes) on 2 CPU
-#: cores; ``tiny`` is for tests. Timings: benches/bench_demo.py, log in
-#: benches/results/cpu-intel-xeon-2c/2026-11-28-bench_demo.log. The
-#: default's 131,072 samples (512 steps of 256) are about half the tuning budget (256,000; the
-#: validation recall of the tuning runs peaked at 300-600 steps), at about half the time limit.
+#: cores; ``tiny`` is for tests. Timings: benches/bench_demo.py, logs in
+#: benches/results/cpu-intel-xeon-2c/2026-11-28-bench_demo.log (simulator 1.0: 217 s / 31 s) and
+#: benches/results/cpu-amd-epyc-2c/2026-12-08T030012Z-bench_demo.log (simulator 1.1: 417 s / 49 s).
+#: The default's 131,072 samples (512 steps of 256) are about half the tuning budget (256,000;
+#: the validation recall of the tuning runs peaked at 300-600 steps).
 PROFILES: Dict[str, DemoProfile] = {
     "default": DemoProfile("default", n_molecules=1500, samples=131072),
     "quick": DemoProfile("quick", n_molecules=500, samples=6144, n_bootstrap=500),
