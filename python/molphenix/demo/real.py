@@ -136,19 +136,6 @@ REAL_PROFILES: Dict[str, RealDemoProfile] = {
 DEMO_FILE = "demo.json"
 
 
-class _Progress:
-    def __init__(self, log: Callable[[str], None]):
-        self.t0 = time.perf_counter()
-        self.log = log
-
-    def __call__(self, msg: str) -> None:
-        self.log(f"[{time.perf_counter() - self.t0:7.1f} s] {msg}")
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-
 def minimol_status() -> Dict[str, Any]:
     """Whether the MiniMol variants run here: ``{"included": bool, "methods": [...], "line": str}``
     (``line``: the report's one line when they are skipped, with the install command)."""
@@ -302,6 +289,8 @@ def run_real_demo(out: str | Path = "molphenix-demo-cell-injury", *, data: str =
         command = "molphenix demo " + " ".join(
             [f"--data {shlex.quote(data)}", f"--out {shlex.quote(str(out))}"] + (["--quick"] if name == "quick" else [])
             + ([f"--seed {seed}"] if seed else []))
+    from .runner import _Progress  # the simulator demo's progress lines, same format
+
     say = _Progress(log)
     settings = {"kind": "real", "data": data, "dataset_sha256": _bundled_sha256(data), "profile": asdict(prof),
                 "seed": int(seed)}
