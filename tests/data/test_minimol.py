@@ -99,7 +99,7 @@ def test_featurize_command_rejects_other_inputs(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,line", [
     (["featurize"], "error: --data: missing required option"),
-    (["featurize", "--data", "/nonexistent/ds"], "error: --data: /nonexistent/ds: dataset directory not found"),
+    (["featurize", "--data", "/nonexistent/ds"], "error: --data: /nonexistent/ds: dataset directory not found (nor a bundled dataset: cell-injury)"),
     (["featurize", "--data", ".", "--threads", "0"], "error: --threads: must be >= 1, got 0"),
 ])
 def test_featurize_command_usage_errors(argv, line, capsys):
