@@ -6,17 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from _train_utils import tiny_config
-from test_resume import _CHILD, _assert_bitwise_equal, _logged_steps, _state
+from test_resume import _assert_bitwise_equal, _kill_run_at, _state
 
 
 # --------------------------------------------------------------------------- config fields
@@ -165,23 +160,7 @@ def test_early_stopped_run_resumes_bitwise_after_sigkill(stopped_run, tiny_data,
     assert stop >= 8, "the reference run must stop late enough to be killed before it stops"
     cfg = tiny_config(tiny_data, tmp_path / "killed", **_ES)
     kill_at = random.Random().randint(3, stop - 3)
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(cfg.to_dict())], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    log = tmp_path / "killed" / "train_log.csv"
-    deadline = time.monotonic() + 240
-    try:
-        while _logged_steps(log) < kill_at:
-            if child.poll() is not None:
-                pytest.fail(f"the child run ended before step {kill_at}: {child.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("the child run did not reach the kill step in time")
-            time.sleep(0.005)
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
+    _kill_run_at(cfg, kill_at)
     killed_at = _state(tmp_path / "killed")["step"]
     assert 0 < killed_at < stop, (kill_at, killed_at, stop)
     fit(cfg)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,6 +40,29 @@ def _logged_steps(path) -> int:
             return max(0, sum(1 for line in f if line.endswith("\n")) - 1)
     except FileNotFoundError:
         return 0
+
+
+def _kill_run_at(cfg, kill_at: int) -> int:
+    """Run ``fit(cfg)`` in a child process, SIGKILL it once its train_log.csv has ``kill_at`` logged
+    steps, and return the child's exit status."""
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(cfg.to_dict())], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = Path(cfg.out) / "train_log.csv"
+    deadline = time.monotonic() + 240
+    try:
+        while _logged_steps(log) < kill_at:
+            if child.poll() is not None:
+                pytest.fail(f"the child run ended before step {kill_at}: {child.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("the child run did not reach the kill step in time")
+            time.sleep(0.005)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait()
+    return child.returncode
 
 
 def _state(run):
@@ -71,24 +95,8 @@ def test_sigkill_resume_is_bitwise_equal(tiny_data, tmp_path):
 
     cfg = tiny_config(tiny_data, tmp_path / "killed", **kw)
     kill_at = random.Random().randint(3, steps - 12)
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(cfg.to_dict())], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    log = tmp_path / "killed" / "train_log.csv"
-    deadline = time.monotonic() + 240
-    try:
-        while _logged_steps(log) < kill_at:
-            if child.poll() is not None:
-                pytest.fail(f"the child run ended before step {kill_at}: {child.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("the child run did not reach the kill step in time")
-            time.sleep(0.005)
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-    assert child.returncode == -signal.SIGKILL
+    returncode = _kill_run_at(cfg, kill_at)
+    assert returncode == -signal.SIGKILL
     killed_at = _state(tmp_path / "killed")["step"]
     assert 0 < killed_at < steps, (kill_at, killed_at)
 
